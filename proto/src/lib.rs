@@ -7,6 +7,9 @@
 //! language from it alone.
 //!
 //! Code generation uses `protox`, so building needs no system `protoc`.
+//!
+//! Beside the generated code it defines [`canonical_json`], the one JSON form
+//! the contract hashes (schema hashes in the manifest, the audit chain).
 
 /// Version 1 of the contract (`private_worker.v1`).
 pub mod v1 {
@@ -17,3 +20,80 @@ pub mod v1 {
 
 /// The contract's .proto source, for tools that want to show or ship it.
 pub const WORKER_PROTO: &str = include_str!("../private_worker/v1/worker.proto");
+
+/// The canonical JSON text of a value: object keys sorted (by UTF-8 bytes)
+/// at every depth, no insignificant whitespace, numbers and strings as
+/// serde_json writes them.
+///
+/// The contract hashes JSON documents in this form (for example
+/// `ManifestEntry.input_schema_sha256` and the audit chain's
+/// `record_hash`), so both sides must produce identical bytes for equal
+/// documents.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(item, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Lower-case hex SHA-256 of [`canonical_json`] of `value`: the form of
+/// `ManifestEntry.input_schema_sha256`.
+pub fn canonical_sha256(value: &serde_json::Value) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(canonical_json(value).as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth_and_drops_whitespace() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{ "b": 1, "a": { "z": [1, {"y": 2, "x": 3}], "c": "é" } }"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":"é","z":[1,{"x":3,"y":2}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn equal_documents_written_differently_hash_the_same() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"x":1,"y":[true,null]}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str("{\n  \"y\": [true, null],\n  \"x\": 1\n}").unwrap();
+        assert_eq!(canonical_sha256(&a), canonical_sha256(&b));
+        assert_eq!(canonical_sha256(&a).len(), 64);
+    }
+}
