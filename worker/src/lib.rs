@@ -1,1 +1,106 @@
-//! stub
+//! The private worker: a daemon that runs inside a private network, dials
+//! out over mutual TLS to an orchestrator, holds one gRPC bidirectional
+//! stream, and runs only the tasks its own config allows, with credentials
+//! it loads locally. Results and audit records go back up the stream; the
+//! worker never listens on a socket.
+//!
+//! # Layout
+//! - [`config`]: the TOML config, parsed and validated in one place.
+//! - [`tls`]: the worker's certificate and identity, and the outbound dialer.
+//! - [`session`]: one stream to the orchestrator: hello, frames, credit,
+//!   heartbeats, outbox, reconnect with backoff ([`backoff`]).
+//! - [`task`]: the local allowlist and the runner (check, credential,
+//!   execute, audit).
+//! - [`executor`]: what running a task means, one module per kind (HTTP).
+//! - [`secrets`]: credential references and sources, one module per source.
+//! - [`audit`]: the local hash-chained audit log.
+//! - [`check`]: `--check`: validate everything without connecting.
+//!
+//! # What it does not do
+//! It does not accept connections, follow redirects, choose hosts from
+//! inputs, or send credentials anywhere but to the internal API a task's
+//! config names. It does not (yet) keep its outbox across restarts: see
+//! ROADMAP.md and ARCHITECTURE.md.
+
+pub mod audit;
+pub mod backoff;
+pub mod check;
+pub mod config;
+pub mod executor;
+pub mod secrets;
+pub mod session;
+pub mod task;
+pub mod tls;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use session::{FatalError, Worker};
+
+/// Why the worker could not start. Every variant is a local problem to fix
+/// before starting again.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS files are missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The audit log cannot be opened or its chain is broken.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    /// An input schema does not compile.
+    #[error("{0}")]
+    Schema(String),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Why [`run`] ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The worker could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The worker stopped on a failure it cannot retry.
+    #[error(transparent)]
+    Fatal(#[from] FatalError),
+}
+
+/// Builds a worker from a validated config: loads the TLS identity, opens
+/// the audit log, compiles the allowlist.
+///
+/// # Errors
+/// [`StartError`] naming the file or task at fault.
+pub fn build(config: Config) -> Result<Worker, StartError> {
+    let tls = tls::ClientTls::load(&config.tls, &config.orchestrator.server_name)?;
+    let audit = audit::AuditLog::open(&config.audit_log)?;
+    let allowlist = Arc::new(task::Allowlist::new(&config).map_err(StartError::Schema)?);
+    let runner = task::Runner::new(
+        allowlist,
+        secrets::Secrets::default(),
+        executor::http::HttpExecutor::new()?,
+        audit,
+        tls.identity().to_string(),
+    );
+    tracing::info!(
+        identity = tls.identity(),
+        orchestrator = %config.orchestrator.address,
+        tasks = config.tasks.len(),
+        max_in_flight = config.max_in_flight,
+        "worker starting"
+    );
+    Ok(Worker::new(config, tls, runner))
+}
+
+/// Runs the worker until `shutdown` is cancelled (then drains) or a fatal
+/// error.
+///
+/// # Errors
+/// [`RunError`]: a start-up problem or a failure that retrying cannot fix.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let worker = build(config)?;
+    worker.run(shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! `private-worker --check`: validates the config, the TLS files, the audit
+//! log and every credential reference without connecting to anything but
+//! the secret sources, and prints a report. It never prints a credential's
+//! value. It does not dial the orchestrator.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::secrets::{SecretRef, Secrets};
+
+/// The result of a check: one line per item, and whether all passed.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Lines for a person, each starting with `ok` or `FAIL`.
+    pub lines: Vec<String>,
+    /// True when nothing failed.
+    pub passed: bool,
+}
+
+impl CheckReport {
+    fn item(&mut self, ok: bool, text: String) {
+        self.lines
+            .push(format!("{} {text}", if ok { "ok  " } else { "FAIL" }));
+        self.passed &= ok;
+    }
+}
+
+/// Checks everything a start would need, beyond what config parsing checked.
+pub async fn check(config: &Config) -> CheckReport {
+    let mut report = CheckReport {
+        passed: true,
+        ..CheckReport::default()
+    };
+    report.item(
+        true,
+        format!(
+            "config: {} task(s) allowed, orchestrator {} (expects certificate name {})",
+            config.tasks.len(),
+            config.orchestrator.address,
+            config.orchestrator.server_name
+        ),
+    );
+    match crate::tls::ClientTls::load(&config.tls, &config.orchestrator.server_name) {
+        Ok(tls) => report.item(
+            true,
+            format!(
+                "tls: certificate {} identity {}",
+                config.tls.cert.display(),
+                tls.identity()
+            ),
+        ),
+        Err(e) => report.item(false, format!("tls: {e}")),
+    }
+    if config.audit_log.exists() {
+        match crate::audit::verify_file(&config.audit_log) {
+            Ok((n, _)) => report.item(
+                true,
+                format!(
+                    "audit log {}: {n} record(s), chain intact",
+                    config.audit_log.display()
+                ),
+            ),
+            Err(e) => report.item(false, format!("audit log: {e}")),
+        }
+    } else {
+        report.item(
+            true,
+            format!("audit log {}: will be created", config.audit_log.display()),
+        );
+    }
+    let references: BTreeSet<SecretRef> = config
+        .tasks
+        .values()
+        .filter_map(|t| match &t.executor {
+            crate::config::ExecutorConfig::Http(h) => h.auth.as_ref().map(|a| a.secret().clone()),
+        })
+        .collect();
+    let secrets = Secrets::default();
+    for reference in references {
+        match secrets.load(&reference).await {
+            Ok(value) => {
+                let mut line = format!("secret {reference}: resolved");
+                let _ = write!(line, " ({} bytes)", value.expose().len());
+                report.item(true, line);
+            }
+            Err(e) => report.item(false, format!("secret {e}")),
+        }
+    }
+    report
+}

@@ -1,0 +1,485 @@
+//! The HTTP executor: one call to an internal API per task.
+//!
+//! The call is described entirely by config: method, a URL template whose
+//! `{placeholders}` are filled from validated inputs (percent-encoded, and
+//! only in the path and query, so inputs can never change the host), fixed
+//! headers, a JSON body template, and how to put the credential on the
+//! request. Redirects are not followed. The response body is read up to a
+//! cap; any occurrence of the credential in it is redacted before it leaves
+//! this module.
+//!
+//! It does not decide whether a task may run, load credentials, or retry.
+
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Map, Value};
+
+use super::{Execution, Outcome, TaskError, redact_text, redact_value};
+use crate::config::AuthConfig;
+use crate::secrets::SecretValue;
+
+/// Characters left as they are in a substituted value: RFC 3986 unreserved.
+const VALUE_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// One HTTP task's call, from config.
+#[derive(Debug, Clone)]
+pub struct HttpExecutorConfig {
+    /// HTTP method.
+    pub method: http::Method,
+    /// URL with `{input}` placeholders in path and query.
+    pub url: UrlTemplate,
+    /// Fixed headers.
+    pub headers: http::HeaderMap,
+    /// JSON body template; `"{name}"` as a whole string takes the input's
+    /// JSON value (and the key is dropped when the input is absent);
+    /// `{name}` inside a longer string is replaced by the input's text.
+    pub body: Option<Value>,
+    /// How the credential goes on the request, if the call needs one.
+    pub auth: Option<AuthConfig>,
+    /// Longest response body kept; longer bodies are cut and marked.
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Input(String),
+}
+
+/// A URL with `{input}` placeholders, checked at config time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlTemplate {
+    parts: Vec<Part>,
+}
+
+/// Splits `text` into literal and `{name}` parts.
+fn split_placeholders(text: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(Part::Literal(rest[..open].to_string()));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in `{text}`"))?;
+        let name = &after[..close];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!(
+                "`{{{name}}}` in `{text}` is not a placeholder; names have only letters, digits and _"
+            ));
+        }
+        parts.push(Part::Input(name.to_string()));
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("unopened `}}` in `{text}`"));
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Literal(rest.to_string()));
+    }
+    Ok(parts)
+}
+
+impl UrlTemplate {
+    /// Parses and checks a template: http or https, a fixed host, and
+    /// placeholders only after the host.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the template.
+    pub fn parse(text: &str) -> Result<UrlTemplate, String> {
+        let parts = split_placeholders(text)?;
+        let probe: String = parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => s.as_str(),
+                Part::Input(_) => "x",
+            })
+            .collect();
+        let url = url::Url::parse(&probe).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("`{text}` must be an http:// or https:// URL"));
+        }
+        // The authority ends at the first '/', '?' or '#' after "scheme://".
+        let authority_end = text
+            .find("://")
+            .map(|i| {
+                let after = i + 3;
+                text[after..]
+                    .find(['/', '?', '#'])
+                    .map_or(text.len(), |j| after + j)
+            })
+            .unwrap_or(0);
+        if text[..authority_end].contains('{') {
+            return Err(format!(
+                "`{text}` has a placeholder before the path; inputs must never choose the host"
+            ));
+        }
+        Ok(UrlTemplate { parts })
+    }
+
+    /// Names of the inputs the template uses.
+    pub fn inputs(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Input(name) => Some(name.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Fills the placeholders, percent-encoding every value.
+    ///
+    /// # Errors
+    /// `invalid_input` when an input the URL needs is absent or is not a
+    /// string, number or boolean.
+    pub fn render(&self, inputs: &Map<String, Value>) -> Result<String, TaskError> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Input(name) => {
+                    let text = scalar_text(name, inputs.get(name))?;
+                    out.extend(utf8_percent_encode(&text, VALUE_ENCODE));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn scalar_text(name: &str, value: Option<&Value>) -> Result<String, TaskError> {
+    match value {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::Bool(b)) => Ok(b.to_string()),
+        Some(_) => Err(TaskError::new(
+            "invalid_input",
+            format!("input `{name}` must be a string, number or boolean to be used in the request"),
+        )),
+        None => Err(TaskError::new(
+            "invalid_input",
+            format!("input `{name}` is required by the request but absent"),
+        )),
+    }
+}
+
+/// Fills a body template from inputs.
+///
+/// # Errors
+/// `invalid_input` when an embedded placeholder names an absent or
+/// non-scalar input.
+pub fn render_body(template: &Value, inputs: &Map<String, Value>) -> Result<Value, TaskError> {
+    Ok(render_node(template, inputs)?.unwrap_or(Value::Null))
+}
+
+/// Renders one node; `None` means "drop this key" (a whole-string
+/// placeholder whose input is absent).
+fn render_node(node: &Value, inputs: &Map<String, Value>) -> Result<Option<Value>, TaskError> {
+    match node {
+        Value::String(s) => {
+            let parts = split_placeholders(s).unwrap_or_else(|_| vec![Part::Literal(s.clone())]);
+            match parts.as_slice() {
+                [Part::Input(name)] => Ok(inputs.get(name).cloned()),
+                _ => {
+                    let mut out = String::new();
+                    for part in parts {
+                        match part {
+                            Part::Literal(l) => out.push_str(&l),
+                            Part::Input(name) => {
+                                out.push_str(&scalar_text(&name, inputs.get(&name))?)
+                            }
+                        }
+                    }
+                    Ok(Some(Value::String(out)))
+                }
+            }
+        }
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.push(render_node(item, inputs)?.unwrap_or(Value::Null));
+            }
+            Ok(Some(Value::Array(out)))
+        }
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (key, item) in map {
+                if let Some(v) = render_node(item, inputs)? {
+                    out.insert(key.clone(), v);
+                }
+            }
+            Ok(Some(Value::Object(out)))
+        }
+        other => Ok(Some(other.clone())),
+    }
+}
+
+/// Runs HTTP tasks with one shared connection pool.
+#[derive(Debug, Clone)]
+pub struct HttpExecutor {
+    client: reqwest::Client,
+}
+
+impl HttpExecutor {
+    /// Builds the shared client: no redirects, no proxy from the
+    /// environment for internal calls.
+    ///
+    /// # Errors
+    /// The TLS back-end could not be initialised.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("private-worker/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpExecutor { client })
+    }
+
+    /// Makes the call described by `config` with `inputs` (already
+    /// validated) and `credential` (when the config names one), within
+    /// `timeout`.
+    pub async fn execute(
+        &self,
+        config: &HttpExecutorConfig,
+        inputs: &Map<String, Value>,
+        credential: Option<&SecretValue>,
+        timeout: Duration,
+    ) -> Execution {
+        let secrets: Vec<&SecretValue> = credential.into_iter().collect();
+        let request = match self.build(config, inputs, credential) {
+            Ok(r) => r,
+            Err(error) => return failed(Outcome::Rejected, error),
+        };
+        let call = async {
+            let response = self.client.execute(request).await?;
+            let status = response.status();
+            let (body, truncated) = read_capped(response, config.max_response_bytes).await?;
+            Ok::<_, reqwest::Error>((status, body, truncated))
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => failed(
+                Outcome::TimedOut,
+                TaskError::new(
+                    "timeout",
+                    format!("internal API did not answer within {timeout:?}"),
+                ),
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %error_chain(&e), "internal API call failed");
+                let error = if e.is_connect() {
+                    TaskError::new("unreachable", "internal API unreachable (connect failed)")
+                } else if e.is_timeout() {
+                    TaskError::new("timeout", "internal API call timed out")
+                } else {
+                    TaskError::new("request_failed", "internal API call failed mid-request")
+                };
+                // A request that failed after it was sent may have had its effect.
+                let outcome = if e.is_connect() {
+                    Outcome::Failed
+                } else {
+                    Outcome::OutcomeUnknown
+                };
+                failed(outcome, error)
+            }
+            Ok(Ok((status, body, truncated))) => {
+                let body = body_value(&body, truncated, &secrets);
+                let output = serde_json::json!({
+                    "status": status.as_u16(),
+                    "body": body,
+                    "truncated": truncated,
+                });
+                if status.is_success() {
+                    Execution {
+                        outcome: Outcome::Succeeded,
+                        output: Some(output),
+                        error: None,
+                    }
+                } else {
+                    Execution {
+                        outcome: Outcome::Failed,
+                        output: Some(output),
+                        error: Some(TaskError::new(
+                            "http_status",
+                            format!("internal API answered {status}"),
+                        )),
+                    }
+                }
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        config: &HttpExecutorConfig,
+        inputs: &Map<String, Value>,
+        credential: Option<&SecretValue>,
+    ) -> Result<reqwest::Request, TaskError> {
+        let url = config.url.render(inputs)?;
+        let mut builder = self
+            .client
+            .request(config.method.clone(), &url)
+            .headers(config.headers.clone());
+        if let Some(template) = &config.body {
+            builder = builder.json(&render_body(template, inputs)?);
+        }
+        if let Some(auth) = &config.auth {
+            let secret = credential.ok_or_else(|| {
+                TaskError::new("credential_unavailable", "credential was not loaded")
+            })?;
+            let (name, text) = match auth {
+                AuthConfig::Bearer { .. } => (
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", secret.expose()),
+                ),
+                AuthConfig::Header { name, .. } => (name.clone(), secret.expose().to_string()),
+            };
+            let mut value = http::HeaderValue::from_str(&text).map_err(|_| {
+                TaskError::new(
+                    "credential_unavailable",
+                    format!(
+                        "{}: the value cannot be sent in an HTTP header",
+                        auth.secret()
+                    ),
+                )
+            })?;
+            value.set_sensitive(true);
+            builder = builder.header(name, value);
+        }
+        builder
+            .build()
+            .map_err(|_| TaskError::new("invalid_input", "the request could not be built"))
+    }
+}
+
+fn failed(outcome: Outcome, error: TaskError) -> Execution {
+    Execution {
+        outcome,
+        output: None,
+        error: Some(error),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// The response body as JSON when it is JSON, as text otherwise, with every
+/// credential removed. A cut body also loses any tail that could be the
+/// start of a credential.
+fn body_value(body: &[u8], truncated: bool, secrets: &[&SecretValue]) -> Value {
+    if !truncated && let Ok(mut value) = serde_json::from_slice::<Value>(body) {
+        redact_value(&mut value, secrets);
+        return value;
+    }
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    if truncated {
+        for secret in secrets {
+            let s = secret.expose();
+            let cut = (1..s.len().min(text.len() + 1))
+                .rev()
+                .find(|&n| s.is_char_boundary(n) && text.ends_with(&s[..n]));
+            if let Some(n) = cut {
+                text.truncate(text.len() - n);
+            }
+        }
+    }
+    Value::String(redact_text(&text, secrets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn placeholders_are_percent_encoded_and_cannot_escape_the_path() {
+        let t = UrlTemplate::parse("https://crm.internal/tickets/{id}/notes?q={q}").unwrap();
+        let url = t
+            .render(&inputs(
+                serde_json::json!({"id": "../../admin?x=1#", "q": "a b&c=d"}),
+            ))
+            .unwrap();
+        assert_eq!(
+            url,
+            "https://crm.internal/tickets/..%2F..%2Fadmin%3Fx%3D1%23/notes?q=a%20b%26c%3Dd"
+        );
+        let url = t
+            .render(&inputs(serde_json::json!({"id": "@evil.com", "q": 1})))
+            .unwrap();
+        assert!(url.starts_with("https://crm.internal/"), "{url}");
+    }
+
+    #[test]
+    fn a_placeholder_in_the_host_is_refused_at_config_time() {
+        for bad in [
+            "https://{host}/x",
+            "https://crm.internal:{port}/x",
+            "https://{user}@crm.internal/x",
+            "ftp://crm.internal/{x}",
+            "https://crm.internal/{bad name}",
+            "https://crm.internal/{x",
+        ] {
+            assert!(UrlTemplate::parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn body_templates_keep_types_drop_absent_optionals_and_interpolate_text() {
+        let template = serde_json::json!({
+            "title": "{title}", "priority": "{priority}", "note": "from {who}", "fixed": 3,
+            "tags": ["{title}"]
+        });
+        let body = render_body(
+            &template,
+            &inputs(serde_json::json!({"title": "Printer", "priority": 2, "who": "agent"})),
+        )
+        .unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"title": "Printer", "priority": 2, "note": "from agent", "fixed": 3, "tags": ["Printer"]})
+        );
+        let body = render_body(&template, &inputs(serde_json::json!({"who": "x"}))).unwrap();
+        assert!(body.get("title").is_none());
+        assert!(render_body(&template, &inputs(serde_json::json!({}))).is_err());
+    }
+
+    #[test]
+    fn a_cut_body_loses_a_trailing_partial_credential() {
+        let secret = SecretValue::new("abcdef".into());
+        let v = body_value(b"token=abc", true, &[&secret]);
+        assert_eq!(v, Value::String("token=".into()));
+        let v = body_value(br#"{"t":"abcdef"}"#, false, &[&secret]);
+        assert_eq!(v, serde_json::json!({"t": "[REDACTED]"}));
+    }
+}

@@ -1,0 +1,185 @@
+//! The worker's TLS identity and its outbound connector.
+//!
+//! Loads the worker's certificate chain and key and the CA it trusts for
+//! the orchestrator, checks that the worker certificate carries a usable
+//! identity (one URI SAN, clientAuth), and dials the orchestrator: TCP, then
+//! a TLS handshake that presents the worker certificate and verifies that
+//! the orchestrator's certificate chains to the configured CA *and* names
+//! the configured `server_name`. Anything else is refused before a byte of
+//! gRPC is sent.
+//!
+//! It does not retry (the session does) and opens no listening socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::TlsFiles;
+
+/// Why the TLS set-up failed. All variants are configuration problems: fix
+/// the files and restart.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The worker certificate does not carry a usable identity.
+    #[error("{path}: {source}")]
+    Identity {
+        /// The certificate file.
+        path: PathBuf,
+        /// Which rule it breaks.
+        source: certs_tool::identity::IdentityError,
+    },
+    /// rustls refused the material (for example, key and certificate differ).
+    #[error("TLS configuration refused: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The configured orchestrator name is not a DNS name or IP address.
+    #[error("orchestrator.server_name `{0}` is not a DNS name or IP address")]
+    ServerName(String),
+}
+
+/// Why one dial failed; always worth retrying later.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// TCP connect plus handshake took too long.
+    #[error("connecting to {address} timed out after {after:?}")]
+    Timeout {
+        /// Where.
+        address: String,
+        /// Limit that ran out.
+        after: Duration,
+    },
+    /// TCP connect failed.
+    #[error("TCP connect to {address} failed: {source}")]
+    Connect {
+        /// Where.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (includes an orchestrator certificate that
+    /// is untrusted or does not name `server_name`, and the orchestrator
+    /// refusing the worker certificate).
+    #[error("TLS handshake with {address} failed: {source}")]
+    Handshake {
+        /// Where.
+        address: String,
+        /// Why (rustls' description).
+        source: std::io::Error,
+    },
+}
+
+/// Everything needed to dial the orchestrator.
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+    identity: String,
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_err = |message: String| TlsError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_err("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+impl ClientTls {
+    /// Loads and checks the TLS files.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file and the problem.
+    pub fn load(files: &TlsFiles, server_name: &str) -> Result<ClientTls, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(&files.ca_cert)? {
+            roots.add(cert).map_err(|e| TlsError::File {
+                path: files.ca_cert.clone(),
+                message: format!("not a usable trust anchor: {e}"),
+            })?;
+        }
+        let chain = read_certs(&files.cert)?;
+        let identity =
+            certs_tool::identity::worker_identity_from_der(&chain[0]).map_err(|source| {
+                TlsError::Identity {
+                    path: files.cert.clone(),
+                    source,
+                }
+            })?;
+        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::File {
+            path: files.key.clone(),
+            message: e.to_string(),
+        })?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| TlsError::ServerName(server_name.to_string()))?;
+        Ok(ClientTls {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+            identity,
+        })
+    }
+
+    /// The worker's identity: the URI SAN of its certificate.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Dials `address` and completes the mutual TLS handshake within `timeout`.
+    ///
+    /// # Errors
+    /// [`DialError`]; every variant is worth a retry after a backoff.
+    pub async fn dial(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<TlsStream<TcpStream>, DialError> {
+        let attempt = async {
+            let tcp = TcpStream::connect(address)
+                .await
+                .map_err(|source| DialError::Connect {
+                    address: address.to_string(),
+                    source,
+                })?;
+            // Frames are small and latency matters more than packet count.
+            let _ = tcp.set_nodelay(true);
+            self.connector
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|source| DialError::Handshake {
+                    address: address.to_string(),
+                    source,
+                })
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| DialError::Timeout {
+                address: address.to_string(),
+                after: timeout,
+            })?
+    }
+}
