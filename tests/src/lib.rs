@@ -1,1 +1,21 @@
-//! stub
+//! Shared fixtures for private-worker's end-to-end tests and its demo.
+//!
+//! # Layout
+//! - [`internal_api`]: the stand-in internal CRM API (bearer token, records requests).
+//! - [`catalog`]: the sample tasks: registry entries for the orchestrator and
+//!   the matching worker allowlist, written from one description.
+//! - [`pki`]: fresh certificates per test, through the certs-tool library.
+//! - [`procs`]: building and running the real binaries as child processes,
+//!   with their output captured to files.
+//! - [`proxy`]: a TCP proxy whose connections a test can cut.
+//! - [`sockets`]: what sockets a process holds, read from /proc.
+//!
+//! Nothing here is product code: it exists so that tests and the demo
+//! exercise the real binaries over real sockets on 127.0.0.1.
+
+pub mod catalog;
+pub mod internal_api;
+pub mod pki;
+pub mod procs;
+pub mod proxy;
+pub mod sockets;

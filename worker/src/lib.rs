@@ -20,7 +20,7 @@
 //! It does not accept connections, follow redirects, choose hosts from
 //! inputs, or send credentials anywhere but to the internal API a task's
 //! config names. It does not (yet) keep its outbox across restarts: see
-//! ROADMAP.md and ARCHITECTURE.md.
+//! ARCHITECTURE.md, "Failure handling today".
 
 pub mod audit;
 pub mod backoff;

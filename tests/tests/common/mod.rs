@@ -1,0 +1,202 @@
+//! Shared set-up for the end-to-end tests: a temp directory with fresh PKI,
+//! the internal API, an in-process orchestrator-mock on 127.0.0.1:0, and
+//! helpers to start the worker as a separate process and run plans.
+#![allow(dead_code)] // each test file uses a different part of it
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use orchestrator_mock::client::AdminClient;
+use private_worker_tests::catalog::{self, OrchestratorSetup, WorkerSetup};
+use private_worker_tests::internal_api::InternalApi;
+use private_worker_tests::pki::{ORCHESTRATOR_NAME, Pki};
+use private_worker_tests::procs::{Process, binary};
+use serde_json::Value;
+
+/// How long any e2e wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Options for [`Env::start`].
+#[derive(Default)]
+pub struct Options {
+    /// Orchestrator skips its registry and manifest checks.
+    pub insecure_skip_checks: bool,
+    /// Capture every byte the orchestrator receives.
+    pub wire_capture: bool,
+}
+
+/// One test's world.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub api: InternalApi,
+    pub orchestrator: Option<orchestrator_mock::OrchestratorHandle>,
+    pub admin: AdminClient,
+    pub token: String,
+    pub grpc_addr: std::net::SocketAddr,
+    pub orchestrator_config: orchestrator_mock::Config,
+}
+
+/// A credential value that cannot appear anywhere by accident.
+pub fn unique_secret() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("sk-live-{nanos:x}-{}-DO-NOT-LEAK", std::process::id())
+}
+
+impl Env {
+    pub async fn start(options: Options) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::create(&dir.path().join("pki"), "worker-1");
+        let token = unique_secret();
+        let api = InternalApi::start("127.0.0.1:0".parse().unwrap(), &token)
+            .await
+            .unwrap();
+        let registry = dir.path().join("registry.json");
+        std::fs::write(&registry, catalog::registry_json()).unwrap();
+        let data_dir = dir.path().join("orchestrator-data");
+        let text = catalog::orchestrator_config_toml(&OrchestratorSetup {
+            ca_cert: &pki.ca_cert,
+            cert: &pki.orchestrator_cert,
+            key: &pki.orchestrator_key,
+            registry: &registry,
+            data_dir: &data_dir,
+            insecure_skip_checks: options.insecure_skip_checks,
+            wire_capture_dir: options.wire_capture.then(|| dir.path().join("wire")),
+        });
+        let orchestrator_config =
+            orchestrator_mock::Config::from_toml_str(&text, dir.path()).unwrap();
+        let orchestrator = orchestrator_mock::spawn(orchestrator_config.clone())
+            .await
+            .unwrap();
+        let admin = AdminClient::new(&orchestrator.admin_url());
+        let grpc_addr = orchestrator.grpc_addr();
+        Env {
+            dir,
+            pki,
+            api,
+            orchestrator: Some(orchestrator),
+            admin,
+            token,
+            grpc_addr,
+            orchestrator_config,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a worker config using the given certificate and key and
+    /// returns its path.
+    pub fn write_worker_config(&self, name: &str, cert: &Path, key: &Path, server_name: &str) -> PathBuf {
+        let text = catalog::worker_config_toml(&WorkerSetup {
+            orchestrator_address: self.grpc_addr.to_string(),
+            server_name,
+            ca_cert: &self.pki.ca_cert,
+            cert,
+            key,
+            api_base: &self.api.base_url(),
+            audit_log: &self.path(&format!("{name}-audit.jsonl")),
+            max_in_flight: 8,
+        });
+        let path = self.path(&format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts the worker binary with the test PKI, logging at debug level.
+    pub fn start_worker(&self) -> Process {
+        let config = self.write_worker_config("worker", &self.pki.worker_cert, &self.pki.worker_key, ORCHESTRATOR_NAME);
+        self.start_worker_with(&config, "worker")
+    }
+
+    pub fn start_worker_with(&self, config: &Path, name: &str) -> Process {
+        Process::start(
+            name,
+            &binary("private-worker"),
+            &["--config", config.to_str().unwrap()],
+            &[
+                (catalog::TOKEN_ENV, self.token.as_str()),
+                ("RUST_LOG", "debug"),
+            ],
+            &self.path(&format!("{name}.log")),
+        )
+    }
+
+    /// Waits until the orchestrator lists `identity` as connected.
+    pub async fn wait_connected(&self, identity: &str) {
+        let start = Instant::now();
+        loop {
+            let workers = self.admin.workers().await.unwrap();
+            if workers.iter().any(|w| w.identity == identity) {
+                return;
+            }
+            assert!(start.elapsed() < WAIT, "worker {identity} never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Submits a plan of `(task, inputs)` steps, approves it and waits for its end.
+    pub async fn run_plan(&self, steps: &[(&str, Value)]) -> orchestrator_mock::api::PlanView {
+        let plan = self.submit(steps).await;
+        self.admin.approve(&plan.id).await.unwrap();
+        self.admin.wait_for_plan(&plan.id, WAIT).await.unwrap()
+    }
+
+    pub async fn submit(&self, steps: &[(&str, Value)]) -> orchestrator_mock::api::PlanView {
+        self.admin
+            .submit_plan(&plan_request(steps))
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown_orchestrator(&mut self) {
+        if let Some(o) = self.orchestrator.take() {
+            o.shutdown().await;
+        }
+    }
+
+    /// Every file the orchestrator stored, concatenated.
+    pub fn orchestrator_data(&self) -> Vec<u8> {
+        read_tree(&self.orchestrator_config.data_dir)
+    }
+}
+
+pub fn plan_request(steps: &[(&str, Value)]) -> orchestrator_mock::api::PlanRequest {
+    orchestrator_mock::api::PlanRequest {
+        name: Some("e2e".into()),
+        steps: steps
+            .iter()
+            .map(|(task, inputs)| orchestrator_mock::api::StepRequest {
+                task: task.to_string(),
+                version: None,
+                inputs: inputs.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Every byte of every file under `dir`.
+pub fn read_tree(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(read_tree(&path));
+        } else {
+            out.extend(std::fs::read(&path).unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
