@@ -20,13 +20,17 @@ pub enum IdentityError {
     #[error("not a valid X.509 certificate: {0}")]
     Malformed(String),
     /// The certificate has no URI subject alternative name.
-    #[error("certificate has no URI SAN; a worker identity is one URI SAN such as spiffe://example.org/worker/<id>")]
+    #[error(
+        "certificate has no URI SAN; a worker identity is one URI SAN such as spiffe://example.org/worker/<id>"
+    )]
     NoUriSan,
     /// The certificate has more than one URI SAN, so the identity is ambiguous.
     #[error("certificate has {0} URI SANs; exactly one is required")]
     SeveralUriSans(usize),
     /// The certificate is a CA certificate, which must never be used as a leaf.
-    #[error("certificate is a CA certificate (basicConstraints CA=true) and cannot identify a worker")]
+    #[error(
+        "certificate is a CA certificate (basicConstraints CA=true) and cannot identify a worker"
+    )]
     IsCa,
     /// The certificate lacks the clientAuth extended key usage.
     #[error("certificate lacks the clientAuth extended key usage")]
