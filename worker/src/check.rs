@@ -72,9 +72,7 @@ pub async fn check(config: &Config) -> CheckReport {
     let references: BTreeSet<SecretRef> = config
         .tasks
         .values()
-        .filter_map(|t| match &t.executor {
-            crate::config::ExecutorConfig::Http(h) => h.auth.as_ref().map(|a| a.secret().clone()),
-        })
+        .filter_map(|t| t.executor.secret().cloned())
         .collect();
     let secrets = Secrets::default();
     for reference in references {

@@ -101,6 +101,19 @@ pub struct TaskConfig {
 pub enum ExecutorConfig {
     /// An HTTP call to an internal API.
     Http(HttpExecutorConfig),
+    /// No call at all: the output is the inputs. For connectivity checks
+    /// and benchmarks of the worker itself (`echo = true` in the task table).
+    Echo,
+}
+
+impl ExecutorConfig {
+    /// The credential this executor needs, if any.
+    pub fn secret(&self) -> Option<&SecretRef> {
+        match self {
+            ExecutorConfig::Http(http) => http.auth.as_ref().map(AuthConfig::secret),
+            ExecutorConfig::Echo => None,
+        }
+    }
 }
 
 /// One problem found in the configuration.
@@ -199,7 +212,9 @@ struct RawTask {
     input_schema: toml::Value,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
-    http: RawHttp,
+    http: Option<RawHttp>,
+    #[serde(default)]
+    echo: bool,
 }
 
 #[derive(Deserialize)]
@@ -416,18 +431,58 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
         problem(format!("{at}.timeout"), "must be above zero".into());
     }
 
-    let http_at = format!("{at}.http");
-    let method = match http::Method::from_bytes(raw.http.method.to_ascii_uppercase().as_bytes()) {
+    let executor = match (raw.http, raw.echo) {
+        (Some(http), false) => validate_http(http, &format!("{at}.http"), &mut problems),
+        (None, true) => Some(ExecutorConfig::Echo),
+        (Some(_), true) => {
+            problems.push(ConfigProblem {
+                path: at.to_string(),
+                message: "has both `http` and `echo = true`; a task has exactly one executor"
+                    .into(),
+            });
+            None
+        }
+        (None, false) => {
+            problems.push(ConfigProblem {
+                path: at.to_string(),
+                message: "has no executor; add an [tasks.\"<name>\".http] table (or `echo = true`)"
+                    .into(),
+            });
+            None
+        }
+    };
+    match executor {
+        Some(executor) if problems.is_empty() => Ok(TaskConfig {
+            name: name.to_string(),
+            version: raw.version,
+            input_schema,
+            timeout,
+            executor,
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn validate_http(
+    raw: RawHttp,
+    http_at: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<ExecutorConfig> {
+    let before = problems.len();
+    let mut problem = |path: String, message: String| {
+        problems.push(ConfigProblem { path, message });
+    };
+    let method = match http::Method::from_bytes(raw.method.to_ascii_uppercase().as_bytes()) {
         Ok(m) => m,
         Err(_) => {
             problem(
                 format!("{http_at}.method"),
-                format!("`{}` is not an HTTP method", raw.http.method),
+                format!("`{}` is not an HTTP method", raw.method),
             );
             http::Method::GET
         }
     };
-    let url = match UrlTemplate::parse(&raw.http.url) {
+    let url = match UrlTemplate::parse(&raw.url) {
         Ok(t) => Some(t),
         Err(message) => {
             problem(format!("{http_at}.url"), message);
@@ -435,7 +490,7 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
         }
     };
     let mut headers = http::HeaderMap::new();
-    for (key, value) in &raw.http.headers {
+    for (key, value) in &raw.headers {
         match (
             http::HeaderName::from_bytes(key.as_bytes()),
             http::HeaderValue::from_str(value),
@@ -449,7 +504,7 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
             ),
         }
     }
-    let body = match raw.http.body.map(|b| serde_json::to_value(&b)) {
+    let body = match raw.body.map(|b| serde_json::to_value(&b)) {
         None => None,
         Some(Ok(body)) => Some(body),
         Some(Err(e)) => {
@@ -457,7 +512,7 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
             None
         }
     };
-    let auth = match raw.http.auth {
+    let auth = match raw.auth {
         None => None,
         Some(RawAuth::Bearer { secret }) => match secret.parse::<SecretRef>() {
             Ok(secret) => Some(AuthConfig::Bearer { secret }),
@@ -485,33 +540,22 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
             }
         }
     };
-    let max_response_bytes = raw
-        .http
-        .max_response_bytes
-        .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+    let max_response_bytes = raw.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
     if max_response_bytes == 0 {
         problem(
             format!("{http_at}.max_response_bytes"),
             "must be above zero".into(),
         );
     }
-    match url {
-        Some(url) if problems.is_empty() => Ok(TaskConfig {
-            name: name.to_string(),
-            version: raw.version,
-            input_schema,
-            timeout,
-            executor: ExecutorConfig::Http(HttpExecutorConfig {
-                method,
-                url,
-                headers,
-                body,
-                auth,
-                max_response_bytes,
-            }),
-        }),
-        _ => Err(problems),
-    }
+    let url = url?;
+    (problems.len() == before).then_some(ExecutorConfig::Http(HttpExecutorConfig {
+        method,
+        url,
+        headers,
+        body,
+        auth,
+        max_response_bytes,
+    }))
 }
 
 #[cfg(test)]
@@ -546,7 +590,9 @@ mod tests {
         assert_eq!(config.max_in_flight, 4);
         let task = &config.tasks["crm.create_ticket"];
         assert_eq!(task.timeout, Duration::from_secs(5));
-        let ExecutorConfig::Http(http) = &task.executor;
+        let ExecutorConfig::Http(http) = &task.executor else {
+            panic!("expected an HTTP executor");
+        };
         assert_eq!(http.method, http::Method::POST);
         assert_eq!(
             http.auth.as_ref().unwrap().secret(),
@@ -579,6 +625,39 @@ mod tests {
             paths.contains(&"tasks.crm.create_ticket.http.auth.secret"),
             "{paths:?}"
         );
+    }
+
+    #[test]
+    fn a_task_has_exactly_one_executor() {
+        let echo = GOOD.replace(
+            "[tasks.\"crm.create_ticket\".http]",
+            "echo = true\n[tasks.\"crm.create_ticket\".http]",
+        );
+        let err = Config::from_toml_str(&echo, Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("exactly one executor"), "{err}");
+        let only_echo = r#"
+            [orchestrator]
+            address = "127.0.0.1:7443"
+            server_name = "orchestrator.local"
+            [tls]
+            ca_cert = "ca.pem"
+            cert = "w.pem"
+            key = "w.key"
+            [tasks."diag.noop"]
+            version = "1"
+            input_schema = { type = "object" }
+            echo = true
+            [tasks."diag.none"]
+            version = "1"
+            input_schema = { type = "object" }
+        "#;
+        let err = Config::from_toml_str(only_echo, Path::new("/")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "tasks.diag.none");
+        assert!(problems[0].message.contains("no executor"));
     }
 
     #[test]

@@ -241,22 +241,20 @@ impl Runner {
                     .await;
             }
         };
-        let credential = match task.config.executor {
-            ExecutorConfig::Http(ref http) => match &http.auth {
-                None => None,
-                Some(auth) => match self.secrets.load(auth.secret()).await {
-                    Ok(value) => Some(value),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "credential unavailable");
-                        let error = TaskError::new("credential_unavailable", e.to_string());
-                        let execution = Execution {
-                            outcome: Outcome::Failed,
-                            output: None,
-                            error: Some(error),
-                        };
-                        return self.finish(assignment, received_at, None, execution).await;
-                    }
-                },
+        let credential = match task.config.executor.secret() {
+            None => None,
+            Some(reference) => match self.secrets.load(reference).await {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    tracing::warn!(error = %e, "credential unavailable");
+                    let error = TaskError::new("credential_unavailable", e.to_string());
+                    let execution = Execution {
+                        outcome: Outcome::Failed,
+                        output: None,
+                        error: Some(error),
+                    };
+                    return self.finish(assignment, received_at, None, execution).await;
+                }
             },
         };
         let started_at = SystemTime::now();
@@ -271,7 +269,20 @@ impl Runner {
                 )),
             },
             Some(timeout) => {
-                let ExecutorConfig::Http(ref http) = task.config.executor;
+                let execute = async {
+                    match &task.config.executor {
+                        ExecutorConfig::Http(http) => {
+                            self.http
+                                .execute(http, &inputs, credential.as_ref(), timeout)
+                                .await
+                        }
+                        ExecutorConfig::Echo => Execution {
+                            outcome: Outcome::Succeeded,
+                            output: Some(Value::Object(inputs.clone())),
+                            error: None,
+                        },
+                    }
+                };
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => Execution {
@@ -279,7 +290,7 @@ impl Runner {
                         output: None,
                         error: Some(TaskError::new("cancelled", "cancelled while running; the call may have reached the internal API")),
                     },
-                    done = self.http.execute(http, &inputs, credential.as_ref(), timeout) => done,
+                    done = execute => done,
                 }
             }
         };
