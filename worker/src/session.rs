@@ -17,7 +17,6 @@
 //! a durable journal will let them survive a worker restart.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pb::orchestrator_message::Kind as Down;
@@ -45,12 +44,9 @@ const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
 /// Why one session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// Dialing failed (network, TLS, identity of the orchestrator).
+    /// Dialing failed (network, TLS, identity of the orchestrator, HTTP/2 set-up).
     #[error(transparent)]
     Dial(#[from] DialError),
-    /// The HTTP/2 channel could not be set up over the TLS connection.
-    #[error("gRPC channel set-up failed: {0}")]
-    Channel(#[from] tonic::transport::Error),
     /// The orchestrator ended the stream with a status.
     #[error("orchestrator ended the stream: {0}")]
     Status(#[from] tonic::Status),
@@ -94,7 +90,6 @@ pub fn classify(error: &SessionError) -> Disposition {
         },
         SessionError::Audit(_) => Disposition::Fatal,
         SessionError::Dial(_)
-        | SessionError::Channel(_)
         | SessionError::Closed
         | SessionError::NoWelcome(_)
         | SessionError::HeartbeatTimeout(_) => Disposition::Retry,
@@ -298,27 +293,7 @@ impl Worker {
     ) -> Result<SessionEnd, SessionError> {
         let address = self.config.orchestrator.address.clone();
         let timeout = self.config.orchestrator.connect_timeout;
-        let tls = self.tls.clone();
-        let dialed = tls.dial(&address, timeout).await?;
-        // The connector hands over the connection we already dialed; tonic
-        // asks for it exactly once because reconnection is ours to manage.
-        let slot = Arc::new(std::sync::Mutex::new(Some(dialed)));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_with_connector(tower::service_fn(move |_uri| {
-                let slot = slot.clone();
-                async move {
-                    let stream = slot
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .take()
-                        .ok_or_else(|| std::io::Error::other("connection already used"))?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await?;
+        let channel = self.tls.channel(&address, timeout).await?;
         let mut client = WorkerGatewayClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

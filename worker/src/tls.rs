@@ -79,6 +79,14 @@ pub enum DialError {
         /// Why (rustls' description).
         source: std::io::Error,
     },
+    /// HTTP/2 could not be set up over the TLS connection.
+    #[error("HTTP/2 set-up with {address} failed: {source}")]
+    Channel {
+        /// Where.
+        address: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
 }
 
 /// Everything needed to dial the orchestrator.
@@ -182,4 +190,50 @@ impl ClientTls {
                 after: timeout,
             })?
     }
+
+    /// Dials `address` (see [`ClientTls::dial`]) and sets up one HTTP/2
+    /// channel over that connection, with keep-alive pings so that idle
+    /// streams survive load balancers and dead peers are noticed.
+    ///
+    /// The channel never reconnects by itself: when the connection dies,
+    /// the caller dials again (with its own backoff).
+    ///
+    /// # Errors
+    /// [`DialError`]; every variant is worth a retry after a backoff.
+    pub async fn channel(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<tonic::transport::Channel, DialError> {
+        let dialed = self.dial(address, timeout).await?;
+        // The connector hands over the connection already dialed, once.
+        let slot = Arc::new(std::sync::Mutex::new(Some(dialed)));
+        let channel_error = |source| DialError::Channel {
+            address: address.to_string(),
+            source,
+        };
+        tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(channel_error)?
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_with_connector(tower::service_fn(move |_uri| {
+                let slot = slot.clone();
+                async move {
+                    let stream = slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take()
+                        .ok_or_else(|| std::io::Error::other("connection already used"))?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .map_err(channel_error)
+    }
 }
+
+/// HTTP/2 PING interval on the stream's connection.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is dead.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
