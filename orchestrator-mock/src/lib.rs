@@ -1,1 +1,249 @@
-//! stub
+//! orchestrator-mock: a working stand-in for the private-worker cloud side.
+//!
+//! "Mock" means it is not the vendor's cloud, not that it is fake: it
+//! requires mutual TLS and takes each worker's identity from its client
+//! certificate, validates plans against a task registry, waits for
+//! approval, queues and dispatches steps in order to workers whose
+//! manifest lists them (within the credit they granted), and stores every
+//! result and audit record before acknowledging it. Tests, the demo and CI
+//! pipelines rely on it behaving like the real thing.
+//!
+//! # Layout
+//! - [`config`]: the TOML config, parsed and validated in one place.
+//! - [`registry`]: the task registry file; plan and manifest validation.
+//! - [`api`]: the admin API's JSON types (shared by server and client).
+//! - [`state`]: plans, steps, queue, sessions and dispatch (one mutex).
+//! - [`store`]: append-only JSON lines files for results and audit records.
+//! - [`tls`]: rustls server config, the accept loop, the wire capture.
+//! - [`gateway`]: the tonic `WorkerGateway` service, one stream per worker.
+//! - [`admin`]: the axum HTTP+JSON admin API.
+//! - [`client`]: the typed admin client used by the CLI and tests.
+//! - [`cli`]: the `orchestrator-mock` command line.
+//!
+//! # What it does not do (yet)
+//! Persist plans across restarts, lease and reassign tasks whose worker
+//! vanished, sign approvals, or authenticate admin API callers. See the
+//! `// Roadmap:` comments where each would go.
+//!
+//! # Example
+//! ```no_run
+//! # async fn example(config: orchestrator_mock::Config) -> Result<(), Box<dyn std::error::Error>> {
+//! let handle = orchestrator_mock::spawn(config).await?;
+//! let admin = orchestrator_mock::client::AdminClient::new(&handle.admin_url());
+//! println!("{} workers connected", admin.workers().await?.len());
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod gateway;
+pub mod registry;
+pub mod state;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ConfigError, TlsConfig};
+/// The canonical JSON form the contract hashes (keys sorted at every depth,
+/// compact). The worker computes `input_schema_sha256` over it, and so does
+/// the registry; it lives in the proto crate so both sides share one
+/// implementation.
+pub use private_worker_proto::canonical_json;
+pub use private_worker_proto::canonical_sha256;
+
+/// How long [`OrchestratorHandle::shutdown`] waits for sessions and
+/// connections to close before aborting them.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the orchestrator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The registry is unreadable or invalid; fix the file.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    /// The TLS files are unusable; fix the named file.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The data directory cannot be used; check permissions.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The wire capture directory cannot be created.
+    #[error("wire_capture_dir {path}: {source}")]
+    WireCapture {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound; the address is in use or not local.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// `grpc_listen` or `admin_listen`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A running orchestrator. Dropping it leaves the servers running until
+/// the runtime ends; call [`OrchestratorHandle::shutdown`] to stop it.
+#[derive(Debug)]
+pub struct OrchestratorHandle {
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl OrchestratorHandle {
+    /// The bound worker gateway address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The admin API base URL, e.g. `http://127.0.0.1:7070`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Graceful shutdown: stop accepting, send `Drain` to every session,
+    /// wait for in-flight results (bounded by
+    /// [`gateway::DRAIN_GRACE`]), close, free both ports.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("shutdown took too long; aborting");
+                abort.abort();
+            }
+        }
+        tracing::info!("orchestrator stopped");
+    }
+}
+
+/// Loads the registry, TLS files and store, binds both listeners (port 0
+/// allowed) and starts serving; returns once both are listening.
+///
+/// # Errors
+/// [`StartError`] naming the file or address at fault.
+pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
+    if config.insecure_skip_checks {
+        tracing::warn!(
+            "!!! insecure_skip_checks is ON: plans are NOT validated against the registry and tasks are dispatched to ANY connected worker regardless of its manifest. This exists only to test the worker's own defenses; never use it otherwise. !!!"
+        );
+    }
+    let registry = Arc::new(registry::Registry::load(&config.registry)?);
+    let tls_config = tls::server_config(&config.tls)?;
+    let store = Arc::new(store::Store::open(&config.data_dir)?);
+    if let Some(dir) = &config.wire_capture_dir {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::WireCapture {
+            path: dir.clone(),
+            source,
+        })?;
+        tracing::warn!(dir = %dir.display(), "wire capture is ON (diagnostic): every byte received from workers is written to disk");
+    }
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let grpc_listener = bind("grpc_listen", config.grpc_listen).await?;
+    let admin_listener = bind("admin_listen", config.admin_listen).await?;
+    let local = |l: &tokio::net::TcpListener, what: &'static str, addr: SocketAddr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let grpc_addr = local(&grpc_listener, "grpc_listen", config.grpc_listen)?;
+    let admin_addr = local(&admin_listener, "admin_listen", config.admin_listen)?;
+
+    let shutdown = CancellationToken::new();
+    let state: state::SharedState =
+        Arc::new(Mutex::new(state::State::new(config.insecure_skip_checks)));
+
+    // Worker gateway: our TLS accept loop feeds tonic.
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    let accept = tokio::spawn(tls::accept_loop(
+        grpc_listener,
+        tls_config,
+        config.wire_capture_dir.clone(),
+        conn_tx,
+        shutdown.clone(),
+    ));
+    let service = gateway::Gateway::new(
+        state.clone(),
+        registry.clone(),
+        store.clone(),
+        config.heartbeat_interval,
+        shutdown.clone(),
+    );
+    let server = private_worker_proto::v1::worker_gateway_server::WorkerGatewayServer::new(service)
+        .max_decoding_message_size(gateway::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(gateway::MAX_MESSAGE_BYTES);
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
+        let result = tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "worker gateway stopped with an error");
+        }
+    });
+
+    // Admin API.
+    let router = admin::router(admin::AdminState {
+        state,
+        registry: registry.clone(),
+        store,
+        skip_checks: config.insecure_skip_checks,
+    });
+    let admin_shutdown = shutdown.clone();
+    let admin = tokio::spawn(async move {
+        let result = axum::serve(admin_listener, router)
+            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "admin API stopped with an error");
+        }
+    });
+
+    tracing::info!(
+        grpc = %grpc_addr,
+        admin = %admin_addr,
+        tasks = registry.len(),
+        heartbeat = ?config.heartbeat_interval,
+        "orchestrator-mock listening"
+    );
+    Ok(OrchestratorHandle {
+        grpc_addr,
+        admin_addr,
+        shutdown,
+        tasks: vec![accept, grpc, admin],
+    })
+}
+
+/// Runs until `shutdown` is cancelled, then shuts down gracefully.
+///
+/// # Errors
+/// [`StartError`] when it cannot start.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let handle = spawn(config).await?;
+    shutdown.cancelled().await;
+    handle.shutdown().await;
+    Ok(())
+}

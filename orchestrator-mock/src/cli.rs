@@ -1,0 +1,356 @@
+//! The `orchestrator-mock` command line: `serve`, `check`, and admin
+//! subcommands (`plan ...`, `workers`, `tasks`) that call the admin API
+//! through [`crate::client`].
+//!
+//! Output is for people (pretty JSON, one problem per line); `--json`
+//! prints compact JSON for scripts. Exit codes: 0 success, 1 failure,
+//! 2 plan refused, 3 plan finished but did not succeed (`plan wait`).
+//!
+//! What it does not do: set up tracing or signals (`main.rs` does), or
+//! hold state between invocations.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{PlanRequest, PlanStatus};
+use crate::client::{AdminClient, ClientError};
+use crate::config::{Config, ConfigError};
+
+/// Default admin API URL for the admin subcommands.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:7070";
+
+/// Exit code when a submitted plan is refused.
+pub const EXIT_PLAN_REFUSED: u8 = 2;
+/// Exit code when `plan wait` sees a plan end other than succeeded.
+pub const EXIT_PLAN_NOT_SUCCEEDED: u8 = 3;
+
+/// A working stand-in for the private-worker cloud side.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator-mock", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the orchestrator until SIGINT/SIGTERM.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate the config, the registry and the TLS files, then exit.
+    Check {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Plans: submit, show, approve, reject, results, audit, wait.
+    Plan {
+        /// Admin connection.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Plan subcommand.
+        #[command(subcommand)]
+        command: PlanCommand,
+    },
+    /// List connected workers.
+    Workers {
+        /// Admin connection.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List registered tasks.
+    Tasks {
+        /// Admin connection.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API is and how to print.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "ORCHESTRATOR_ADMIN_URL", default_value = DEFAULT_ADMIN_URL, global = true)]
+    pub admin_url: String,
+    /// Print compact JSON instead of pretty output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Plan subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Submit a plan from a JSON file (`-` for stdin).
+    Submit {
+        /// The plan JSON: `{"name": ..., "steps": [{"task": ..., "inputs": {...}}]}`.
+        file: PathBuf,
+    },
+    /// Show a plan.
+    Show {
+        /// Plan id.
+        id: String,
+    },
+    /// Approve a pending plan.
+    Approve {
+        /// Plan id.
+        id: String,
+    },
+    /// Reject a pending plan.
+    Reject {
+        /// Plan id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "rejected from the CLI")]
+        reason: String,
+    },
+    /// Stored results of a plan.
+    Results {
+        /// Plan id.
+        id: String,
+    },
+    /// Stored audit records of a plan.
+    Audit {
+        /// Plan id.
+        id: String,
+    },
+    /// Wait until a plan is finished; exit 3 if it did not succeed.
+    Wait {
+        /// Plan id.
+        id: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Why a CLI command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config is invalid; the message lists every bad key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The orchestrator could not start.
+    #[error(transparent)]
+    Start(#[from] crate::StartError),
+    /// An admin call failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A local file could not be read or parsed.
+    #[error("{path}: {message}")]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Writing to stdout failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Runs one command. `shutdown` ends `serve`.
+///
+/// # Errors
+/// [`CliError`]; a refused plan is not an error here (it prints the
+/// problems and returns exit code 2).
+pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Serve { config } => serve(&config, shutdown).await,
+        Command::Check { config } => Ok(check(&config)),
+        Command::Plan { admin, command } => plan(&admin, command).await,
+        Command::Workers { admin } => {
+            let workers = AdminClient::new(&admin.admin_url).workers().await?;
+            print(&admin, &workers)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tasks { admin } => {
+            let tasks = AdminClient::new(&admin.admin_url).tasks().await?;
+            print(&admin, &tasks)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(path: &std::path::Path, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
+    let config = Config::from_toml_file(path)?;
+    let handle = crate::spawn(config).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "orchestrator-mock ready grpc={} admin={}",
+            handle.grpc_addr(),
+            handle.admin_url()
+        )?;
+        out.flush()?;
+    }
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Validates everything `serve` would load, printing one line per check.
+fn check(path: &std::path::Path) -> ExitCode {
+    let mut ok = true;
+    let mut report = |good: bool, what: &str, detail: String| {
+        ok &= good;
+        println!("{} {what}: {detail}", if good { "ok  " } else { "FAIL" });
+    };
+    let config = match Config::from_toml_file(path) {
+        Ok(c) => {
+            report(true, "config", path.display().to_string());
+            c
+        }
+        Err(e) => {
+            report(false, "config", e.to_string());
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::registry::Registry::load(&config.registry) {
+        Ok(r) => report(
+            true,
+            "registry",
+            format!("{} task versions in {}", r.len(), config.registry.display()),
+        ),
+        Err(e) => report(false, "registry", e.to_string()),
+    }
+    match crate::tls::server_config(&config.tls) {
+        Ok(_) => report(
+            true,
+            "tls",
+            format!(
+                "server chain {} with client CA {}",
+                config.tls.cert.display(),
+                config.tls.ca_cert.display()
+            ),
+        ),
+        Err(e) => report(false, "tls", e.to_string()),
+    }
+    match std::fs::create_dir_all(&config.data_dir) {
+        Ok(()) => report(true, "data_dir", config.data_dir.display().to_string()),
+        Err(e) => report(
+            false,
+            "data_dir",
+            format!("{}: {e}", config.data_dir.display()),
+        ),
+    }
+    if config.insecure_skip_checks {
+        report(
+            true,
+            "WARNING",
+            "insecure_skip_checks = true: plans are not validated and manifests are ignored".into(),
+        );
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliError> {
+    let client = AdminClient::new(&admin.admin_url);
+    match command {
+        PlanCommand::Submit { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&file)
+            }
+            .map_err(|e| CliError::Input {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
+            let request: PlanRequest =
+                serde_json::from_str(&text).map_err(|e| CliError::Input {
+                    path: file.clone(),
+                    message: format!("not a plan: {e}"),
+                })?;
+            match client.submit_plan(&request).await {
+                Ok(view) => print(admin, &view)?,
+                Err(e) if !e.problems().is_empty() => {
+                    eprintln!("plan refused:");
+                    for p in e.problems() {
+                        eprintln!("  {p}");
+                    }
+                    return Ok(ExitCode::from(EXIT_PLAN_REFUSED));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        PlanCommand::Show { id } => print(admin, &client.plan(&id).await?)?,
+        PlanCommand::Approve { id } => print(admin, &client.approve(&id).await?)?,
+        PlanCommand::Reject { id, reason } => print(admin, &client.reject(&id, &reason).await?)?,
+        PlanCommand::Results { id } => print(admin, &client.results(&id).await?)?,
+        PlanCommand::Audit { id } => print(admin, &client.audit(&id).await?)?,
+        PlanCommand::Wait { id, timeout } => {
+            let view = client.wait_for_plan(&id, timeout).await?;
+            print(admin, &view)?;
+            if view.status != PlanStatus::Succeeded {
+                return Ok(ExitCode::from(EXIT_PLAN_NOT_SUCCEEDED));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print<T: Serialize>(admin: &AdminArgs, value: &T) -> Result<(), CliError> {
+    let text = if admin.json {
+        serde_json::to_string(value)
+    } else {
+        serde_json::to_string_pretty(value)
+    }
+    .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn plan_wait_takes_a_humantime_timeout_and_an_admin_url() {
+        let cli = Cli::try_parse_from([
+            "orchestrator-mock",
+            "plan",
+            "--admin-url",
+            "http://x:1",
+            "wait",
+            "abc",
+            "--timeout",
+            "2m",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Plan {
+                admin,
+                command: PlanCommand::Wait { id, timeout },
+            } => {
+                assert_eq!(admin.admin_url, "http://x:1");
+                assert_eq!(id, "abc");
+                assert_eq!(timeout, Duration::from_secs(120));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

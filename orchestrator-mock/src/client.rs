@@ -1,0 +1,246 @@
+//! A typed client for the admin API, used by the CLI, the tests and the demo.
+//!
+//! Each method is one HTTP call (except [`AdminClient::wait_for_plan`],
+//! which polls). API errors come back as [`ClientError::Api`] with the
+//! server's code, message and, for a refused plan, its problems.
+//!
+//! What it does not do: retry. Callers decide whether a failure is worth
+//! another try.
+
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    ErrorBody, PlanRequest, PlanView, Problem, RejectRequest, StoredAudit, StoredResult, TaskView,
+    WorkerView,
+};
+
+/// How often [`AdminClient::wait_for_plan`] polls.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request did not complete (connection refused, reset, ...);
+    /// check the admin URL and that the orchestrator is running.
+    #[error("admin API request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The server answered with an error. For a refused plan `code` is
+    /// `plan_invalid` and `problems` lists every problem: fix the plan.
+    #[error("{}", api_message(*.status, .code, .message, .problems))]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The server's error code (`plan_invalid`, `not_found`, `conflict`, ...).
+        code: String,
+        /// The server's message.
+        message: String,
+        /// For `plan_invalid`, the problems.
+        problems: Vec<Problem>,
+    },
+    /// The server answered with a body this client does not understand
+    /// (version mismatch?).
+    #[error("unexpected admin API response (HTTP {status}): {message}")]
+    Decode {
+        /// HTTP status.
+        status: u16,
+        /// The decode error.
+        message: String,
+    },
+    /// [`AdminClient::wait_for_plan`] gave up; the plan is still running.
+    #[error("plan {plan_id} not finished after {waited:?} (status {status:?})")]
+    Timeout {
+        /// The plan.
+        plan_id: String,
+        /// How long it waited.
+        waited: Duration,
+        /// The last status seen.
+        status: crate::api::PlanStatus,
+    },
+}
+
+fn api_message(status: u16, code: &str, message: &str, problems: &[Problem]) -> String {
+    let mut out = format!("{message} (HTTP {status}, {code})");
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&p.to_string());
+    }
+    out
+}
+
+impl ClientError {
+    /// The problems of a refused plan; empty for any other error.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Api { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } | Self::Decode { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one orchestrator's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for `base_url`, e.g. `http://127.0.0.1:7070`.
+    pub fn new(base_url: &str) -> Self {
+        AdminClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Submits a plan; it is validated and waits for approval.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `problems` when the plan is refused.
+    pub async fn submit_plan(&self, plan: &PlanRequest) -> Result<PlanView, ClientError> {
+        self.send(self.http.post(self.url("/v1/plans")).json(plan))
+            .await
+    }
+
+    /// Reads a plan.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] (404) for an unknown id, or transport errors.
+    pub async fn plan(&self, id: &str) -> Result<PlanView, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/plans/{id}"))))
+            .await
+    }
+
+    /// Approves a pending plan.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]: 404 unknown id, 409 not pending.
+    pub async fn approve(&self, id: &str) -> Result<PlanView, ClientError> {
+        self.send(self.http.post(self.url(&format!("/v1/plans/{id}/approve"))))
+            .await
+    }
+
+    /// Rejects a pending plan.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]: 404 unknown id, 409 not pending.
+    pub async fn reject(&self, id: &str, reason: &str) -> Result<PlanView, ClientError> {
+        let body = RejectRequest {
+            reason: Some(reason.to_string()),
+        };
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/plans/{id}/reject")))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// The stored results of a plan.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] (404) for an unknown id, or transport errors.
+    pub async fn results(&self, id: &str) -> Result<Vec<StoredResult>, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/plans/{id}/results"))))
+            .await
+    }
+
+    /// The stored audit records of a plan.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] (404) for an unknown id, or transport errors.
+    pub async fn audit(&self, id: &str) -> Result<Vec<StoredAudit>, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/plans/{id}/audit"))))
+            .await
+    }
+
+    /// Polls a plan until it is finished (succeeded, failed or rejected).
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] after `timeout`, or any error of [`Self::plan`].
+    pub async fn wait_for_plan(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<PlanView, ClientError> {
+        let start = Instant::now();
+        loop {
+            let plan = self.plan(id).await?;
+            if plan.status.is_finished() {
+                return Ok(plan);
+            }
+            if start.elapsed() >= timeout {
+                return Err(ClientError::Timeout {
+                    plan_id: id.to_string(),
+                    waited: start.elapsed(),
+                    status: plan.status,
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The connected worker sessions.
+    ///
+    /// # Errors
+    /// Transport or decode errors.
+    pub async fn workers(&self) -> Result<Vec<WorkerView>, ClientError> {
+        self.send(self.http.get(self.url("/v1/workers"))).await
+    }
+
+    /// The task registry.
+    ///
+    /// # Errors
+    /// Transport or decode errors.
+    pub async fn tasks(&self) -> Result<Vec<TaskView>, ClientError> {
+        self.send(self.http.get(self.url("/v1/tasks"))).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                status,
+                message: e.to_string(),
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(ClientError::Api {
+                status,
+                code: body.error,
+                message: body.message,
+                problems: body.problems,
+            }),
+            Err(_) => Err(ClientError::Api {
+                status,
+                code: "http_error".into(),
+                message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                problems: Vec::new(),
+            }),
+        }
+    }
+}

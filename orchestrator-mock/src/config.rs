@@ -1,0 +1,399 @@
+//! The orchestrator's TOML config, parsed and validated in one place.
+//!
+//! [`Config::from_toml_str`] walks the document by hand so that every bad
+//! value is reported with its key path (`tls.cert: ...`), all at once, and
+//! unknown keys are errors rather than silently ignored typos. Relative
+//! paths are resolved against the config file's directory.
+//!
+//! This module does not open the files it names: the registry, the TLS
+//! files and the data directory are checked by [`crate::spawn`] and by the
+//! `check` subcommand.
+//!
+//! ```toml
+//! grpc_listen = "0.0.0.0:7443"        # default 127.0.0.1:7443
+//! admin_listen = "127.0.0.1:7070"     # default 127.0.0.1:7070
+//! registry = "registry.json"
+//! data_dir = "data"
+//! heartbeat_interval = "10s"          # default 10s
+//! insecure_skip_checks = false        # default false; tests of worker defenses only
+//! wire_capture_dir = "wire"           # optional diagnostic
+//!
+//! [tls]
+//! ca_cert = "certs/ca.pem"            # trust anchors for worker certificates
+//! cert = "certs/orchestrator.pem"     # server chain, leaf first
+//! key = "certs/orchestrator.key"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default gRPC (worker gateway) listen address.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7443";
+/// Default admin HTTP listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7070";
+/// Default heartbeat interval announced in `Welcome`.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The whole orchestrator configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the worker gateway (gRPC over mTLS) listens; port 0 picks one.
+    pub grpc_listen: SocketAddr,
+    /// Where the admin HTTP API listens; port 0 picks one.
+    pub admin_listen: SocketAddr,
+    /// TLS files.
+    pub tls: TlsConfig,
+    /// The task registry file (JSON).
+    pub registry: PathBuf,
+    /// Where results and audit records are stored (created if missing).
+    pub data_dir: PathBuf,
+    /// Heartbeat interval; a session silent for three intervals is ended.
+    pub heartbeat_interval: Duration,
+    /// Skip plan validation against the registry and manifest checks on
+    /// dispatch. Exists only to test the worker's own defenses.
+    pub insecure_skip_checks: bool,
+    /// Diagnostic: append every decrypted byte read from each worker
+    /// connection to `<dir>/conn-<n>.bin`.
+    pub wire_capture_dir: Option<PathBuf>,
+}
+
+/// TLS files of the worker gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM trust anchors for worker (client) certificates.
+    pub ca_cert: PathBuf,
+    /// PEM server certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the server certificate.
+    pub key: PathBuf,
+}
+
+/// One bad value in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Key path, e.g. `tls.cert`.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read; check the path and permissions.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The text is not TOML; fix the syntax at the reported position.
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    /// The TOML is well-formed but values are missing, unknown or wrong;
+    /// fix every listed key.
+    #[error("invalid config:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl ConfigError {
+    /// Every problem, for [`ConfigError::Invalid`]; empty otherwise.
+    pub fn problems(&self) -> &[ConfigProblem] {
+        match self {
+            Self::Invalid(p) => p,
+            _ => &[],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths are resolved
+    /// against the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`]: unreadable file, TOML syntax, or every bad value.
+    pub fn from_toml_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_toml_str(&text, base)
+    }
+
+    /// Parses and validates config text; relative paths are resolved
+    /// against `base_dir`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] for malformed TOML, [`ConfigError::Invalid`]
+    /// listing every missing, unknown or bad key with its path.
+    pub fn from_toml_str(s: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let table: toml::Table = s
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let mut r = Reader {
+            base: base_dir,
+            problems: Vec::new(),
+        };
+        const TOP: &[&str] = &[
+            "grpc_listen",
+            "admin_listen",
+            "tls",
+            "registry",
+            "data_dir",
+            "heartbeat_interval",
+            "insecure_skip_checks",
+            "wire_capture_dir",
+        ];
+        r.unknown_keys(&table, "", TOP);
+        let grpc_listen = r.addr(&table, "grpc_listen", DEFAULT_GRPC_LISTEN);
+        let admin_listen = r.addr(&table, "admin_listen", DEFAULT_ADMIN_LISTEN);
+        let registry = r.path(&table, "", "registry", true);
+        let data_dir = r.path(&table, "", "data_dir", true);
+        let wire_capture_dir = r.path(&table, "", "wire_capture_dir", false);
+        let heartbeat_interval = r.duration(&table, "heartbeat_interval");
+        let insecure_skip_checks = match table.get("insecure_skip_checks") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(other) => {
+                r.problem(
+                    "insecure_skip_checks",
+                    format!("expected true or false, found {}", other.type_str()),
+                );
+                false
+            }
+        };
+        let tls = match table.get("tls") {
+            Some(toml::Value::Table(t)) => {
+                r.unknown_keys(t, "tls.", &["ca_cert", "cert", "key"]);
+                Some((
+                    r.path(t, "tls.", "ca_cert", true),
+                    r.path(t, "tls.", "cert", true),
+                    r.path(t, "tls.", "key", true),
+                ))
+            }
+            None => {
+                r.problem("tls", "missing table [tls] with ca_cert, cert and key");
+                None
+            }
+            Some(other) => {
+                r.problem(
+                    "tls",
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                None
+            }
+        };
+        match (
+            r.problems.is_empty(),
+            grpc_listen,
+            admin_listen,
+            registry,
+            data_dir,
+            tls,
+        ) {
+            (
+                true,
+                Some(grpc_listen),
+                Some(admin_listen),
+                Some(registry),
+                Some(data_dir),
+                Some((Some(ca_cert), Some(cert), Some(key))),
+            ) => Ok(Config {
+                grpc_listen,
+                admin_listen,
+                tls: TlsConfig { ca_cert, cert, key },
+                registry,
+                data_dir,
+                heartbeat_interval,
+                insecure_skip_checks,
+                wire_capture_dir,
+            }),
+            _ => Err(ConfigError::Invalid(r.problems)),
+        }
+    }
+}
+
+/// Collects problems while reading values out of a TOML table.
+struct Reader<'a> {
+    base: &'a Path,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Reader<'_> {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn unknown_keys(&mut self, table: &toml::Table, prefix: &str, known: &[&str]) {
+        for key in table.keys() {
+            if !known.contains(&key.as_str()) {
+                self.problem(
+                    &format!("{prefix}{key}"),
+                    format!("unknown key (expected one of: {})", known.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn string<'t>(&mut self, table: &'t toml::Table, path: &str, key: &str) -> Option<&'t str> {
+        match table.get(key) {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s),
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("expected a string, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn addr(&mut self, table: &toml::Table, key: &str, default: &str) -> Option<SocketAddr> {
+        let text = self.string(table, key, key).unwrap_or(default).to_string();
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{text:?} is not an IP:port socket address ({e})"),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(
+        &mut self,
+        table: &toml::Table,
+        prefix: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<PathBuf> {
+        let full = format!("{prefix}{key}");
+        match self.string(table, &full, key) {
+            Some("") => {
+                self.problem(&full, "must not be empty");
+                None
+            }
+            Some(s) => Some(self.base.join(s)),
+            None if table.contains_key(key) => None,
+            None => {
+                if required {
+                    self.problem(&full, "missing (a file path)");
+                }
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, table: &toml::Table, key: &str) -> Duration {
+        let Some(text) = self.string(table, key, key) else {
+            return DEFAULT_HEARTBEAT_INTERVAL;
+        };
+        match humantime_serde::re::humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.problem(key, "must be greater than zero");
+                DEFAULT_HEARTBEAT_INTERVAL
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{text:?} is not a duration like \"10s\" ({e})"),
+                );
+                DEFAULT_HEARTBEAT_INTERVAL
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        grpc_listen = "127.0.0.1:0"
+        registry = "registry.json"
+        data_dir = "/var/lib/om"
+        [tls]
+        ca_cert = "ca.pem"
+        cert = "server.pem"
+        key = "server.key"
+    "#;
+
+    #[test]
+    fn a_minimal_config_gets_defaults_and_relative_paths_resolved_against_the_base() {
+        let c = Config::from_toml_str(GOOD, Path::new("/etc/om")).unwrap();
+        assert_eq!(c.grpc_listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.admin_listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
+        assert_eq!(c.registry, PathBuf::from("/etc/om/registry.json"));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/om"));
+        assert_eq!(c.tls.key, PathBuf::from("/etc/om/server.key"));
+        assert_eq!(c.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+        assert!(!c.insecure_skip_checks);
+        assert_eq!(c.wire_capture_dir, None);
+    }
+
+    #[test]
+    fn config_errors_report_every_bad_key_with_its_path() {
+        let text = r#"
+            grpc_listen = "localhost"
+            registry = 5
+            heartbeat_interval = "soon"
+            insecure_skip_checks = "yes"
+            colour = "blue"
+            [tls]
+            ca_cert = "ca.pem"
+            cert = ""
+            pasword = "x"
+        "#;
+        let err = Config::from_toml_str(text, Path::new(".")).unwrap_err();
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "grpc_listen",
+            "registry",
+            "data_dir",
+            "heartbeat_interval",
+            "insecure_skip_checks",
+            "colour",
+            "tls.cert",
+            "tls.key",
+            "tls.pasword",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+        let text = err.to_string();
+        assert!(text.contains("tls.key: missing"), "{text}");
+        assert!(text.contains("heartbeat_interval: \"soon\""), "{text}");
+    }
+
+    #[test]
+    fn a_missing_tls_table_is_reported() {
+        let err = Config::from_toml_str("registry = \"r\"\ndata_dir = \"d\"", Path::new("."))
+            .unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{err}");
+        assert_eq!(err.problems()[0].path, "tls");
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_reported_as_such() {
+        let err = Config::from_toml_str("registry = ", Path::new(".")).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax(_)), "{err}");
+    }
+}

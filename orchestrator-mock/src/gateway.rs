@@ -1,0 +1,496 @@
+//! The `WorkerGateway` gRPC service: one `Session` stream per worker.
+//!
+//! A session reads `Hello` (it must come first), answers `Welcome` with the
+//! identity from the certificate and the manifest problems, registers with
+//! [`crate::state`], then pumps: assignments from the state go down, credit,
+//! accepts, results, heartbeats and draining come up. Each `TaskResult` is
+//! written to the [`crate::store`] (flushed) before its `ResultAck` is sent;
+//! duplicates by (task_id, attempt) are acknowledged again but not stored.
+//!
+//! Liveness: a heartbeat goes down when nothing else was sent for one
+//! interval; a session that receives nothing for three intervals is ended.
+//! On orchestrator shutdown every session sends `Drain`, waits (up to
+//! [`DRAIN_GRACE`]) for the results of its in-flight tasks, then closes.
+//!
+//! What it does not do: authenticate (the TLS layer did, see
+//! [`crate::tls`]), interpret task inputs or outputs beyond parsing JSON,
+//! or reassign work when a session ends (`// Roadmap:` leases).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pb::orchestrator_message::Kind as Down;
+use pb::worker_message::Kind as Up;
+use private_worker_proto::v1 as pb;
+use private_worker_proto::v1::worker_gateway_server::WorkerGateway;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::api::{ManifestEntryView, StoredAudit, StoredResult};
+use crate::registry::Registry;
+use crate::state::{
+    NewSession, ResultEffect, SharedState, now_rfc3339, outcome_name, step_status_for,
+};
+use crate::store::Store;
+use crate::tls::WorkerConnInfo;
+
+/// How long a session waits after `Drain` for in-flight results before
+/// closing on orchestrator shutdown.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Largest gRPC message accepted or sent.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The service; cheap to clone (everything is shared).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: SharedState,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// A gateway over shared state, registry and store. Sessions watch
+    /// `shutdown` to drain.
+    pub fn new(
+        state: SharedState,
+        registry: Arc<Registry>,
+        store: Arc<Store>,
+        heartbeat: Duration,
+        shutdown: CancellationToken,
+    ) -> Gateway {
+        Gateway {
+            inner: Arc::new(Inner {
+                state,
+                registry,
+                store,
+                heartbeat,
+                shutdown,
+            }),
+        }
+    }
+}
+
+type Reply = Result<pb::OrchestratorMessage, Status>;
+
+#[tonic::async_trait]
+impl WorkerGateway for Gateway {
+    type SessionStream = ReceiverStream<Reply>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let Some(conn) = request.extensions().get::<WorkerConnInfo>().cloned() else {
+            // Only reachable if the service is served without our TLS layer.
+            return Err(Status::unauthenticated(
+                "no authenticated worker identity on this connection",
+            ));
+        };
+        let inbound = request.into_inner();
+        let (out, rx) = mpsc::channel(64);
+        let inner = self.inner.clone();
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let span =
+            tracing::info_span!("session", session_id = %session_id, worker = %conn.identity);
+        tokio::spawn(
+            async move {
+                inner.run_session(session_id, conn, inbound, out).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn message(kind: Down) -> pb::OrchestratorMessage {
+    pb::OrchestratorMessage { kind: Some(kind) }
+}
+
+impl Inner {
+    async fn run_session(
+        self: Arc<Self>,
+        session_id: String,
+        conn: WorkerConnInfo,
+        mut inbound: Streaming<pb::WorkerMessage>,
+        out: mpsc::Sender<Reply>,
+    ) {
+        let hello = match tokio::time::timeout(self.heartbeat * 3, inbound.message()).await {
+            Ok(Ok(Some(pb::WorkerMessage {
+                kind: Some(Up::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => {
+                tracing::warn!("first message was not Hello; ending the stream");
+                let _ = out
+                    .send(Err(Status::invalid_argument(
+                        "the first message of a session must be Hello",
+                    )))
+                    .await;
+                return;
+            }
+            Ok(Ok(None)) => {
+                tracing::info!("stream closed before Hello");
+                return;
+            }
+            Ok(Err(status)) => {
+                tracing::info!(%status, "stream failed before Hello");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("no Hello in time; ending the stream");
+                let _ = out
+                    .send(Err(Status::deadline_exceeded("no Hello received")))
+                    .await;
+                return;
+            }
+        };
+        let manifest: Vec<ManifestEntryView> = hello
+            .manifest
+            .iter()
+            .map(|m| {
+                let problem =
+                    self.registry
+                        .check_manifest_entry(&m.name, &m.version, &m.input_schema_sha256);
+                ManifestEntryView {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    input_schema_sha256: m.input_schema_sha256.clone(),
+                    dispatchable: problem.is_none(),
+                    problem,
+                }
+            })
+            .collect();
+        let problems: Vec<pb::ManifestProblem> = manifest
+            .iter()
+            .filter_map(|m| {
+                m.problem.as_ref().map(|reason| pb::ManifestProblem {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    reason: reason.clone(),
+                })
+            })
+            .collect();
+        for p in &problems {
+            tracing::warn!(task = %p.name, version = %p.version, reason = %p.reason, "manifest entry will not receive work");
+        }
+        let welcome = pb::Welcome {
+            session_id: session_id.clone(),
+            worker_identity: conn.identity.clone(),
+            heartbeat_interval: prost_types::Duration::try_from(self.heartbeat).ok(),
+            manifest_problems: problems,
+        };
+        if out.send(Ok(message(Down::Welcome(welcome)))).await.is_err() {
+            return;
+        }
+        tracing::info!(
+            remote_addr = %conn.remote_addr,
+            worker_version = %hello.worker_version,
+            instance_id = %hello.instance_id,
+            credit = hello.max_in_flight,
+            manifest = hello.manifest.len(),
+            pending_results = hello.pending_results.len(),
+            "session established"
+        );
+        for pending in &hello.pending_results {
+            tracing::info!(task_id = %pending.task_id, attempt = pending.attempt, "worker will re-send a pending result");
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.lock().register_session(NewSession {
+            session_id: session_id.clone(),
+            identity: conn.identity.clone(),
+            remote_addr: conn.remote_addr,
+            worker_version: hello.worker_version.clone(),
+            instance_id: hello.instance_id.clone(),
+            manifest,
+            credit: hello.max_in_flight,
+            tx,
+        });
+
+        let end = self
+            .pump(&session_id, &conn, &mut inbound, &mut rx, &out)
+            .await;
+        let orphaned = self.lock().unregister_session(&session_id);
+        for (task_id, attempt) in &orphaned {
+            tracing::warn!(task_id = %task_id, attempt, "session ended with the task assigned and no result; it stays assigned until the worker re-sends its result");
+        }
+        tracing::info!(reason = %end, "session ended");
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, crate::state::State> {
+        // A panic while holding the lock leaves the state as consistent as
+        // each single mutation; keep serving rather than poison everything.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn pump(
+        &self,
+        session_id: &str,
+        conn: &WorkerConnInfo,
+        inbound: &mut Streaming<pb::WorkerMessage>,
+        rx: &mut mpsc::UnboundedReceiver<pb::OrchestratorMessage>,
+        out: &mpsc::Sender<Reply>,
+    ) -> String {
+        let mut last_sent = Instant::now();
+        let mut last_received = Instant::now();
+        let mut tick = tokio::time::interval(self.heartbeat / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            if drain_deadline.is_some() && self.lock().in_flight(session_id) == 0 {
+                return "drained for orchestrator shutdown".into();
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled(), if drain_deadline.is_none() => {
+                    tracing::info!("orchestrator shutting down; sending Drain");
+                    self.lock().set_draining(session_id);
+                    let drain = message(Down::Drain(pb::Drain { reason: "orchestrator shutting down".into() }));
+                    if out.send(Ok(drain)).await.is_err() {
+                        return "worker gone".into();
+                    }
+                    last_sent = Instant::now();
+                    drain_deadline = Some(Instant::now() + DRAIN_GRACE);
+                }
+                _ = sleep_until(drain_deadline), if drain_deadline.is_some() => {
+                    return "drain grace period over".into();
+                }
+                received = inbound.message() => {
+                    last_received = Instant::now();
+                    match received {
+                        Ok(Some(pb::WorkerMessage { kind: Some(kind) })) => {
+                            match self.handle(session_id, conn, kind, out).await {
+                                Ok(true) => last_sent = Instant::now(),
+                                Ok(false) => {}
+                                Err(reason) => return reason,
+                            }
+                        }
+                        Ok(Some(_)) => tracing::debug!("ignoring an empty message"),
+                        Ok(None) => return "worker closed the stream".into(),
+                        Err(status) => return format!("stream error: {status}"),
+                    }
+                }
+                Some(down) = rx.recv() => {
+                    if out.send(Ok(down)).await.is_err() {
+                        return "worker gone".into();
+                    }
+                    last_sent = Instant::now();
+                }
+                _ = tick.tick() => {
+                    let silent = last_received.elapsed();
+                    if silent > self.heartbeat * 3 {
+                        let _ = out.send(Err(Status::unavailable("no message from the worker for three heartbeat intervals"))).await;
+                        return format!("heartbeat timeout: nothing received for {silent:?}");
+                    }
+                    if last_sent.elapsed() >= self.heartbeat {
+                        let in_flight = u32::try_from(self.lock().in_flight(session_id)).unwrap_or(u32::MAX);
+                        let beat = message(Down::Heartbeat(pb::Heartbeat { sent_at: Some(std::time::SystemTime::now().into()), in_flight }));
+                        if out.send(Ok(beat)).await.is_err() {
+                            return "worker gone".into();
+                        }
+                        last_sent = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one worker message; returns whether something was sent
+    /// back, `Err(reason)` ends the session.
+    async fn handle(
+        &self,
+        session_id: &str,
+        conn: &WorkerConnInfo,
+        kind: Up,
+        out: &mpsc::Sender<Reply>,
+    ) -> Result<bool, String> {
+        match kind {
+            Up::Hello(_) => tracing::warn!("ignoring a second Hello"),
+            Up::Credit(credit) => {
+                tracing::debug!(grant = credit.grant, "credit granted");
+                self.lock().grant_credit(session_id, credit.grant);
+            }
+            Up::Accept(accept) => {
+                if let Some(task) = accept.task {
+                    tracing::info!(task_id = %task.task_id, attempt = task.attempt, "worker accepted the task");
+                }
+            }
+            Up::Result(result) => {
+                if let Some(ack) = self.take_result(session_id, conn, result) {
+                    let ack = message(Down::ResultAck(pb::ResultAck { task: Some(ack) }));
+                    out.send(Ok(ack))
+                        .await
+                        .map_err(|_| "worker gone".to_string())?;
+                    return Ok(true);
+                }
+            }
+            Up::Heartbeat(beat) => tracing::trace!(in_flight = beat.in_flight, "heartbeat"),
+            Up::Draining(draining) => {
+                tracing::info!(reason = %draining.reason, "worker is draining; no more assignments to it");
+                self.lock().set_draining(session_id);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Stores and applies a result; returns the reference to acknowledge,
+    /// or `None` when it must not be acknowledged (store failure: the
+    /// worker keeps it and re-sends).
+    fn take_result(
+        &self,
+        session_id: &str,
+        conn: &WorkerConnInfo,
+        result: pb::TaskResult,
+    ) -> Option<pb::TaskRef> {
+        let Some(task) = result.task.clone() else {
+            tracing::warn!("result without a task reference; ignored");
+            return None;
+        };
+        let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unspecified);
+        let plan_id = self
+            .lock()
+            .plan_of(&task.task_id)
+            .or_else(|| result.audit.as_ref().map(|a| a.plan_id.clone()))
+            .unwrap_or_default();
+        let span = tracing::info_span!("result", plan_id = %plan_id, task_id = %task.task_id, attempt = task.attempt);
+        let _entered = span.enter();
+        let received_at = now_rfc3339();
+        let output = json_or_text(&result.output_json);
+        let stored = StoredResult {
+            plan_id: plan_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            worker_identity: conn.identity.clone(),
+            session_id: session_id.to_string(),
+            received_at: received_at.clone(),
+            outcome: outcome_name(outcome).into(),
+            output: output.clone(),
+            error_code: non_empty(&result.error_code),
+            error_message: non_empty(&result.error_message),
+        };
+        let audit = result.audit.as_ref().map(|a| StoredAudit {
+            plan_id: plan_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            worker_identity: conn.identity.clone(),
+            session_id: session_id.to_string(),
+            received_at,
+            task_name: a.task_name.clone(),
+            task_version: a.task_version.clone(),
+            inputs: json_or_text(&a.inputs_json).unwrap_or(Value::Null),
+            output: json_or_text(&a.output_json),
+            assignment_received_at: a.received_at.and_then(rfc3339),
+            started_at: a.started_at.and_then(rfc3339),
+            finished_at: a.finished_at.and_then(rfc3339),
+            outcome: outcome_name(
+                pb::Outcome::try_from(a.outcome).unwrap_or(pb::Outcome::Unspecified),
+            )
+            .into(),
+            error_code: non_empty(&a.error_code),
+            error_message: non_empty(&a.error_message),
+            claimed_worker_identity: a.worker_identity.clone(),
+            sequence: a.sequence,
+            prev_hash: a.prev_hash.clone(),
+            record_hash: a.record_hash.clone(),
+        });
+        if audit.is_none() {
+            tracing::warn!("result arrived without an audit record");
+        }
+        match self.store.append_once(&stored, audit.as_ref()) {
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store the result; not acknowledging it (the worker will re-send)");
+                return None;
+            }
+            Ok(false) => {
+                tracing::info!("duplicate result; acknowledged again, not stored twice");
+                return Some(task);
+            }
+            Ok(true) => {}
+        }
+        let effect = self.lock().apply_result(
+            &conn.identity,
+            &task.task_id,
+            task.attempt,
+            step_status_for(outcome),
+            output,
+            stored.error_code.clone(),
+            stored.error_message.clone(),
+        );
+        match effect {
+            ResultEffect::Applied { plan_status, .. } => {
+                tracing::info!(
+                    outcome = outcome_name(outcome),
+                    ?plan_status,
+                    "result stored and applied"
+                );
+            }
+            ResultEffect::Ignored(why) => {
+                tracing::warn!(why = %why, "result stored but not applied")
+            }
+            ResultEffect::UnknownTask => tracing::warn!(
+                "result for a task this orchestrator does not know (restarted?); stored"
+            ),
+        }
+        Some(task)
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Parses a JSON text field; `None` when empty, a JSON string when not JSON.
+fn json_or_text(text: &str) -> Option<Value> {
+    if text.is_empty() {
+        return None;
+    }
+    Some(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())))
+}
+
+fn rfc3339(t: prost_types::Timestamp) -> Option<String> {
+    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_fields_parse_and_text_that_is_not_json_is_kept_as_a_string() {
+        assert_eq!(json_or_text(""), None);
+        assert_eq!(json_or_text("{\"a\":1}"), Some(serde_json::json!({"a": 1})));
+        assert_eq!(json_or_text("oops"), Some(Value::String("oops".into())));
+    }
+
+    #[test]
+    fn timestamps_are_stored_as_rfc3339() {
+        let t = prost_types::Timestamp {
+            seconds: 1_767_225_600,
+            nanos: 0,
+        };
+        assert_eq!(rfc3339(t).as_deref(), Some("2026-01-01T00:00:00Z"));
+    }
+}

@@ -1,0 +1,300 @@
+//! Mutual TLS for the worker gateway: the rustls server config and the
+//! accept loop that feeds authenticated connections to tonic.
+//!
+//! Each TCP connection gets a handshake with a deadline
+//! ([`HANDSHAKE_TIMEOUT`]); the client must present a certificate chaining
+//! to the configured CA (webpki checks the chain and, when present, the
+//! clientAuth EKU), and the leaf must carry a worker identity
+//! ([`certs_tool::identity::worker_identity_from_der`]: one URI SAN,
+//! clientAuth, not a CA). Connections failing either are dropped with a
+//! warning naming the peer and the reason; nothing of them reaches tonic.
+//! The identity and peer address travel to the service as
+//! [`WorkerConnInfo`] in the request extensions (via tonic's
+//! [`Connected`]).
+//!
+//! Diagnostic: with `wire_capture_dir`, every decrypted byte read from a
+//! connection is appended to `<dir>/conn-<n>.bin`, so tests can search all
+//! that the orchestrator received (e.g. for a secret that must not be
+//! there). Never enable it in production: it records task inputs and results.
+//!
+//! What it does not do: certificate revocation, hot reload of certificates
+//! (roadmap), or authorization beyond "has a valid worker identity".
+
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+
+use crate::config::TlsConfig;
+
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the TLS set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable; check the path
+    /// named in the message.
+    #[error("{what} {path}: {message}")]
+    File {
+        /// Which file (`tls.ca_cert`, `tls.cert`, `tls.key`).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// rustls refused the material (e.g. key does not match certificate).
+    #[error("TLS configuration: {0}")]
+    Rustls(String),
+}
+
+/// Builds the gateway's rustls server config: client certificates required
+/// and verified against `ca_cert`, ALPN `h2`, aws-lc-rs provider.
+///
+/// # Errors
+/// [`TlsError`] naming the file or the rustls error.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("tls.ca_cert", &tls.ca_cert)? {
+        roots.add(cert).map_err(|e| TlsError::File {
+            what: "tls.ca_cert",
+            path: tls.ca_cert.clone(),
+            message: format!("not a usable trust anchor: {e}"),
+        })?;
+    }
+    let chain = read_certs("tls.cert", &tls.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsError::File {
+        what: "tls.key",
+        path: tls.key.clone(),
+        message: format!("no PEM private key: {e}"),
+    })?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(format!("client verifier: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Rustls(format!("server certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// Who is on the other end of an accepted connection; available to the
+/// gRPC service as a request extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConnInfo {
+    /// The worker identity from the client certificate's URI SAN.
+    pub identity: String,
+    /// TCP peer address.
+    pub remote_addr: SocketAddr,
+    /// Connection number (also names the wire capture file).
+    pub conn_id: u64,
+}
+
+/// An authenticated worker connection: TLS, optionally teed to a capture file.
+pub struct WorkerConn {
+    io: TlsStream<TcpStream>,
+    capture: Option<File>,
+    info: WorkerConnInfo,
+}
+
+impl Connected for WorkerConn {
+    type ConnectInfo = WorkerConnInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for WorkerConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(file)) = (&poll, this.capture.as_mut()) {
+            let fresh = &buf.filled()[before..];
+            if !fresh.is_empty()
+                && let Err(e) = file.write_all(fresh)
+            {
+                tracing::warn!(conn_id = this.info.conn_id, error = %e, "wire capture failed; capture stopped for this connection");
+                this.capture = None;
+            }
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for WorkerConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections until `shutdown`, authenticates each in its own
+/// task and sends the good ones to `out` (tonic's incoming stream).
+/// Dropping the listener on return frees the port.
+pub async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    capture_dir: Option<PathBuf>,
+    out: mpsc::Sender<Result<WorkerConn, std::io::Error>>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    let counter = Arc::new(AtomicU64::new(0));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Usually EMFILE or a connection reset before accept; back
+                // off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn_id = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let acceptor = acceptor.clone();
+        let out = out.clone();
+        let capture_dir = capture_dir.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let conn = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                conn = authenticate(&acceptor, tcp, peer, conn_id, capture_dir.as_deref()) => conn,
+            };
+            match conn {
+                Ok(conn) => {
+                    tracing::info!(peer = %peer, worker = %conn.info.identity, conn_id, "worker connection authenticated");
+                    let _ = out.send(Ok(conn)).await;
+                }
+                Err(reason) => {
+                    tracing::warn!(peer = %peer, conn_id, reason = %reason, "dropped connection");
+                }
+            }
+        });
+    }
+}
+
+async fn authenticate(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    capture_dir: Option<&Path>,
+) -> Result<WorkerConn, String> {
+    let _ = tcp.set_nodelay(true);
+    let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Err(_) => {
+            return Err(format!(
+                "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}"
+            ));
+        }
+        Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+        Ok(Ok(io)) => io,
+    };
+    let leaf = io
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no client certificate")?;
+    let identity = certs_tool::identity::worker_identity_from_der(leaf.as_ref())
+        .map_err(|e| format!("client certificate has no worker identity: {e}"))?;
+    let capture = match capture_dir {
+        None => None,
+        Some(dir) => {
+            let path = dir.join(format!("conn-{conn_id}.bin"));
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open wire capture file");
+                    None
+                }
+            }
+        }
+    };
+    Ok(WorkerConn {
+        io,
+        capture,
+        info: WorkerConnInfo {
+            identity,
+            remote_addr: peer,
+            conn_id,
+        },
+    })
+}
