@@ -1,12 +1,14 @@
 //! `private-worker --check`: validates the config, the TLS files, the audit
 //! log and every credential reference without connecting to anything but
-//! the secret sources, and prints a report. It never prints a credential's
-//! value. It does not dial the orchestrator.
+//! the secret sources (Azure Key Vault included, through the same
+//! `[keyvault]` settings the worker uses), and prints a report: which
+//! reference resolved (with its length) and which failed and why. It never
+//! prints a credential's value. It does not dial the orchestrator.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::config::Config;
+use crate::config::{Config, KeyVaultAuthSettings};
 use crate::secrets::{SecretRef, Secrets};
 
 /// The result of a check: one line per item, and whether all passed.
@@ -74,7 +76,29 @@ pub async fn check(config: &Config) -> CheckReport {
         .values()
         .filter_map(|t| t.executor.secret().cloned())
         .collect();
-    let secrets = Secrets::default();
+    let secrets = match Secrets::from_config(config) {
+        Ok(secrets) => {
+            if let Some(kv) = &config.keyvault {
+                report.item(
+                    true,
+                    format!(
+                        "keyvault: {} credential, cache {:?}, {:?} per try, {} retries, {:?} budget",
+                        auth_kind(&kv.auth),
+                        kv.cache_ttl,
+                        kv.request_timeout,
+                        kv.max_retries,
+                        kv.retry_budget
+                    ),
+                );
+            }
+            secrets
+        }
+        Err(e) => {
+            // The Key Vault source cannot be built; the other sources can.
+            report.item(false, format!("keyvault: {e}"));
+            Secrets::default()
+        }
+    };
     for reference in references {
         match secrets.load(&reference).await {
             Ok(value) => {
@@ -86,4 +110,16 @@ pub async fn check(config: &Config) -> CheckReport {
         }
     }
     report
+}
+
+fn auth_kind(auth: &KeyVaultAuthSettings) -> &'static str {
+    match auth {
+        KeyVaultAuthSettings::ManagedIdentity { client_id: None } => {
+            "managed identity (system-assigned)"
+        }
+        KeyVaultAuthSettings::ManagedIdentity { .. } => "managed identity (user-assigned)",
+        KeyVaultAuthSettings::WorkloadIdentity { .. } => "workload identity",
+        KeyVaultAuthSettings::ClientSecret { .. } => "client secret",
+        KeyVaultAuthSettings::AzureCli { .. } => "Azure CLI",
+    }
 }

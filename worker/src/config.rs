@@ -7,11 +7,17 @@
 //! the host, secret references parse). It reports every problem at once,
 //! each with its path in the file (`tasks.crm.create_ticket.input_schema: ...`).
 //!
+//! The optional `[keyvault]` section ([`KeyVaultSettings`]) says how the
+//! worker reaches Azure Key Vault: the credential type (explicit; there is
+//! no default chain), cache TTL, request timeout, retries and retry budget.
+//! A `keyvault://` reference without that section is reported here.
+//!
 //! It does not open TLS files or resolve secrets: [`crate::check`] does that
 //! for `--check`, and the worker does it at start-up.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +42,16 @@ pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_millis(200);
 /// Default longest reconnect delay.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Default time a value read from Key Vault is reused before it is read again.
+pub const DEFAULT_KEYVAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Default limit for one HTTP try to Key Vault or the token endpoint.
+pub const DEFAULT_KEYVAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of retries after the first try (transport errors, 408, 429, 5xx).
+pub const DEFAULT_KEYVAULT_MAX_RETRIES: u32 = 2;
+/// Default limit for one credential load, tries and waits included.
+pub const DEFAULT_KEYVAULT_RETRY_BUDGET: Duration = Duration::from_secs(10);
+/// Highest `keyvault.max_retries` accepted.
+pub const MAX_KEYVAULT_RETRIES: u32 = 10;
 
 /// The validated worker configuration.
 #[derive(Debug, Clone)]
@@ -52,6 +68,75 @@ pub struct Config {
     pub drain_grace: Duration,
     /// The local allowlist: every task this worker may run, by name.
     pub tasks: BTreeMap<String, TaskConfig>,
+    /// How to reach Azure Key Vault; `None` when the config has no
+    /// `[keyvault]` section (then no task may use a `keyvault://` reference).
+    pub keyvault: Option<KeyVaultSettings>,
+}
+
+/// The validated `[keyvault]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVaultSettings {
+    /// How the worker gets Entra ID tokens for Key Vault.
+    pub auth: KeyVaultAuthSettings,
+    /// How long a value read from the vault is reused; zero disables the cache.
+    pub cache_ttl: Duration,
+    /// Limit for one HTTP try, connect to last byte.
+    pub request_timeout: Duration,
+    /// Retries after the first try (transport errors, 408, 429, 5xx; never
+    /// 401, 403, 404).
+    pub max_retries: u32,
+    /// Limit for one load, tries and waits (Retry-After included).
+    pub retry_budget: Duration,
+    /// An extra trust anchor (PEM) for the vault and the token endpoint,
+    /// resolved against the config file's directory.
+    pub ca_cert: Option<PathBuf>,
+    /// Entra authority for client-secret and workload-identity tokens
+    /// (sovereign clouds, tests); `None` for the public cloud.
+    pub authority_host: Option<url::Url>,
+    /// Host names pinned to addresses instead of DNS.
+    pub resolve: BTreeMap<String, SocketAddr>,
+    /// Require the vault's host to lie under the domain of the resource in
+    /// its authentication challenge. Keep it on.
+    pub verify_challenge_resource: bool,
+}
+
+/// `keyvault.auth`: which credential, chosen explicitly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyVaultAuthSettings {
+    /// `{ type = "managed_identity", client_id? }`: the VM's (or App
+    /// Service's) managed identity; `client_id` picks a user-assigned one.
+    ManagedIdentity {
+        /// Client id of a user-assigned identity.
+        client_id: Option<String>,
+    },
+    /// `{ type = "workload_identity", tenant_id?, client_id?, token_file? }`:
+    /// AKS workload identity; missing values come from `AZURE_TENANT_ID`,
+    /// `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`.
+    WorkloadIdentity {
+        /// Tenant id.
+        tenant_id: Option<String>,
+        /// Application (client) id.
+        client_id: Option<String>,
+        /// The projected service-account token file.
+        token_file: Option<PathBuf>,
+    },
+    /// `{ type = "client_secret", tenant_id, client_id, secret }`: a service
+    /// principal (hosts outside Azure); `secret` is an `env://` or `file://`
+    /// reference, never the value.
+    ClientSecret {
+        /// Tenant id.
+        tenant_id: String,
+        /// Application (client) id.
+        client_id: String,
+        /// Where the client secret is.
+        secret: SecretRef,
+    },
+    /// `{ type = "azure_cli", tenant_id? }`: the `az login` session of a
+    /// developer's laptop.
+    AzureCli {
+        /// Tenant to request tokens from.
+        tenant_id: Option<String>,
+    },
 }
 
 /// Where and how to reach the orchestrator.
@@ -97,6 +182,9 @@ pub struct TaskConfig {
 }
 
 /// How a task is executed: one variant per executor kind.
+// One per allowed task, built once at start-up: boxing the HTTP variant
+// would buy nothing but an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ExecutorConfig {
     /// An HTTP call to an internal API.
@@ -170,6 +258,46 @@ struct RawConfig {
     worker: RawWorker,
     #[serde(default)]
     tasks: BTreeMap<String, RawTask>,
+    keyvault: Option<RawKeyVault>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyVault {
+    auth: Option<RawKeyVaultAuth>,
+    #[serde(default, with = "humantime_serde")]
+    cache_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    max_retries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    retry_budget: Option<Duration>,
+    ca_cert: Option<PathBuf>,
+    authority_host: Option<String>,
+    #[serde(default)]
+    resolve: BTreeMap<String, String>,
+    verify_challenge_resource: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+enum RawKeyVaultAuth {
+    ManagedIdentity {
+        client_id: Option<String>,
+    },
+    WorkloadIdentity {
+        tenant_id: Option<String>,
+        client_id: Option<String>,
+        token_file: Option<PathBuf>,
+    },
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        secret: String,
+    },
+    AzureCli {
+        tenant_id: Option<String>,
+    },
 }
 
 #[derive(Deserialize, Default)]
@@ -367,6 +495,19 @@ impl Config {
                 Err(found) => problems.extend(found),
             }
         }
+        let keyvault = raw
+            .keyvault
+            .and_then(|kv| validate_keyvault(kv, base, &mut problems));
+        if keyvault.is_none() {
+            for (name, task) in &tasks {
+                if task.executor.secret().is_some_and(SecretRef::is_keyvault) {
+                    problems.push(ConfigProblem {
+                        path: format!("tasks.{name}.http.auth.secret"),
+                        message: "keyvault:// references need a [keyvault] section".into(),
+                    });
+                }
+            }
+        }
         if !problems.is_empty() {
             return Err(ParseFailure::Invalid(problems));
         }
@@ -394,6 +535,7 @@ impl Config {
             ),
             drain_grace: raw.worker.drain_grace.unwrap_or(DEFAULT_DRAIN_GRACE),
             tasks,
+            keyvault,
         })
     }
 }
@@ -401,6 +543,154 @@ impl Config {
 enum ParseFailure {
     Syntax(String),
     Invalid(Vec<ConfigProblem>),
+}
+
+/// Validates `[keyvault]`; `None` (with problems pushed) when it is invalid.
+fn validate_keyvault(
+    raw: RawKeyVault,
+    base: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<KeyVaultSettings> {
+    let before = problems.len();
+    let mut problem = |path: &str, message: String| {
+        problems.push(ConfigProblem {
+            path: format!("keyvault.{path}"),
+            message,
+        });
+    };
+    let mut id = |path: &str, value: &Option<String>| {
+        if let Some(v) = value
+            && (v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_whitespace()))
+        {
+            problem(path, format!("`{v}` is not a tenant or client id"));
+        }
+    };
+    let auth = match raw.auth {
+        None => {
+            problem(
+                "auth",
+                "missing; name the credential explicitly, e.g. auth = { type = \"managed_identity\" } on an Azure VM"
+                    .into(),
+            );
+            None
+        }
+        Some(RawKeyVaultAuth::ManagedIdentity { client_id }) => {
+            id("auth.client_id", &client_id);
+            Some(KeyVaultAuthSettings::ManagedIdentity { client_id })
+        }
+        Some(RawKeyVaultAuth::WorkloadIdentity {
+            tenant_id,
+            client_id,
+            token_file,
+        }) => {
+            id("auth.tenant_id", &tenant_id);
+            id("auth.client_id", &client_id);
+            Some(KeyVaultAuthSettings::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file: token_file.map(|p| base.join(p)),
+            })
+        }
+        Some(RawKeyVaultAuth::AzureCli { tenant_id }) => {
+            id("auth.tenant_id", &tenant_id);
+            Some(KeyVaultAuthSettings::AzureCli { tenant_id })
+        }
+        Some(RawKeyVaultAuth::ClientSecret {
+            tenant_id,
+            client_id,
+            secret,
+        }) => {
+            id("auth.tenant_id", &Some(tenant_id.clone()));
+            id("auth.client_id", &Some(client_id.clone()));
+            match secret.parse::<SecretRef>() {
+                Ok(SecretRef::KeyVault { .. }) => {
+                    problem(
+                        "auth.secret",
+                        "the client secret must come from env:// or file://, not from Key Vault itself".into(),
+                    );
+                    None
+                }
+                Ok(secret) => Some(KeyVaultAuthSettings::ClientSecret {
+                    tenant_id,
+                    client_id,
+                    secret,
+                }),
+                Err(_) => {
+                    // Never echo the text: it may be the secret written inline.
+                    problem(
+                        "auth.secret",
+                        "must be an env://NAME or file:///path reference; the secret itself never goes in the config".into(),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let cache_ttl = raw.cache_ttl.unwrap_or(DEFAULT_KEYVAULT_CACHE_TTL);
+    let request_timeout = raw
+        .request_timeout
+        .unwrap_or(DEFAULT_KEYVAULT_REQUEST_TIMEOUT);
+    if request_timeout.is_zero() {
+        problem("request_timeout", "must be above zero".into());
+    }
+    let max_retries = raw.max_retries.unwrap_or(DEFAULT_KEYVAULT_MAX_RETRIES);
+    if max_retries > MAX_KEYVAULT_RETRIES {
+        problem(
+            "max_retries",
+            format!("{max_retries} is out of range; use 0..={MAX_KEYVAULT_RETRIES}"),
+        );
+    }
+    let retry_budget = raw.retry_budget.unwrap_or(DEFAULT_KEYVAULT_RETRY_BUDGET);
+    if retry_budget < request_timeout {
+        problem(
+            "retry_budget",
+            "must be at least keyvault.request_timeout (one whole try)".into(),
+        );
+    }
+    let authority_host = match raw.authority_host {
+        None => None,
+        Some(text) => match url::Url::parse(&text) {
+            Ok(url) if url.scheme() == "https" && url.host().is_some() => Some(url),
+            _ => {
+                problem(
+                    "authority_host",
+                    format!(
+                        "`{text}` is not an https:// URL (e.g. https://login.microsoftonline.us)"
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let mut resolve = BTreeMap::new();
+    for (host, addr) in raw.resolve {
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        match addr.parse::<SocketAddr>() {
+            Ok(addr) if host_ok => {
+                resolve.insert(host.to_ascii_lowercase(), addr);
+            }
+            Ok(_) => problem(&format!("resolve.{host}"), "not a host name".into()),
+            Err(_) => problem(
+                &format!("resolve.{host}"),
+                format!("`{addr}` is not ip:port (e.g. \"10.0.0.5:443\")"),
+            ),
+        }
+    }
+    let settings = KeyVaultSettings {
+        auth: auth?,
+        cache_ttl,
+        request_timeout,
+        max_retries,
+        retry_budget,
+        ca_cert: raw.ca_cert.map(|p| base.join(p)),
+        authority_host,
+        resolve,
+        verify_challenge_resource: raw.verify_challenge_resource.unwrap_or(true),
+    };
+    (problems.len() == before).then_some(settings)
 }
 
 fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<ConfigProblem>> {
@@ -658,6 +948,131 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].path, "tasks.diag.none");
         assert!(problems[0].message.contains("no executor"));
+    }
+
+    #[test]
+    fn a_keyvault_section_loads_with_defaults_and_resolved_paths() {
+        let text = GOOD.replace("env://CRM_TOKEN", "keyvault://myvault/crm-token")
+            + r#"
+            [keyvault]
+            auth = { type = "managed_identity" }
+            ca_cert = "kv-ca.pem"
+            resolve = { "myvault.vault.test" = "127.0.0.1:8443" }
+        "#;
+        let config = Config::from_toml_str(&text, Path::new("/etc/pw")).unwrap();
+        let kv = config.keyvault.unwrap();
+        assert_eq!(
+            kv.auth,
+            KeyVaultAuthSettings::ManagedIdentity { client_id: None }
+        );
+        assert_eq!(kv.cache_ttl, DEFAULT_KEYVAULT_CACHE_TTL);
+        assert_eq!(kv.request_timeout, DEFAULT_KEYVAULT_REQUEST_TIMEOUT);
+        assert_eq!(kv.max_retries, DEFAULT_KEYVAULT_MAX_RETRIES);
+        assert_eq!(kv.retry_budget, DEFAULT_KEYVAULT_RETRY_BUDGET);
+        assert!(kv.verify_challenge_resource);
+        assert_eq!(kv.ca_cert, Some(PathBuf::from("/etc/pw/kv-ca.pem")));
+        assert_eq!(
+            kv.resolve["myvault.vault.test"],
+            "127.0.0.1:8443".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn every_auth_type_parses() {
+        for (auth, expected) in [
+            (
+                r#"{ type = "managed_identity", client_id = "abc" }"#,
+                KeyVaultAuthSettings::ManagedIdentity {
+                    client_id: Some("abc".into()),
+                },
+            ),
+            (
+                r#"{ type = "workload_identity", tenant_id = "t", client_id = "c", token_file = "tok" }"#,
+                KeyVaultAuthSettings::WorkloadIdentity {
+                    tenant_id: Some("t".into()),
+                    client_id: Some("c".into()),
+                    token_file: Some(PathBuf::from("/etc/pw/tok")),
+                },
+            ),
+            (
+                r#"{ type = "client_secret", tenant_id = "t", client_id = "c", secret = "env://AZURE_CLIENT_SECRET" }"#,
+                KeyVaultAuthSettings::ClientSecret {
+                    tenant_id: "t".into(),
+                    client_id: "c".into(),
+                    secret: SecretRef::Env("AZURE_CLIENT_SECRET".into()),
+                },
+            ),
+            (
+                r#"{ type = "azure_cli" }"#,
+                KeyVaultAuthSettings::AzureCli { tenant_id: None },
+            ),
+        ] {
+            let text = format!("{GOOD}\n[keyvault]\nauth = {auth}\n");
+            let config = Config::from_toml_str(&text, Path::new("/etc/pw")).unwrap();
+            assert_eq!(config.keyvault.unwrap().auth, expected, "{auth}");
+        }
+    }
+
+    #[test]
+    fn a_keyvault_reference_without_a_keyvault_section_is_reported_at_the_task() {
+        let text = GOOD.replace("env://CRM_TOKEN", "keyvault://myvault/crm-token");
+        let err = Config::from_toml_str(&text, Path::new("/")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        assert_eq!(
+            problems[0].to_string(),
+            "tasks.crm.create_ticket.http.auth.secret: keyvault:// references need a [keyvault] section"
+        );
+    }
+
+    #[test]
+    fn every_bad_keyvault_value_is_reported_with_its_path_and_no_inline_secret_is_echoed() {
+        let text = format!(
+            "{GOOD}{}",
+            r#"
+            [keyvault]
+            auth = { type = "client_secret", tenant_id = "t", client_id = "has space", secret = "p@ssw0rd-inline" }
+            request_timeout = "0s"
+            max_retries = 99
+            authority_host = "http://login.example"
+            resolve = { "myvault.vault.test" = "localhost" }
+        "#
+        );
+        let err = Config::from_toml_str(&text, Path::new("/")).unwrap_err();
+        let shown = err.to_string();
+        assert!(!shown.contains("p@ssw0rd-inline"), "{shown}");
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {shown}");
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "keyvault.auth.client_id",
+            "keyvault.auth.secret",
+            "keyvault.request_timeout",
+            "keyvault.max_retries",
+            "keyvault.authority_host",
+            "keyvault.resolve.myvault.vault.test",
+        ] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
+
+        let missing_auth = format!("{GOOD}\n[keyvault]\ncache_ttl = \"1m\"\n");
+        let err = Config::from_toml_str(&missing_auth, Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("keyvault.auth: missing"), "{err}");
+        let from_vault = format!(
+            "{GOOD}\n[keyvault]\nauth = {{ type = \"client_secret\", tenant_id = \"t\", client_id = \"c\", secret = \"keyvault://vault1/x\" }}\n"
+        );
+        let err = Config::from_toml_str(&from_vault, Path::new("/")).unwrap_err();
+        assert!(
+            err.to_string().contains("not from Key Vault itself"),
+            "{err}"
+        );
+        let budget = format!(
+            "{GOOD}\n[keyvault]\nauth = {{ type = \"azure_cli\" }}\nrequest_timeout = \"5s\"\nretry_budget = \"1s\"\n"
+        );
+        let err = Config::from_toml_str(&budget, Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("keyvault.retry_budget"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`task`]: the local allowlist and the runner (check, credential,
 //!   execute, audit).
 //! - [`executor`]: what running a task means, one module per kind (HTTP).
-//! - [`secrets`]: credential references and sources, one module per source.
+//! - [`secrets`]: credential references and sources, one module per source
+//!   (environment, files, Azure Key Vault).
 //! - [`audit`]: the local hash-chained audit log.
 //! - [`check`]: `--check`: validate everything without connecting.
 //!
@@ -55,6 +56,10 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The Key Vault source could not be built (CA file, client secret,
+    /// credential options); fix the `[keyvault]` section or the environment.
+    #[error("keyvault: {0}")]
+    Secrets(#[from] secrets::SecretError),
 }
 
 /// Why [`run`] ended with an error.
@@ -69,7 +74,9 @@ pub enum RunError {
 }
 
 /// Builds a worker from a validated config: loads the TLS identity, opens
-/// the audit log, compiles the allowlist.
+/// the audit log, compiles the allowlist, builds the secret sources (the Key
+/// Vault client and credential when the config has a `[keyvault]` section;
+/// no vault traffic happens before the first task that needs it).
 ///
 /// # Errors
 /// [`StartError`] naming the file or task at fault.
@@ -79,7 +86,7 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
     let allowlist = Arc::new(task::Allowlist::new(&config).map_err(StartError::Schema)?);
     let runner = task::Runner::new(
         allowlist,
-        secrets::Secrets::default(),
+        secrets::Secrets::from_config(&config)?,
         executor::http::HttpExecutor::new()?,
         audit,
         tls.identity().to_string(),

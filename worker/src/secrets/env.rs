@@ -9,17 +9,29 @@ use super::{SecretError, SecretFuture, SecretRef, SecretSource, SecretValue};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EnvSource;
 
+impl EnvSource {
+    /// Reads the variable now (no runtime needed).
+    ///
+    /// # Errors
+    /// [`SecretError::EnvMissing`] when it is not set or not UTF-8, or
+    /// [`SecretError::Unsupported`] for a reference of another scheme.
+    pub fn load_now(reference: &SecretRef) -> Result<SecretValue, SecretError> {
+        let SecretRef::Env(name) = reference else {
+            return Err(SecretError::Unsupported {
+                reference: reference.clone(),
+                reason: "not an env:// reference",
+            });
+        };
+        std::env::var(name)
+            .map(SecretValue::new)
+            .map_err(|_| SecretError::EnvMissing {
+                reference: reference.clone(),
+            })
+    }
+}
+
 impl SecretSource for EnvSource {
     fn load<'a>(&'a self, reference: &'a SecretRef) -> SecretFuture<'a> {
-        Box::pin(async move {
-            let SecretRef::Env(name) = reference else {
-                unreachable!("Secrets routes only env:// references here");
-            };
-            std::env::var(name)
-                .map(SecretValue::new)
-                .map_err(|_| SecretError::EnvMissing {
-                    reference: reference.clone(),
-                })
-        })
+        Box::pin(async move { EnvSource::load_now(reference) })
     }
 }

@@ -26,37 +26,70 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// The file a `file://` reference names: absolute as is, relative in
+    /// `$CREDENTIALS_DIRECTORY`.
+    fn path_of(&self, reference: &SecretRef) -> Result<PathBuf, SecretError> {
+        let unreadable = |cause: String| SecretError::FileUnreadable {
+            reference: reference.clone(),
+            cause,
+        };
+        let SecretRef::File(path) = reference else {
+            return Err(SecretError::Unsupported {
+                reference: reference.clone(),
+                reason: "not a file:// reference",
+            });
+        };
+        if path.is_absolute() {
+            return Ok(path.clone());
+        }
+        let dir = self.credentials_directory.as_ref().ok_or_else(|| {
+            unreadable(
+                "relative path, and $CREDENTIALS_DIRECTORY is not set (use file:///absolute/path)"
+                    .into(),
+            )
+        })?;
+        Ok(dir.join(path))
+    }
+
+    /// Reads the file now, blocking (start-up only; tasks use
+    /// [`SecretSource::load`]).
+    ///
+    /// # Errors
+    /// [`SecretError::FileUnreadable`] naming the reference and the I/O
+    /// error kind.
+    pub fn load_now(&self, reference: &SecretRef) -> Result<SecretValue, SecretError> {
+        let full = self.path_of(reference)?;
+        let text = std::fs::read_to_string(&full).map_err(|e| SecretError::FileUnreadable {
+            reference: reference.clone(),
+            cause: e.kind().to_string(),
+        })?;
+        Ok(without_trailing_newline(text))
+    }
+}
+
+/// One trailing `\n` (or `\r\n`) removed, in place, so no copy is left.
+fn without_trailing_newline(mut text: String) -> SecretValue {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    SecretValue::new(text)
+}
+
 impl SecretSource for FileSource {
     fn load<'a>(&'a self, reference: &'a SecretRef) -> SecretFuture<'a> {
         Box::pin(async move {
-            let SecretRef::File(path) = reference else {
-                unreachable!("Secrets routes only file:// references here");
-            };
-            let unreadable = |cause: String| SecretError::FileUnreadable {
-                reference: reference.clone(),
-                cause,
-            };
-            let full = if path.is_absolute() {
-                path.clone()
-            } else {
-                let dir = self.credentials_directory.as_ref().ok_or_else(|| {
-                    unreadable(
-                        "relative path, and $CREDENTIALS_DIRECTORY is not set (use file:///absolute/path)"
-                            .into(),
-                    )
-                })?;
-                dir.join(path)
-            };
-            let mut text = tokio::fs::read_to_string(&full)
-                .await
-                .map_err(|e| unreadable(e.kind().to_string()))?;
-            if text.ends_with('\n') {
-                text.pop();
-                if text.ends_with('\r') {
-                    text.pop();
+            let full = self.path_of(reference)?;
+            let text = tokio::fs::read_to_string(&full).await.map_err(|e| {
+                SecretError::FileUnreadable {
+                    reference: reference.clone(),
+                    cause: e.kind().to_string(),
                 }
-            }
-            Ok(SecretValue::new(text))
+            })?;
+            Ok(without_trailing_newline(text))
         })
     }
 }
