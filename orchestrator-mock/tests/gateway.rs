@@ -1,0 +1,633 @@
+//! The orchestrator in process, over real sockets and mutual TLS, driven by
+//! a hand-written worker (a tonic client) so each protocol rule can be
+//! checked message by message. PKI is generated per test with rcgen.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orchestrator_mock::api::{PlanRequest, PlanStatus, StepRequest, StepStatus};
+use orchestrator_mock::client::AdminClient;
+use orchestrator_mock::{Config, OrchestratorHandle};
+use private_worker_proto::v1 as pb;
+use private_worker_proto::v1::orchestrator_message::Kind as Down;
+use private_worker_proto::v1::worker_message::Kind as Up;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+const IDENTITY: &str = "spiffe://test.example/worker/w1";
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn server(&self) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn worker(&self, identity: &str, client_auth: bool) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
+        params.extended_key_usages = vec![if client_auth {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn schema_one() -> Value {
+    json!({"type": "object", "required": ["title"], "additionalProperties": false,
+           "properties": {"title": {"type": "string", "minLength": 1}, "priority": {"type": "integer", "maximum": 5}}})
+}
+
+fn schema_two() -> Value {
+    json!({"type": "object", "properties": {"id": {"type": "string"}}})
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    handle: Option<OrchestratorHandle>,
+    admin: AdminClient,
+    config: Config,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test root");
+        let (cert, key) = ca.server();
+        std::fs::write(dir.path().join("ca.pem"), ca.issuer.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), key).unwrap();
+        let registry = json!({"tasks": [
+            {"name": "crm.create_ticket", "version": "1", "description": "one", "input_schema": schema_one()},
+            {"name": "crm.get_ticket", "version": "1", "description": "two", "input_schema": schema_two(), "idempotent": true}
+        ]});
+        std::fs::write(dir.path().join("registry.json"), registry.to_string()).unwrap();
+        let text = r#"
+            grpc_listen = "127.0.0.1:0"
+            admin_listen = "127.0.0.1:0"
+            registry = "registry.json"
+            data_dir = "data"
+            heartbeat_interval = "5s"
+            wire_capture_dir = "wire"
+            [tls]
+            ca_cert = "ca.pem"
+            cert = "server.pem"
+            key = "server.key"
+        "#;
+        let config = Config::from_toml_str(text, dir.path()).unwrap();
+        let handle = orchestrator_mock::spawn(config.clone()).await.unwrap();
+        let admin = AdminClient::new(&handle.admin_url());
+        Env {
+            dir,
+            ca,
+            handle: Some(handle),
+            admin,
+            config,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.handle.as_ref().unwrap().grpc_addr()
+    }
+
+    async fn tls(
+        &self,
+        cert: &str,
+        key: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca.issuer.pem().as_bytes()).unwrap())
+            .unwrap();
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.addr())
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Opens a session stream as a worker with `cert`/`key`.
+    async fn session(&self, cert: &str, key: &str) -> Result<Worker, String> {
+        let stream = self.tls(cert, key).await?;
+        let slot = Arc::new(std::sync::Mutex::new(Some(stream)));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr()))
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let slot = slot.clone();
+                async move {
+                    let s = slot
+                        .lock()
+                        .unwrap()
+                        .take()
+                        .ok_or_else(|| std::io::Error::other("used"))?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = pb::worker_gateway_client::WorkerGatewayClient::new(channel);
+        let (tx, rx) = mpsc::channel(64);
+        // Polled lazily by `Worker::next`: the request body streams while
+        // the response headers are awaited.
+        let pending: SessionFuture = Box::pin(async move {
+            client
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        Ok(Worker {
+            tx,
+            pending: Some(pending),
+            inbound: None,
+        })
+    }
+}
+
+type SessionFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    tonic::Response<tonic::Streaming<pb::OrchestratorMessage>>,
+                    tonic::Status,
+                >,
+            > + Send,
+    >,
+>;
+
+struct Worker {
+    tx: mpsc::Sender<pb::WorkerMessage>,
+    pending: Option<SessionFuture>,
+    inbound: Option<tonic::Streaming<pb::OrchestratorMessage>>,
+}
+
+impl Worker {
+    async fn send(&self, kind: Up) {
+        self.tx
+            .send(pb::WorkerMessage { kind: Some(kind) })
+            .await
+            .unwrap();
+    }
+
+    /// The next message other than a heartbeat, or the stream's status.
+    async fn next(&mut self) -> Result<Option<Down>, tonic::Status> {
+        if let Some(pending) = self.pending.take() {
+            self.inbound = Some(
+                tokio::time::timeout(WAIT, pending)
+                    .await
+                    .expect("no response headers")?
+                    .into_inner(),
+            );
+        }
+        let inbound = self.inbound.as_mut().unwrap();
+        loop {
+            let message = tokio::time::timeout(WAIT, inbound.message())
+                .await
+                .expect("nothing received")?;
+            match message.and_then(|m| m.kind) {
+                Some(Down::Heartbeat(_)) => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn expect_assignment(&mut self) -> pb::Assignment {
+        match self.next().await {
+            Ok(Some(Down::Assignment(a))) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    async fn expect_ack(&mut self) -> pb::TaskRef {
+        match self.next().await {
+            Ok(Some(Down::ResultAck(ack))) => ack.task.unwrap(),
+            other => panic!("expected a result ack, got {other:?}"),
+        }
+    }
+}
+
+fn hello(max_in_flight: u32) -> Up {
+    Up::Hello(pb::Hello {
+        worker_version: "hand-written test worker".into(),
+        manifest: vec![
+            pb::ManifestEntry {
+                name: "crm.create_ticket".into(),
+                version: "1".into(),
+                input_schema_sha256: orchestrator_mock::canonical_sha256(&schema_one()),
+            },
+            pb::ManifestEntry {
+                name: "crm.get_ticket".into(),
+                version: "1".into(),
+                input_schema_sha256: orchestrator_mock::canonical_sha256(&schema_two()),
+            },
+            pb::ManifestEntry {
+                name: "shell.exec".into(),
+                version: "1".into(),
+                input_schema_sha256: "00".into(),
+            },
+        ],
+        max_in_flight,
+        pending_results: vec![],
+        instance_id: "instance-1".into(),
+    })
+}
+
+fn result_for(a: &pb::Assignment, outcome: pb::Outcome, output: Value) -> Up {
+    let task = pb::TaskRef {
+        task_id: a.task_id.clone(),
+        attempt: a.attempt,
+    };
+    Up::Result(pb::TaskResult {
+        task: Some(task),
+        outcome: outcome as i32,
+        output_json: output.to_string(),
+        error_code: String::new(),
+        error_message: String::new(),
+        audit: Some(pb::AuditRecord {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            plan_id: a.plan_id.clone(),
+            task_name: a.task_name.clone(),
+            task_version: a.task_version.clone(),
+            inputs_json: a.inputs_json.clone(),
+            output_json: output.to_string(),
+            received_at: Some(std::time::SystemTime::now().into()),
+            started_at: Some(std::time::SystemTime::now().into()),
+            finished_at: Some(std::time::SystemTime::now().into()),
+            outcome: outcome as i32,
+            error_code: String::new(),
+            error_message: String::new(),
+            // What the worker claims is kept apart from what its certificate says.
+            worker_identity: "spiffe://test.example/worker/someone-else".into(),
+            sequence: 1,
+            prev_hash: "0".repeat(64),
+            record_hash: "ab".repeat(32),
+        }),
+    })
+}
+
+fn plan(steps: &[(&str, Value)]) -> PlanRequest {
+    PlanRequest {
+        name: Some("test".into()),
+        steps: steps
+            .iter()
+            .map(|(task, inputs)| StepRequest {
+                task: task.to_string(),
+                version: None,
+                inputs: inputs.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn read_tree(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path: PathBuf = entry.path();
+        out.extend(std::fs::read(&path).unwrap_or_default());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_runs_a_plan_in_order_within_credit_and_stores_a_duplicate_result_once() {
+    let env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    worker.send(hello(1)).await;
+    let welcome = match worker.next().await {
+        Ok(Some(Down::Welcome(w))) => w,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    assert_eq!(welcome.worker_identity, IDENTITY);
+    assert_eq!(welcome.heartbeat_interval.unwrap().seconds, 5);
+    let problems: Vec<&str> = welcome
+        .manifest_problems
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(
+        problems,
+        ["shell.exec"],
+        "only the unregistered entry is a problem"
+    );
+
+    let workers = env.admin.workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].identity, IDENTITY);
+    assert_eq!(workers[0].credit, 1);
+
+    let submitted = env
+        .admin
+        .submit_plan(&plan(&[
+            ("crm.create_ticket", json!({"title": "first"})),
+            ("crm.get_ticket", json!({"id": "T-1"})),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(submitted.status, PlanStatus::PendingApproval);
+    env.admin.approve(&submitted.id).await.unwrap();
+
+    let first = worker.expect_assignment().await;
+    assert_eq!(
+        (first.task_name.as_str(), first.attempt, first.step_index),
+        ("crm.create_ticket", 1, 0)
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&first.inputs_json).unwrap(),
+        json!({"title": "first"})
+    );
+    assert!(!first.idempotent);
+    worker
+        .send(Up::Accept(pb::Accept {
+            task: Some(pb::TaskRef {
+                task_id: first.task_id.clone(),
+                attempt: 1,
+            }),
+        }))
+        .await;
+    worker
+        .send(result_for(
+            &first,
+            pb::Outcome::Succeeded,
+            json!({"status": 201}),
+        ))
+        .await;
+    worker
+        .send(result_for(
+            &first,
+            pb::Outcome::Succeeded,
+            json!({"status": 201}),
+        ))
+        .await;
+    assert_eq!(worker.expect_ack().await.task_id, first.task_id);
+    assert_eq!(
+        worker.expect_ack().await.task_id,
+        first.task_id,
+        "a duplicate is acknowledged again"
+    );
+
+    // Step 1 is queued, but the worker has no credit left: nothing is sent
+    // until it grants more.
+    let view = env.admin.plan(&submitted.id).await.unwrap();
+    assert_eq!(view.status, PlanStatus::Running);
+    assert_eq!(view.steps[0].status, StepStatus::Succeeded);
+    assert_eq!(view.steps[1].status, StepStatus::Queued);
+    assert_eq!(env.admin.workers().await.unwrap()[0].credit, 0);
+    worker.send(Up::Credit(pb::Credit { grant: 1 })).await;
+    let second = worker.expect_assignment().await;
+    assert_eq!(
+        (second.task_name.as_str(), second.step_index),
+        ("crm.get_ticket", 1)
+    );
+    assert!(second.idempotent);
+    worker
+        .send(result_for(
+            &second,
+            pb::Outcome::Succeeded,
+            json!({"status": 200}),
+        ))
+        .await;
+    worker.expect_ack().await;
+
+    let done = env.admin.wait_for_plan(&submitted.id, WAIT).await.unwrap();
+    assert_eq!(done.status, PlanStatus::Succeeded);
+    assert_eq!(done.steps[1].output, Some(json!({"status": 200})));
+    assert_eq!(done.steps[1].worker.as_deref(), Some(IDENTITY));
+
+    let results = env.admin.results(&submitted.id).await.unwrap();
+    assert_eq!(results.len(), 2, "the duplicate was not stored twice");
+    let audit = env.admin.audit(&submitted.id).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    for record in &audit {
+        assert_eq!(
+            record.worker_identity, IDENTITY,
+            "identity comes from the certificate"
+        );
+        assert_eq!(
+            record.claimed_worker_identity,
+            "spiffe://test.example/worker/someone-else"
+        );
+        assert_eq!(record.outcome, "succeeded");
+    }
+    assert_eq!(audit[0].inputs, json!({"title": "first"}));
+    let lines = std::fs::read_to_string(env.config.data_dir.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+
+    // The wire capture holds what the worker sent, decrypted.
+    let wire = read_tree(&env.dir.path().join("wire"));
+    let needle = first.task_id.as_bytes();
+    assert!(
+        wire.windows(needle.len()).any(|w| w == needle),
+        "capture misses the task id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_first_message_is_not_hello_is_refused_with_invalid_argument() {
+    let env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    worker.send(Up::Credit(pb::Credit { grant: 5 })).await;
+    let status = worker.next().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(env.admin.workers().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_drain_to_every_session_and_frees_the_port() {
+    let mut env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    worker.send(hello(4)).await;
+    assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
+    let addr = env.addr();
+    let handle = env.handle.take().unwrap();
+    let stopping = tokio::spawn(handle.shutdown());
+    match worker.next().await {
+        Ok(Some(Down::Drain(d))) => assert!(d.reason.contains("shutting down"), "{d:?}"),
+        other => panic!("expected Drain, got {other:?}"),
+    }
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("shutdown hung")
+        .unwrap();
+    // The same address can be bound again at once (restart in place).
+    let mut config = env.config.clone();
+    config.grpc_listen = addr;
+    let restarted = orchestrator_mock::spawn(config).await.unwrap();
+    assert_eq!(restarted.grpc_addr(), addr);
+    restarted.shutdown().await;
+}
+
+async fn h2_answer(
+    stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin),
+) -> Result<usize, String> {
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+        Err(_) => Err("no answer".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(0)) => Err("closed".into()),
+        // An HTTP/2 server opens with a SETTINGS frame (type 4 at byte 3);
+        // anything else (e.g. a TLS alert record, 0x15) is not an answer.
+        Ok(Ok(n)) if n >= 9 && buf[3] == 0x04 => Ok(n),
+        Ok(Ok(n)) => Err(format!("not HTTP/2: {:?}", &buf[..n])),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_refuses_plaintext_foreign_certificates_and_certificates_without_client_auth() {
+    let env = Env::start().await;
+
+    // Positive control: our own worker certificate gets an HTTP/2 answer.
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut good = env.tls(&cert, &key).await.unwrap();
+    assert!(h2_answer(&mut good).await.is_ok());
+
+    let mut plain = tokio::net::TcpStream::connect(env.addr()).await.unwrap();
+    let answer = h2_answer(&mut plain).await;
+    assert!(
+        answer.is_err(),
+        "plaintext got an HTTP/2 answer: {answer:?}"
+    );
+
+    let other = Ca::new("other root");
+    let (cert, key) = other.worker(IDENTITY, true);
+    let refused = match env.tls(&cert, &key).await {
+        Err(e) => Err(e),
+        Ok(mut s) => h2_answer(&mut s).await,
+    };
+    assert!(refused.is_err(), "a foreign certificate was accepted");
+
+    let (cert, key) = env.ca.worker(IDENTITY, false);
+    let refused = match env.tls(&cert, &key).await {
+        Err(e) => Err(e),
+        Ok(mut s) => h2_answer(&mut s).await,
+    };
+    assert!(
+        refused.is_err(),
+        "a certificate without clientAuth was accepted"
+    );
+    assert!(env.admin.workers().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reports_problems_conflicts_unknown_plans_and_bad_json() {
+    let env = Env::start().await;
+    let err = env
+        .admin
+        .submit_plan(&plan(&[
+            ("crm.create_ticket", json!({"title": "", "priority": 9})),
+            ("crm.launch_missiles", json!({})),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    let problems = err.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.step == 0 && p.task == "crm.create_ticket" && p.path == "/title"),
+        "{err}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.step == 0 && p.path == "/priority"),
+        "{err}"
+    );
+    assert!(
+        problems.iter().any(|p| p.step == 1
+            && p.task == "crm.launch_missiles"
+            && p.message.contains("crm.get_ticket")),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("step 0 (crm.create_ticket) at /title"),
+        "{err}"
+    );
+
+    let missing = env.admin.plan("no-such-plan").await.unwrap_err();
+    assert_eq!(missing.status(), Some(404));
+
+    let p = env
+        .admin
+        .submit_plan(&plan(&[("crm.get_ticket", json!({}))]))
+        .await
+        .unwrap();
+    let rejected = env.admin.reject(&p.id, "not today").await.unwrap();
+    assert_eq!(rejected.status, PlanStatus::Rejected);
+    let again = env.admin.approve(&p.id).await.unwrap_err();
+    assert_eq!(again.status(), Some(409));
+    assert!(again.to_string().contains("rejected"), "{again}");
+
+    let raw = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/plans",
+            env.handle.as_ref().unwrap().admin_url()
+        ))
+        .header("content-type", "application/json")
+        .body("{\"steps\": [")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    let body: Value = raw.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+
+    let tasks = env.admin.tasks().await.unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(
+        tasks[0].input_schema_sha256,
+        orchestrator_mock::canonical_sha256(&schema_one())
+    );
+}
