@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::api::{ManifestEntryView, StoredAudit, StoredResult};
 use crate::registry::Registry;
 use crate::state::{
-    NewSession, ResultEffect, SharedState, now_rfc3339, outcome_name, step_status_for,
+    NewSession, Reported, ResultEffect, SharedState, now_rfc3339, outcome_name, step_status_for,
 };
 use crate::store::Store;
 use crate::tls::WorkerConnInfo;
@@ -423,10 +423,12 @@ impl Inner {
             &conn.identity,
             &task.task_id,
             task.attempt,
-            step_status_for(outcome),
-            output,
-            stored.error_code.clone(),
-            stored.error_message.clone(),
+            Reported {
+                status: step_status_for(outcome),
+                output,
+                error_code: stored.error_code.clone(),
+                error_message: stored.error_message.clone(),
+            },
         );
         match effect {
             ResultEffect::Applied { plan_status, .. } => {

@@ -60,6 +60,19 @@ pub enum ResultEffect {
     UnknownTask,
 }
 
+/// What a worker reported for one attempt, as it applies to the step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reported {
+    /// The step status the outcome leads to ([`step_status_for`]).
+    pub status: StepStatus,
+    /// The output, if any.
+    pub output: Option<Value>,
+    /// The error code, if any.
+    pub error_code: Option<String>,
+    /// The error message, if any.
+    pub error_message: Option<String>,
+}
+
 /// A session that finished its `Hello`, ready to be registered.
 #[derive(Debug, Clone)]
 pub struct NewSession {
@@ -320,11 +333,14 @@ impl State {
         identity: &str,
         task_id: &str,
         attempt: u32,
-        status: StepStatus,
-        output: Option<Value>,
-        error_code: Option<String>,
-        error_message: Option<String>,
+        reported: Reported,
     ) -> ResultEffect {
+        let Reported {
+            status,
+            output,
+            error_code,
+            error_message,
+        } = reported;
         let key = (task_id.to_string(), attempt);
         for s in self.sessions.values_mut() {
             s.in_flight.remove(&key);
@@ -610,10 +626,12 @@ mod tests {
             &format!("spiffe://t/worker/{worker}"),
             &a.task_id,
             a.attempt,
-            status,
-            Some(json!({"ok": true})),
-            None,
-            None,
+            Reported {
+                status,
+                output: Some(json!({"ok": true})),
+                error_code: None,
+                error_message: None,
+            },
         )
     }
 
