@@ -6,16 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{Ca, schema_one, schema_two};
 use orchestrator_mock::api::{PlanRequest, PlanStatus, StepRequest, StepStatus};
 use orchestrator_mock::client::AdminClient;
 use orchestrator_mock::{Config, OrchestratorHandle};
 use private_worker_proto::v1 as pb;
 use private_worker_proto::v1::orchestrator_message::Kind as Down;
 use private_worker_proto::v1::worker_message::Kind as Up;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    SanType,
-};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
@@ -24,53 +23,6 @@ use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
 const IDENTITY: &str = "spiffe://test.example/worker/w1";
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn server(&self) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn worker(&self, identity: &str, client_auth: bool) -> (String, String) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
-        params.extended_key_usages = vec![if client_auth {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn schema_one() -> Value {
-    json!({"type": "object", "required": ["title"], "additionalProperties": false,
-           "properties": {"title": {"type": "string", "minLength": 1}, "priority": {"type": "integer", "maximum": 5}}})
-}
-
-fn schema_two() -> Value {
-    json!({"type": "object", "properties": {"id": {"type": "string"}}})
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -83,29 +35,8 @@ struct Env {
 impl Env {
     async fn start() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new("test root");
-        let (cert, key) = ca.server();
-        std::fs::write(dir.path().join("ca.pem"), ca.issuer.pem()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), cert).unwrap();
-        std::fs::write(dir.path().join("server.key"), key).unwrap();
-        let registry = json!({"tasks": [
-            {"name": "crm.create_ticket", "version": "1", "description": "one", "input_schema": schema_one()},
-            {"name": "crm.get_ticket", "version": "1", "description": "two", "input_schema": schema_two(), "idempotent": true}
-        ]});
-        std::fs::write(dir.path().join("registry.json"), registry.to_string()).unwrap();
-        let text = r#"
-            grpc_listen = "127.0.0.1:0"
-            admin_listen = "127.0.0.1:0"
-            registry = "registry.json"
-            data_dir = "data"
-            heartbeat_interval = "5s"
-            wire_capture_dir = "wire"
-            [tls]
-            ca_cert = "ca.pem"
-            cert = "server.pem"
-            key = "server.key"
-        "#;
-        let config = Config::from_toml_str(text, dir.path()).unwrap();
+        let (ca, text) = common::write_setup(dir.path());
+        let config = Config::from_toml_str(&text, dir.path()).unwrap();
         let handle = orchestrator_mock::spawn(config.clone()).await.unwrap();
         let admin = AdminClient::new(&handle.admin_url());
         Env {

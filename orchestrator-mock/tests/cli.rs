@@ -1,0 +1,129 @@
+//! The `orchestrator-mock` binary as a user runs it: `check`, `serve` with
+//! its ready line and signal handling, and the admin subcommands.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_orchestrator-mock");
+
+#[test]
+fn check_reports_every_bad_config_key_with_its_path_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "registry = 1\ndata_dir = \"d\"\n[tls]\nca_cert = \"ca.pem\"\ncert = \"c.pem\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("registry: expected a string"), "{text}");
+    assert!(text.contains("tls.key: missing"), "{text}");
+}
+
+#[test]
+fn check_accepts_a_complete_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, text) = common::write_setup(dir.path());
+    let config = dir.path().join("orchestrator.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok   registry: 2 task versions"), "{text}");
+    assert!(text.contains("ok   tls"), "{text}");
+}
+
+#[test]
+fn serve_prints_one_ready_line_the_cli_talks_to_it_and_sigterm_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, text) = common::write_setup(dir.path());
+    let config = dir.path().join("orchestrator.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("orchestrator-mock ready grpc=127.0.0.1:"),
+        "{line}"
+    );
+    let admin = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .unwrap()
+        .to_string();
+
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"steps": [{"task": "crm.create_ticket", "inputs": {"priority": 9}}, {"task": "nope", "inputs": {}}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["plan", "submit"])
+        .arg(&plan)
+        .env("ORCHESTRATOR_ADMIN_URL", &admin)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("step 0 (crm.create_ticket) at /priority:"),
+        "{err}"
+    );
+    assert!(err.contains("step 1 (nope) at /: unknown task"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["tasks", "--admin-url", &admin, "--json"])
+        .output()
+        .unwrap();
+    let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tasks.as_array().unwrap().len(), 2);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "serve printed more than the ready line: {rest}"
+    );
+}
