@@ -9,11 +9,14 @@
 //!   with their output captured to files.
 //! - [`proxy`]: a TCP proxy whose connections a test can cut.
 //! - [`sockets`]: what sockets a process holds, read from /proc.
+//! - [`fake_vault`]: a fake Azure Key Vault and token endpoint over HTTPS,
+//!   close enough to the service for the real SDK (a test double).
 //!
 //! Nothing here is product code: it exists so that tests and the demo
 //! exercise the real binaries over real sockets on 127.0.0.1.
 
 pub mod catalog;
+pub mod fake_vault;
 pub mod internal_api;
 pub mod pki;
 pub mod procs;
