@@ -76,6 +76,7 @@ pub async fn check(config: &Config) -> CheckReport {
         .values()
         .filter_map(|t| t.executor.secret().cloned())
         .collect();
+    let mut keyvault_broken = false;
     let secrets = match Secrets::from_config(config) {
         Ok(secrets) => {
             if let Some(kv) = &config.keyvault {
@@ -96,10 +97,18 @@ pub async fn check(config: &Config) -> CheckReport {
         Err(e) => {
             // The Key Vault source cannot be built; the other sources can.
             report.item(false, format!("keyvault: {e}"));
+            keyvault_broken = true;
             Secrets::default()
         }
     };
     for reference in references {
+        if keyvault_broken && reference.is_keyvault() {
+            report.item(
+                false,
+                format!("secret {reference}: not tried, the Key Vault source could not be built"),
+            );
+            continue;
+        }
         match secrets.load(&reference).await {
             Ok(value) => {
                 let mut line = format!("secret {reference}: resolved");
