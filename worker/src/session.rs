@@ -56,6 +56,10 @@ pub enum SessionError {
     /// No `Welcome` (or a different first message) arrived in time.
     #[error("no Welcome from the orchestrator: {0}")]
     NoWelcome(&'static str),
+    /// The orchestrator asked this stream to drain and everything on it was
+    /// delivered; dial again (possibly reaching another instance).
+    #[error("the orchestrator drained this stream")]
+    DrainedByOrchestrator,
     /// Nothing arrived for three heartbeat intervals.
     #[error("no message from the orchestrator for {0:?}; treating the stream as dead")]
     HeartbeatTimeout(Duration),
@@ -90,6 +94,7 @@ pub fn classify(error: &SessionError) -> Disposition {
         },
         SessionError::Audit(_) => Disposition::Fatal,
         SessionError::Dial(_)
+        | SessionError::DrainedByOrchestrator
         | SessionError::Closed
         | SessionError::NoWelcome(_)
         | SessionError::HeartbeatTimeout(_) => Disposition::Retry,
@@ -369,13 +374,20 @@ impl Worker {
         loop {
             if live.draining && self.running.is_empty() && self.outbox.is_empty() {
                 tracing::info!("drained: every result acknowledged");
-                return Ok(SessionEnd::Drained);
+                return if shutdown.is_cancelled() {
+                    Ok(SessionEnd::Drained)
+                } else {
+                    Err(SessionError::DrainedByOrchestrator)
+                };
             }
             let drain_deadline = live.drain_deadline;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !live.draining => {
-                    self.start_draining(live, "worker shutting down").await?;
+                _ = shutdown.cancelled(), if live.drain_deadline.is_none() => {
+                    live.drain_deadline = Some(tokio::time::Instant::now() + self.config.drain_grace);
+                    if !live.draining {
+                        self.start_draining(live, "worker shutting down").await?;
+                    }
                 }
                 _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
                     if self.running.is_empty() {
@@ -424,7 +436,6 @@ impl Worker {
             "draining: no new work"
         );
         live.draining = true;
-        live.drain_deadline = Some(tokio::time::Instant::now() + self.config.drain_grace);
         live.send(Up::Draining(pb::Draining {
             reason: reason.to_string(),
         }))
