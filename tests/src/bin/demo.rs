@@ -43,13 +43,18 @@ fn step(n: u32, text: &str) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let workdir = tempfile::Builder::new().prefix("private-worker-demo-").tempdir()?;
+    let workdir = tempfile::Builder::new()
+        .prefix("private-worker-demo-")
+        .tempdir()?;
     let dir = workdir.path().to_path_buf();
     println!("private-worker demo (working directory {})", dir.display());
     let outcome = run(&dir).await;
     if cli.keep {
         let kept = workdir.keep();
-        println!("\nkept {} (certificates, configs, logs, audit logs)", kept.display());
+        println!(
+            "\nkept {} (certificates, configs, logs, audit logs)",
+            kept.display()
+        );
     }
     match outcome {
         Ok(true) => {
@@ -71,10 +76,18 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         .output()
         .context("run certs-tool")?;
     if !output.status.success() {
-        bail!("certs-tool dev failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "certs-tool dev failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let identity = "spiffe://example.org/worker/demo-worker";
-    step(1, &format!("certificates: dev root CA -> intermediate -> orchestrator ({ORCHESTRATOR_NAME}) and worker {identity}"));
+    step(
+        1,
+        &format!(
+            "certificates: dev root CA -> intermediate -> orchestrator ({ORCHESTRATOR_NAME}) and worker {identity}"
+        ),
+    );
 
     // 2. The internal API, with a token only the worker will know.
     let token = format!("demo-{}", uuid_like());
@@ -86,7 +99,12 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         &dir.join("internal-api.log"),
     );
     let api_url = ready_value(&api.wait_for("sample-internal-api ready", STARTUP), "url")?;
-    step(2, &format!("sample internal API (the \"CRM\") at {api_url}, requires a bearer token only the worker has"));
+    step(
+        2,
+        &format!(
+            "sample internal API (the \"CRM\") at {api_url}, requires a bearer token only the worker has"
+        ),
+    );
 
     // 3. The orchestrator.
     let registry = dir.join("registry.json");
@@ -107,14 +125,21 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
     let mut orchestrator = Process::start(
         "orchestrator-mock",
         &binary("orchestrator-mock"),
-        &["serve", "--config", orchestrator_config.to_str().context("path")?],
+        &[
+            "serve",
+            "--config",
+            orchestrator_config.to_str().context("path")?,
+        ],
         &[],
         &dir.join("orchestrator.log"),
     );
     let ready = orchestrator.wait_for("orchestrator-mock ready", STARTUP);
     let grpc = ready_value(&ready, "grpc")?;
     let admin_url = ready_value(&ready, "admin")?;
-    step(3, &format!("orchestrator-mock: worker gateway {grpc} (mTLS only), admin API {admin_url}"));
+    step(
+        3,
+        &format!("orchestrator-mock: worker gateway {grpc} (mTLS only), admin API {admin_url}"),
+    );
 
     // 4. The worker.
     let worker_config = dir.join("worker.toml");
@@ -150,7 +175,10 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    step(4, &format!("worker connected as {identity} (outbound only; it listens on no port)"));
+    step(
+        4,
+        &format!("worker connected as {identity} (outbound only; it listens on no port)"),
+    );
 
     // 5. A plan, approved.
     let request = PlanRequest {
@@ -175,28 +203,57 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
     };
     let plan = admin.submit_plan(&request).await.context("submit plan")?;
     admin.approve(&plan.id).await.context("approve plan")?;
-    step(5, &format!("plan {} submitted ({} steps, validated against the registry) and approved", plan.id, plan.steps.len()));
+    step(
+        5,
+        &format!(
+            "plan {} submitted ({} steps, validated against the registry) and approved",
+            plan.id,
+            plan.steps.len()
+        ),
+    );
     let started = Instant::now();
     let plan = admin
         .wait_for_plan(&plan.id, Duration::from_secs(60))
         .await
         .context("wait for plan")?;
-    step(6, &format!("plan {:?} in {} ms", plan.status, started.elapsed().as_millis()));
+    step(
+        6,
+        &format!(
+            "plan {} in {} ms",
+            format!("{:?}", plan.status).to_lowercase(),
+            started.elapsed().as_millis()
+        ),
+    );
 
     print_results(&plan);
     let audit = admin.audit(&plan.id).await.context("read audit")?;
     println!("\nAudit trail (stored by the orchestrator, written and hash-chained by the worker)");
-    println!("  {:<4} {:<18} {:<10} {:<45} {}", "seq", "task", "outcome", "worker", "record hash");
+    println!(
+        "  {:<4} {:<18} {:<10} {:<45} record hash",
+        "seq", "task", "outcome", "worker"
+    );
     for record in &audit {
         let value = serde_json::to_value(record)?;
         println!(
             "  {:<4} {:<18} {:<10} {:<45} {}…",
-            value["sequence"],
+            value["sequence"].as_u64().unwrap_or_default(),
             value["task_name"].as_str().unwrap_or(""),
             value["outcome"].as_str().unwrap_or(""),
             value["worker_identity"].as_str().unwrap_or(""),
-            value["record_hash"].as_str().unwrap_or("").chars().take(16).collect::<String>(),
+            value["record_hash"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(16)
+                .collect::<String>(),
         );
+    }
+    match private_worker::audit::verify_file(&dir.join("worker-audit.jsonl")) {
+        Ok((n, last)) => println!(
+            "  worker's local audit log: {n} records, hash chain intact (head {}…)",
+            last.chars().take(16).collect::<String>()
+        ),
+        Err(e) => println!("  worker's local audit log: BROKEN: {e}"),
     }
     let log = std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default();
     let leaked = log.contains(&token)
@@ -217,7 +274,7 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
 
 fn print_results(plan: &PlanView) {
     println!("\nResults");
-    println!("  {:<2} {:<18} {:<10} {}", "#", "task", "status", "output");
+    println!("  {:<2} {:<18} {:<10} output", "#", "task", "status");
     for step in &plan.steps {
         let output = match (&step.output, &step.error_code) {
             (Some(o), _) => {
@@ -228,7 +285,9 @@ fn print_results(plan: &PlanView) {
                 }
                 text
             }
-            (None, Some(code)) => format!("{code}: {}", step.error_message.clone().unwrap_or_default()),
+            (None, Some(code)) => {
+                format!("{code}: {}", step.error_message.clone().unwrap_or_default())
+            }
             _ => String::new(),
         };
         println!(
