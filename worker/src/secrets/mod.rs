@@ -115,7 +115,12 @@ impl FromStr for SecretRef {
         if let Some(rest) = s.strip_prefix("keyvault://") {
             return parse_keyvault(rest).map_err(fail);
         }
-        Err(fail("unknown scheme"))
+        // Without a known scheme the text may be a credential pasted in
+        // by mistake: never echo it back.
+        Err(SecretRefError {
+            reference: "<hidden>".to_string(),
+            reason: "unknown scheme (the value is not shown in case it is a credential)",
+        })
     }
 }
 
@@ -384,11 +389,15 @@ mod tests {
 
     #[test]
     fn bad_references_say_what_is_wrong() {
+        let err = "sk-live-pasted-by-mistake"
+            .parse::<SecretRef>()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sk-live"), "{err}");
+        assert!(err.contains("unknown scheme"), "{err}");
         for text in [
-            "CRM_TOKEN",
             "env://",
             "env://A-B",
-            "vault://x",
             "file://",
             "keyvault://",
             "keyvault://myvault",
