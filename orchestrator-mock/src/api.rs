@@ -125,6 +125,12 @@ pub struct StepView {
     pub error_message: Option<String>,
     /// The task output (JSON), when the worker returned one.
     pub output: Option<Value>,
+    /// When the step was queued for dispatch, RFC 3339 (UTC, nanoseconds).
+    #[serde(default)]
+    pub queued_at: Option<String>,
+    /// When its result was stored, RFC 3339 (UTC, nanoseconds).
+    #[serde(default)]
+    pub finished_at: Option<String>,
 }
 
 /// One reason a submitted plan was refused.

@@ -118,6 +118,15 @@ struct Step {
     idempotent: bool,
 }
 
+impl Step {
+    /// Marks the step queued (with the time) and appends it to `queue`.
+    fn enqueue(&mut self, queue: &mut VecDeque<String>) {
+        self.view.status = StepStatus::Queued;
+        self.view.queued_at = Some(now_rfc3339());
+        queue.push_back(self.view.task_id.clone());
+    }
+}
+
 struct Plan {
     id: String,
     name: Option<String>,
@@ -185,6 +194,8 @@ impl State {
                     error_code: None,
                     error_message: None,
                     output: None,
+                    queued_at: None,
+                    finished_at: None,
                 },
                 idempotent: s.idempotent,
             })
@@ -236,8 +247,7 @@ impl State {
         plan.status = PlanStatus::Approved;
         tracing::info!(plan_id = %id, "plan approved");
         if let Some(first) = plan.steps.first_mut() {
-            first.view.status = StepStatus::Queued;
-            self.queue.push_back(first.view.task_id.clone());
+            first.enqueue(&mut self.queue);
         }
         self.dispatch();
         self.plan(id)
@@ -367,15 +377,13 @@ impl State {
             ));
         }
         step.view.status = status;
+        step.view.finished_at = Some(now_rfc3339());
         step.view.output = output;
         step.view.error_code = error_code;
         step.view.error_message = error_message;
         if status == StepStatus::Succeeded {
             match plan.steps.get_mut(index + 1) {
-                Some(next) => {
-                    next.view.status = StepStatus::Queued;
-                    self.queue.push_back(next.view.task_id.clone());
-                }
+                Some(next) => next.enqueue(&mut self.queue),
                 None => {
                     plan.status = PlanStatus::Succeeded;
                     tracing::info!(plan_id = %plan_id, "plan succeeded");

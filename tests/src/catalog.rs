@@ -53,7 +53,9 @@ pub fn tasks() -> Vec<SampleTask> {
             }),
             method: "POST",
             path: "/tickets",
-            body: Some(json!({"title": "{title}", "priority": "{priority}", "customer": "{customer}"})),
+            body: Some(
+                json!({"title": "{title}", "priority": "{priority}", "customer": "{customer}"}),
+            ),
             allowed_on_worker: true,
         },
         SampleTask {

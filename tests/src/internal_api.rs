@@ -72,7 +72,10 @@ impl InternalApi {
             .route("/tickets/{id}/comments", post(add_comment))
             .route("/echo", post(echo))
             .route("/slow/{ms}", get(slow))
-            .layer(axum::middleware::from_fn_with_state(state.clone(), record_and_authorize))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                record_and_authorize,
+            ))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -134,7 +137,12 @@ async fn record_and_authorize(
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     state.inner.lock().unwrap().requests.push(RecordedRequest {
         method: parts.method.to_string(),
@@ -154,13 +162,20 @@ async fn record_and_authorize(
         )
             .into_response();
     }
-    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 async fn create_ticket(State(state): State<AppState>, Json(body): Json<Value>) -> Response {
     let Some(title) = body.get("title").and_then(Value::as_str) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "title is required"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "title is required"})),
+        )
+            .into_response();
     };
     let mut inner = state.inner.lock().unwrap();
     let id = format!("T-{}", 1000 + inner.tickets.len() + 1);
@@ -180,7 +195,11 @@ async fn get_ticket(State(state): State<AppState>, Path(id): Path<String>) -> Re
     let inner = state.inner.lock().unwrap();
     match inner.tickets.iter().find(|t| t["id"] == id) {
         Some(t) => Json(t.clone()).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such ticket", "id": id}))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such ticket", "id": id})),
+        )
+            .into_response(),
     }
 }
 
@@ -196,18 +215,33 @@ async fn add_comment(
             if let Some(list) = t["comments"].as_array_mut() {
                 list.push(comment.clone());
             }
-            (StatusCode::CREATED, Json(json!({"ticket": id, "comment": comment}))).into_response()
+            (
+                StatusCode::CREATED,
+                Json(json!({"ticket": id, "comment": comment})),
+            )
+                .into_response()
         }
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such ticket", "id": id}))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such ticket", "id": id})),
+        )
+            .into_response(),
     }
 }
 
 async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: String) -> Json<Value> {
     let headers: serde_json::Map<String, Value> = headers
         .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
-    Json(json!({"method": method.to_string(), "uri": uri.to_string(), "headers": headers, "body": body}))
+    Json(
+        json!({"method": method.to_string(), "uri": uri.to_string(), "headers": headers, "body": body}),
+    )
 }
 
 async fn slow(Path(ms): Path<u64>) -> Json<Value> {

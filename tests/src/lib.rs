@@ -1,6 +1,7 @@
 //! Shared fixtures for private-worker's end-to-end tests and its demo.
 //!
 //! # Layout
+//! - [`bench`]: the transport baseline and the load worker of the `bench` binary.
 //! - [`internal_api`]: the stand-in internal CRM API (bearer token, records requests).
 //! - [`catalog`]: the sample tasks: registry entries for the orchestrator and
 //!   the matching worker allowlist, written from one description.
@@ -15,6 +16,7 @@
 //! Nothing here is product code: it exists so that tests and the demo
 //! exercise the real binaries over real sockets on 127.0.0.1.
 
+pub mod bench;
 pub mod catalog;
 pub mod fake_vault;
 pub mod internal_api;

@@ -36,7 +36,13 @@ pub fn binary(name: &str) -> PathBuf {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut command = std::process::Command::new(cargo);
         command
-            .args(["build", "--quiet", "--bins", "--workspace", "--manifest-path"])
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "--workspace",
+                "--manifest-path",
+            ])
             .arg(&manifest);
         if dir.file_name().is_some_and(|n| n == "release") {
             command.arg("--release");

@@ -55,7 +55,9 @@ pub fn sockets_of(pid: u32) -> std::io::Result<Vec<SocketInfo>> {
             if fields.len() < 10 {
                 continue;
             }
-            let Ok(inode) = fields[9].parse::<u64>() else { continue };
+            let Ok(inode) = fields[9].parse::<u64>() else {
+                continue;
+            };
             if !inodes.contains(&inode) {
                 continue;
             }
@@ -73,7 +75,9 @@ pub fn sockets_of(pid: u32) -> std::io::Result<Vec<SocketInfo>> {
         if fields.len() < 7 {
             continue;
         }
-        let Ok(inode) = fields[6].parse::<u64>() else { continue };
+        let Ok(inode) = fields[6].parse::<u64>() else {
+            continue;
+        };
         if !inodes.contains(&inode) {
             continue;
         }

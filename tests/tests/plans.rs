@@ -41,7 +41,11 @@ async fn a_plan_with_invalid_inputs_is_refused_naming_the_task_and_the_json_path
     for expected in ["/title", "/priority", "/customer"] {
         assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
     }
-    assert!(problems.iter().all(|p| p.task == "crm.create_ticket" && p.step == 0));
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.task == "crm.create_ticket" && p.step == 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +53,9 @@ async fn a_valid_plan_waits_for_approval_and_a_rejected_plan_runs_nothing() {
     let env = Env::start(Options::default()).await;
     let _worker = env.start_worker();
     env.wait_connected(&env.pki.worker_identity).await;
-    let plan = env.submit(&[("crm.create_ticket", json!({"title": "needs approval"}))]).await;
+    let plan = env
+        .submit(&[("crm.create_ticket", json!({"title": "needs approval"}))])
+        .await;
     assert_eq!(plan.status, PlanStatus::PendingApproval);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(env.api.requests().is_empty(), "ran before approval");

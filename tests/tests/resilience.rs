@@ -38,11 +38,27 @@ async fn a_result_finished_during_a_cut_connection_is_delivered_once_after_recon
     }
     proxy.cut_all();
 
-    let plan = env.admin.wait_for_plan(&plan.id, common::WAIT).await.unwrap();
-    assert_eq!(plan.status, PlanStatus::Succeeded, "{plan:#?}\n{}", worker.output());
-    assert!(proxy.connections_accepted() >= 2, "the worker did not reconnect");
+    let plan = env
+        .admin
+        .wait_for_plan(&plan.id, common::WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.status,
+        PlanStatus::Succeeded,
+        "{plan:#?}\n{}",
+        worker.output()
+    );
+    assert!(
+        proxy.connections_accepted() >= 2,
+        "the worker did not reconnect"
+    );
     assert_eq!(env.api.requests().len(), 1, "the task ran more than once");
-    assert_eq!(env.admin.results(&plan.id).await.unwrap().len(), 1, "the result was stored twice");
+    assert_eq!(
+        env.admin.results(&plan.id).await.unwrap().len(),
+        1,
+        "the result was stored twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,6 +75,8 @@ async fn the_worker_reconnects_after_an_orchestrator_restart() {
     env.orchestrator = Some(restarted);
     env.wait_connected(&env.pki.worker_identity).await;
 
-    let plan = env.run_plan(&[("crm.create_ticket", json!({"title": "after restart"}))]).await;
+    let plan = env
+        .run_plan(&[("crm.create_ticket", json!({"title": "after restart"}))])
+        .await;
     assert_eq!(plan.status, PlanStatus::Succeeded, "{}", worker.output());
 }

@@ -29,10 +29,18 @@ async fn the_secret_never_reaches_the_orchestrator_the_audit_trail_or_the_logs()
 
     // The credential was really used: the API saw it.
     let echoed = env.api.requests();
-    assert!(echoed[0].headers.iter().any(|(_, v)| v.contains(&env.token)));
+    assert!(
+        echoed[0]
+            .headers
+            .iter()
+            .any(|(_, v)| v.contains(&env.token))
+    );
     // The API echoed it back, and the worker redacted it.
     let output = plan.steps[0].output.as_ref().unwrap();
-    assert_eq!(output["body"]["headers"]["authorization"], "Bearer [REDACTED]");
+    assert_eq!(
+        output["body"]["headers"]["authorization"],
+        "Bearer [REDACTED]"
+    );
 
     let secret = env.token.as_bytes();
     let wire = read_tree(&env.path("wire"));
@@ -40,16 +48,34 @@ async fn the_secret_never_reaches_the_orchestrator_the_audit_trail_or_the_logs()
         contains(&wire, plan.steps[0].task_id.as_bytes()),
         "the wire capture must hold the session's bytes for this check to mean anything"
     );
-    assert!(!contains(&wire, secret), "the secret crossed the wire to the orchestrator");
+    assert!(
+        !contains(&wire, secret),
+        "the secret crossed the wire to the orchestrator"
+    );
     let stored = env.orchestrator_data();
-    assert!(contains(&stored, b"echo my headers back"), "stored results are where expected");
-    assert!(!contains(&stored, secret), "the orchestrator stored the secret");
+    assert!(
+        contains(&stored, b"echo my headers back"),
+        "stored results are where expected"
+    );
+    assert!(
+        !contains(&stored, secret),
+        "the orchestrator stored the secret"
+    );
     let audit = serde_json::to_vec(&env.admin.audit(&plan.id).await.unwrap()).unwrap();
-    assert!(!contains(&audit, secret), "an audit record holds the secret");
+    assert!(
+        !contains(&audit, secret),
+        "an audit record holds the secret"
+    );
     let local_audit = std::fs::read(env.path("worker-audit.jsonl")).unwrap();
-    assert!(!contains(&local_audit, secret), "the worker's audit log holds the secret");
+    assert!(
+        !contains(&local_audit, secret),
+        "the worker's audit log holds the secret"
+    );
     let log = worker.output();
-    assert!(log.contains("task finished"), "the worker log was captured at debug level");
+    assert!(
+        log.contains("task finished"),
+        "the worker log was captured at debug level"
+    );
     assert!(!log.contains(&env.token), "the worker log holds the secret");
 }
 
@@ -71,13 +97,18 @@ async fn a_task_whose_credential_is_missing_fails_without_calling_the_internal_a
         &env.path("worker.log"),
     );
     env.wait_connected(&env.pki.worker_identity).await;
-    let plan = env.run_plan(&[("crm.create_ticket", json!({"title": "x"}))]).await;
+    let plan = env
+        .run_plan(&[("crm.create_ticket", json!({"title": "x"}))])
+        .await;
     assert_eq!(plan.status, PlanStatus::Failed);
     let step = &plan.steps[0];
     assert_eq!(step.status, StepStatus::Failed);
     assert_eq!(step.error_code.as_deref(), Some("credential_unavailable"));
     assert!(
-        step.error_message.as_deref().unwrap_or("").contains("env://CRM_API_TOKEN"),
+        step.error_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("env://CRM_API_TOKEN"),
         "{step:#?}"
     );
     assert!(env.api.requests().is_empty(), "the internal API was called");

@@ -18,12 +18,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Opens a TLS connection to the orchestrator presenting `cert`/`key`,
 /// sends the HTTP/2 preface and reads the answer. `Ok(n)` means the server
 /// talked HTTP/2 to us (n bytes); `Err` means the connection was refused.
-async fn probe(addr: std::net::SocketAddr, ca: &Path, cert: &[u8], key: &[u8]) -> Result<usize, String> {
+async fn probe(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    cert: &[u8],
+    key: &[u8],
+) -> Result<usize, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(cert).map(Result::unwrap).collect();
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(cert)
+        .map(Result::unwrap)
+        .collect();
     let key = PrivateKeyDer::from_pem_slice(key).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -34,10 +41,15 @@ async fn probe(addr: std::net::SocketAddr, ca: &Path, cert: &[u8], key: &[u8]) -
     .with_client_auth_cert(chain, key)
     .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(ORCHESTRATOR_NAME).unwrap();
-    let mut tls = connector.connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .map_err(|e| format!("write: {e}"))?;
@@ -58,7 +70,13 @@ fn read(path: &Path) -> Vec<u8> {
 async fn the_orchestrator_accepts_its_own_workers_certificate_in_the_probe() {
     // Positive control for the probe used below.
     let env = Env::start(Options::default()).await;
-    let answered = probe(env.grpc_addr, &env.pki.ca_cert, &read(&env.pki.worker_cert), &read(&env.pki.worker_key)).await;
+    let answered = probe(
+        env.grpc_addr,
+        &env.pki.ca_cert,
+        &read(&env.pki.worker_cert),
+        &read(&env.pki.worker_key),
+    )
+    .await;
     assert!(answered.is_ok(), "{answered:?}");
 }
 
@@ -66,11 +84,22 @@ async fn the_orchestrator_accepts_its_own_workers_certificate_in_the_probe() {
 async fn the_orchestrator_refuses_a_worker_certificate_from_another_ca() {
     let env = Env::start(Options::default()).await;
     let other = Pki::create(&env.path("other-pki"), "intruder");
-    let refused = probe(env.grpc_addr, &env.pki.ca_cert, &read(&other.worker_cert), &read(&other.worker_key)).await;
+    let refused = probe(
+        env.grpc_addr,
+        &env.pki.ca_cert,
+        &read(&other.worker_cert),
+        &read(&other.worker_key),
+    )
+    .await;
     assert!(refused.is_err(), "a foreign certificate was accepted");
 
     // The real worker with that certificate never gets a session.
-    let config = env.write_worker_config("intruder", &other.worker_cert, &other.worker_key, ORCHESTRATOR_NAME);
+    let config = env.write_worker_config(
+        "intruder",
+        &other.worker_cert,
+        &other.worker_key,
+        ORCHESTRATOR_NAME,
+    );
     let mut worker = env.start_worker_with(&config, "intruder");
     worker.wait_for("session ended; will reconnect", common::WAIT);
     assert!(env.admin.workers().await.unwrap().is_empty());
@@ -88,7 +117,10 @@ async fn the_orchestrator_refuses_a_plaintext_connection() {
     // The server closes (or resets) the connection without ever speaking HTTP/2.
     assert!(read.is_ok(), "the server kept a plaintext connection open");
     // At most a TLS alert record (content type 0x15), never an HTTP/2 frame.
-    assert!(buf.is_empty() || buf[0] == 0x15, "the server answered plaintext: {buf:?}");
+    assert!(
+        buf.is_empty() || buf[0] == 0x15,
+        "the server answered plaintext: {buf:?}"
+    );
 
     // And a plaintext gRPC client gets no session.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", env.grpc_addr))
@@ -96,13 +128,19 @@ async fn the_orchestrator_refuses_a_plaintext_connection() {
         .connect()
         .await;
     if let Ok(channel) = channel {
-        let mut client = private_worker_proto::v1::worker_gateway_client::WorkerGatewayClient::new(channel);
+        let mut client =
+            private_worker_proto::v1::worker_gateway_client::WorkerGatewayClient::new(channel);
         let outcome = tokio::time::timeout(
             Duration::from_secs(15),
-            client.session(futures::stream::empty::<private_worker_proto::v1::WorkerMessage>()),
+            client.session(futures::stream::empty::<
+                private_worker_proto::v1::WorkerMessage,
+            >()),
         )
         .await;
-        assert!(matches!(outcome, Ok(Err(_))), "a plaintext session was opened");
+        assert!(
+            matches!(outcome, Ok(Err(_))),
+            "a plaintext session was opened"
+        );
     }
 }
 
@@ -117,8 +155,17 @@ async fn the_orchestrator_refuses_a_certificate_without_the_client_auth_usage() 
     let issued = ca
         .issue_client_without_client_auth(&env.pki.worker_identity, 1)
         .unwrap();
-    let refused = probe(env.grpc_addr, &env.pki.ca_cert, issued.chain_pem.as_bytes(), issued.key_pem.as_bytes()).await;
-    assert!(refused.is_err(), "a certificate without clientAuth was accepted");
+    let refused = probe(
+        env.grpc_addr,
+        &env.pki.ca_cert,
+        issued.chain_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a certificate without clientAuth was accepted"
+    );
 
     // The worker itself also refuses to start with such a certificate.
     let cert = env.path("server-usage.pem");
@@ -138,13 +185,24 @@ async fn the_orchestrator_refuses_a_certificate_without_the_client_auth_usage() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_refuses_an_orchestrator_without_the_expected_identity() {
     let env = Env::start(Options::default()).await;
-    let config = env.write_worker_config("wrong-name", &env.pki.worker_cert, &env.pki.worker_key, "crm-orchestrator.example.com");
+    let config = env.write_worker_config(
+        "wrong-name",
+        &env.pki.worker_cert,
+        &env.pki.worker_key,
+        "crm-orchestrator.example.com",
+    );
     let mut worker = env.start_worker_with(&config, "wrong-name");
     let line = worker.wait_for("session ended; will reconnect", common::WAIT);
-    assert!(line.contains("certificate") || line.contains("NotValidForName"), "{line}");
+    assert!(
+        line.contains("certificate") || line.contains("NotValidForName"),
+        "{line}"
+    );
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(500) {
-        assert!(env.admin.workers().await.unwrap().is_empty(), "the worker opened a session");
+        assert!(
+            env.admin.workers().await.unwrap().is_empty(),
+            "the worker opened a session"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -163,7 +221,10 @@ async fn the_worker_refuses_an_orchestrator_certified_by_another_ca() {
     let impostor = orchestrator_mock::spawn(config).await.unwrap();
     let mut worker = env.start_worker();
     let line = worker.wait_for("session ended; will reconnect", common::WAIT);
-    assert!(line.contains("certificate") || line.contains("UnknownIssuer"), "{line}");
+    assert!(
+        line.contains("certificate") || line.contains("UnknownIssuer"),
+        "{line}"
+    );
     let admin = orchestrator_mock::client::AdminClient::new(&impostor.admin_url());
     assert!(admin.workers().await.unwrap().is_empty());
     impostor.shutdown().await;

@@ -91,7 +91,13 @@ impl Env {
 
     /// Writes a worker config using the given certificate and key and
     /// returns its path.
-    pub fn write_worker_config(&self, name: &str, cert: &Path, key: &Path, server_name: &str) -> PathBuf {
+    pub fn write_worker_config(
+        &self,
+        name: &str,
+        cert: &Path,
+        key: &Path,
+        server_name: &str,
+    ) -> PathBuf {
         let text = catalog::worker_config_toml(&WorkerSetup {
             orchestrator_address: self.grpc_addr.to_string(),
             server_name,
@@ -109,7 +115,12 @@ impl Env {
 
     /// Starts the worker binary with the test PKI, logging at debug level.
     pub fn start_worker(&self) -> Process {
-        let config = self.write_worker_config("worker", &self.pki.worker_cert, &self.pki.worker_key, ORCHESTRATOR_NAME);
+        let config = self.write_worker_config(
+            "worker",
+            &self.pki.worker_cert,
+            &self.pki.worker_key,
+            ORCHESTRATOR_NAME,
+        );
         self.start_worker_with(&config, "worker")
     }
 
@@ -147,10 +158,7 @@ impl Env {
     }
 
     pub async fn submit(&self, steps: &[(&str, Value)]) -> orchestrator_mock::api::PlanView {
-        self.admin
-            .submit_plan(&plan_request(steps))
-            .await
-            .unwrap()
+        self.admin.submit_plan(&plan_request(steps)).await.unwrap()
     }
 
     pub async fn shutdown_orchestrator(&mut self) {
