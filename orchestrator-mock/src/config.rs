@@ -17,6 +17,7 @@
 //! heartbeat_interval = "10s"          # default 10s
 //! insecure_skip_checks = false        # default false; tests of worker defenses only
 //! wire_capture_dir = "wire"           # optional diagnostic
+//! sync_writes = true                  # default true: fdatasync each commit before acknowledging
 //!
 //! [tls]
 //! ca_cert = "certs/ca.pem"            # trust anchors for worker certificates
@@ -56,6 +57,10 @@ pub struct Config {
     /// Diagnostic: append every decrypted byte read from each worker
     /// connection to `<dir>/conn-<n>.bin`.
     pub wire_capture_dir: Option<PathBuf>,
+    /// Whether each commit of results and audit records waits for the disk
+    /// (`fdatasync`) before workers are acknowledged. On by default; off
+    /// only for benchmarks or throw-away runs.
+    pub sync_writes: bool,
 }
 
 /// TLS files of the worker gateway.
@@ -155,6 +160,7 @@ impl Config {
             "heartbeat_interval",
             "insecure_skip_checks",
             "wire_capture_dir",
+            "sync_writes",
         ];
         r.unknown_keys(&table, "", TOP);
         let grpc_listen = r.addr(&table, "grpc_listen", DEFAULT_GRPC_LISTEN);
@@ -163,17 +169,8 @@ impl Config {
         let data_dir = r.path(&table, "", "data_dir", true);
         let wire_capture_dir = r.path(&table, "", "wire_capture_dir", false);
         let heartbeat_interval = r.duration(&table, "heartbeat_interval");
-        let insecure_skip_checks = match table.get("insecure_skip_checks") {
-            None => false,
-            Some(toml::Value::Boolean(b)) => *b,
-            Some(other) => {
-                r.problem(
-                    "insecure_skip_checks",
-                    format!("expected true or false, found {}", other.type_str()),
-                );
-                false
-            }
-        };
+        let insecure_skip_checks = r.boolean(&table, "insecure_skip_checks", false);
+        let sync_writes = r.boolean(&table, "sync_writes", true);
         let tls = match table.get("tls") {
             Some(toml::Value::Table(t)) => {
                 r.unknown_keys(t, "tls.", &["ca_cert", "cert", "key"]);
@@ -219,8 +216,25 @@ impl Config {
                 heartbeat_interval,
                 insecure_skip_checks,
                 wire_capture_dir,
+                sync_writes,
             }),
             _ => Err(ConfigError::Invalid(r.problems)),
+        }
+    }
+}
+
+impl Reader<'_> {
+    fn boolean(&mut self, table: &toml::Table, key: &str, default: bool) -> bool {
+        match table.get(key) {
+            None => default,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected true or false, found {}", other.type_str()),
+                );
+                default
+            }
         }
     }
 }

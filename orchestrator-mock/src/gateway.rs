@@ -328,7 +328,7 @@ impl Inner {
                 }
             }
             Up::Result(result) => {
-                if let Some(ack) = self.take_result(session_id, conn, result) {
+                if let Some(ack) = self.take_result(session_id, conn, result).await {
                     let ack = message(Down::ResultAck(pb::ResultAck { task: Some(ack) }));
                     out.send(Ok(ack))
                         .await
@@ -348,7 +348,7 @@ impl Inner {
     /// Stores and applies a result; returns the reference to acknowledge,
     /// or `None` when it must not be acknowledged (store failure: the
     /// worker keeps it and re-sends).
-    fn take_result(
+    async fn take_result(
         &self,
         session_id: &str,
         conn: &WorkerConnInfo,
@@ -408,7 +408,7 @@ impl Inner {
         if audit.is_none() {
             tracing::warn!("result arrived without an audit record");
         }
-        match self.store.append_once(&stored, audit.as_ref()) {
+        match self.store.append_once(stored.clone(), audit.clone()).await {
             Err(e) => {
                 tracing::error!(error = %e, "cannot store the result; not acknowledging it (the worker will re-send)");
                 return None;

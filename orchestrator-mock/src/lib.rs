@@ -148,7 +148,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     }
     let registry = Arc::new(registry::Registry::load(&config.registry)?);
     let tls_config = tls::server_config(&config.tls)?;
-    let store = Arc::new(store::Store::open(&config.data_dir)?);
+    let store = Arc::new(store::Store::open(&config.data_dir, config.sync_writes)?);
     if let Some(dir) = &config.wire_capture_dir {
         std::fs::create_dir_all(dir).map_err(|source| StartError::WireCapture {
             path: dir.clone(),

@@ -3,6 +3,10 @@
 //! `data_dir/results.jsonl` and `data_dir/audit.jsonl` get one line per
 //! received attempt, written, flushed and synced before the gateway
 //! acknowledges the result (so an acknowledged result survives a crash).
+//! Commits are grouped: one writer thread takes every result waiting when a
+//! write starts and commits them with one write and one `fdatasync` per
+//! file, so the cost of durability is paid per batch, not per result, and
+//! the async runtime never blocks on the disk.
 //! Results are de-duplicated by (task_id, attempt), including across
 //! restarts: the keys already in `results.jsonl` are loaded at open.
 //!
@@ -14,7 +18,7 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, mpsc};
 
 use serde::de::DeserializeOwned;
 
@@ -54,10 +58,20 @@ struct Files {
     seen: HashSet<(String, u32)>,
 }
 
+/// Most results committed in one write and sync.
+pub const MAX_BATCH: usize = 1024;
+
+struct Pending {
+    result: StoredResult,
+    audit: Option<StoredAudit>,
+    reply: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+}
+
 /// The results and audit logs of one data directory.
 pub struct Store {
     dir: PathBuf,
-    files: Mutex<Files>,
+    files: Arc<Mutex<Files>>,
+    tx: mpsc::Sender<Pending>,
 }
 
 impl std::fmt::Debug for Store {
@@ -74,7 +88,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] when the directory or files cannot be created or read.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, sync: bool) -> Result<Store, StoreError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError::Io { path, source }
@@ -94,44 +108,53 @@ impl Store {
             .into_iter()
             .map(|r| (r.task_id, r.attempt))
             .collect();
+        let files = Arc::new(Mutex::new(Files {
+            results,
+            audit,
+            seen,
+        }));
+        let (tx, rx) = mpsc::channel::<Pending>();
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            files: files.clone(),
+            sync,
+        };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(io(dir))?;
         Ok(Store {
             dir: dir.to_path_buf(),
-            files: Mutex::new(Files {
-                results,
-                audit,
-                seen,
-            }),
+            files,
+            tx,
         })
     }
 
     /// Appends a result and its audit record unless a result for the same
     /// (task_id, attempt) is already stored. Returns whether it was new.
-    /// Both lines are flushed and synced before this returns.
+    /// Both lines are written (and synced, unless `sync_writes` is off)
+    /// before this returns.
     ///
     /// # Errors
     /// [`StoreError`] when writing fails; nothing is marked as stored then.
-    pub fn append_once(
+    pub async fn append_once(
         &self,
-        result: &StoredResult,
-        audit: Option<&StoredAudit>,
+        result: StoredResult,
+        audit: Option<StoredAudit>,
     ) -> Result<bool, StoreError> {
-        let mut files = self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (result.task_id.clone(), result.attempt);
-        if files.seen.contains(&key) {
-            return Ok(false);
-        }
-        // Audit first: a result line is what marks the attempt as stored.
-        if let Some(audit) = audit {
-            let path = self.dir.join(AUDIT_FILE);
-            append_line(&mut files.audit, &path, audit)?;
-        }
-        let path = self.dir.join(RESULTS_FILE);
-        append_line(&mut files.results, &path, result)?;
-        files.seen.insert(key);
-        Ok(true)
+        let gone = || StoreError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other("the store writer thread has stopped"),
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Pending {
+                result,
+                audit,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// Every stored result of a plan, in arrival order.
@@ -159,25 +182,133 @@ impl Store {
     }
 }
 
-fn append_line<T: serde::Serialize>(
-    file: &mut File,
+/// The thread that commits batches.
+struct Writer {
+    dir: PathBuf,
+    files: Arc<Mutex<Files>>,
+    sync: bool,
+}
+
+impl Writer {
+    fn run(&self, rx: &mpsc::Receiver<Pending>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let mut files = self
+                .files
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let outcome = self.commit(&mut files, &batch);
+            for (pending, answer) in batch.into_iter().zip(outcome) {
+                let _ = pending.reply.send(answer);
+            }
+        }
+    }
+
+    /// Writes the new results of `batch` (audit lines first: a result line
+    /// is what marks an attempt stored), syncs, then marks them seen.
+    /// Returns one answer per pending result, in order.
+    fn commit(&self, files: &mut Files, batch: &[Pending]) -> Vec<Result<bool, StoreError>> {
+        let mut fresh = HashSet::new();
+        let mut new = Vec::with_capacity(batch.len());
+        let (mut audit_bytes, mut result_bytes) = (Vec::new(), Vec::new());
+        for pending in batch {
+            let key = (pending.result.task_id.clone(), pending.result.attempt);
+            let is_new = !files.seen.contains(&key) && fresh.insert(key);
+            new.push(is_new);
+            if !is_new {
+                continue;
+            }
+            if let Some(audit) = &pending.audit
+                && let Err(e) = encode_line(&mut audit_bytes, &self.dir.join(AUDIT_FILE), audit)
+            {
+                return batch.iter().map(|_| Err(e.clone_message())).collect();
+            }
+            if let Err(e) = encode_line(
+                &mut result_bytes,
+                &self.dir.join(RESULTS_FILE),
+                &pending.result,
+            ) {
+                return batch.iter().map(|_| Err(e.clone_message())).collect();
+            }
+        }
+        let written = write_and_sync(
+            &mut files.audit,
+            &self.dir.join(AUDIT_FILE),
+            &audit_bytes,
+            self.sync,
+        )
+        .and_then(|()| {
+            write_and_sync(
+                &mut files.results,
+                &self.dir.join(RESULTS_FILE),
+                &result_bytes,
+                self.sync,
+            )
+        });
+        if let Err(e) = written {
+            return batch.iter().map(|_| Err(e.clone_message())).collect();
+        }
+        files.seen.extend(fresh);
+        new.into_iter().map(Ok).collect()
+    }
+}
+
+impl StoreError {
+    /// The same error for another waiter (I/O errors cannot be cloned).
+    fn clone_message(&self) -> StoreError {
+        match self {
+            StoreError::Io { path, source } => StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::Json { path, message } => StoreError::Json {
+                path: path.clone(),
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+fn encode_line<T: serde::Serialize>(
+    out: &mut Vec<u8>,
     path: &Path,
     value: &T,
 ) -> Result<(), StoreError> {
-    let mut line = serde_json::to_vec(value).map_err(|e| StoreError::Json {
+    serde_json::to_writer(&mut *out, value).map_err(|e| StoreError::Json {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    line.push(b'\n');
+    out.push(b'\n');
+    Ok(())
+}
+
+/// One write_all of whole lines into an O_APPEND file (readers hold the
+/// same lock, so they never see half a record), then one sync.
+fn write_and_sync(
+    file: &mut File,
+    path: &Path,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<(), StoreError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
     };
-    // One write_all of a whole line into an O_APPEND file: readers never
-    // see half a record interleaved with another.
-    file.write_all(&line).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
     file.flush().map_err(io)?;
-    file.sync_data().map_err(io)
+    if sync {
+        file.sync_data().map_err(io)?;
+    }
+    Ok(())
 }
 
 fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, StoreError> {
@@ -227,20 +358,48 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_duplicate_result_is_stored_once_even_across_reopening() {
+    #[tokio::test]
+    async fn a_duplicate_result_is_stored_once_even_across_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert!(store.append_once(&result("p", "t1", 1), None).unwrap());
-        assert!(!store.append_once(&result("p", "t1", 1), None).unwrap());
-        assert!(store.append_once(&result("p", "t1", 2), None).unwrap());
-        assert!(store.append_once(&result("other", "t2", 1), None).unwrap());
+        let store = Store::open(dir.path(), true).unwrap();
+        assert!(store.append_once(result("p", "t1", 1), None).await.unwrap());
+        assert!(!store.append_once(result("p", "t1", 1), None).await.unwrap());
+        assert!(store.append_once(result("p", "t1", 2), None).await.unwrap());
+        assert!(
+            store
+                .append_once(result("other", "t2", 1), None)
+                .await
+                .unwrap()
+        );
         assert_eq!(store.results("p").unwrap().len(), 2);
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert!(!store.append_once(&result("p", "t1", 1), None).unwrap());
+        let store = Store::open(dir.path(), true).unwrap();
+        assert!(!store.append_once(result("p", "t1", 1), None).await.unwrap());
         assert_eq!(store.results("p").unwrap().len(), 2);
         let text = std::fs::read_to_string(dir.path().join(RESULTS_FILE)).unwrap();
         assert_eq!(text.lines().count(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_results_commit_in_groups_and_duplicates_in_one_group_count_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path(), true).unwrap());
+        // 300 distinct attempts, each sent twice at the same time.
+        let sends = (0..600).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append_once(result("p", &format!("t{}", i % 300), 1), None)
+                    .await
+                    .unwrap()
+            })
+        });
+        let stored = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(stored, 300);
+        assert_eq!(store.results("p").unwrap().len(), 300);
     }
 }

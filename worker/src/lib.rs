@@ -82,7 +82,12 @@ pub enum RunError {
 /// [`StartError`] naming the file or task at fault.
 pub fn build(config: Config) -> Result<Worker, StartError> {
     let tls = tls::ClientTls::load(&config.tls, &config.orchestrator.server_name)?;
-    let audit = audit::AuditLog::open(&config.audit_log)?;
+    let mut log = audit::AuditLog::open(&config.audit_log)?;
+    log.set_sync(config.audit_fsync);
+    let audit = audit::AuditWriter::start(log).map_err(|source| audit::AuditError::Io {
+        path: config.audit_log.clone(),
+        source,
+    })?;
     let allowlist = Arc::new(task::Allowlist::new(&config).map_err(StartError::Schema)?);
     let runner = task::Runner::new(
         allowlist,

@@ -12,13 +12,13 @@
 //! proto types.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditError, AuditLog, AuditRecord};
+use crate::audit::{AuditError, AuditRecord, AuditWriter};
 use crate::config::{Config, ExecutorConfig, TaskConfig};
 use crate::executor::http::HttpExecutor;
 use crate::executor::{Execution, Outcome, TaskError};
@@ -186,7 +186,7 @@ pub struct Runner {
     allowlist: Arc<Allowlist>,
     secrets: Secrets,
     http: HttpExecutor,
-    audit: Arc<Mutex<AuditLog>>,
+    audit: AuditWriter,
     identity: String,
 }
 
@@ -203,14 +203,14 @@ impl Runner {
         allowlist: Arc<Allowlist>,
         secrets: Secrets,
         http: HttpExecutor,
-        audit: AuditLog,
+        audit: AuditWriter,
         identity: String,
     ) -> Self {
         Runner {
             allowlist,
             secrets,
             http,
-            audit: Arc::new(Mutex::new(audit)),
+            audit,
             identity,
         }
     }
@@ -339,17 +339,7 @@ impl Runner {
             prev_hash: String::new(),
             record_hash: String::new(),
         };
-        let log = self.audit.clone();
-        let audit = tokio::task::spawn_blocking(move || {
-            log.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .append(record)
-        })
-        .await
-        .map_err(|e| AuditError::Io {
-            path: "audit log".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        let audit = self.audit.append(record).await?;
         tracing::info!(
             outcome = ?execution.outcome,
             audit_sequence = audit.sequence,
