@@ -38,6 +38,10 @@ use crate::tls::{ClientTls, DialError};
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How many acknowledged attempts are remembered to ignore re-deliveries.
 const REMEMBERED_ATTEMPTS: usize = 100_000;
+/// Shortest heartbeat interval the worker accepts from `Welcome`.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest heartbeat interval the worker accepts from `Welcome`.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(600);
 /// How long to wait for acknowledgements of the last results at shutdown.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
 
@@ -80,16 +84,17 @@ pub enum Disposition {
 
 /// The one place that decides which failures end the worker.
 ///
-/// Network, TLS and most gRPC failures are transient or fixable on the
-/// other side (a re-issued certificate, a restarted orchestrator), so they
-/// retry. `Unimplemented` means this orchestrator does not speak this
-/// contract version, and `InvalidArgument` that it refuses our `Hello`:
-/// neither gets better by retrying. A broken local audit log is fatal:
-/// the worker must not run tasks it cannot audit.
+/// Network, TLS and gRPC failures are transient or fixable on the other
+/// side (a re-issued certificate, a restarted orchestrator, an ingress
+/// misrouting during a deploy, which shows as `Unimplemented`), so they
+/// retry with backoff. `InvalidArgument` means the orchestrator refuses
+/// this worker's `Hello` as malformed: retrying the same bytes cannot help.
+/// A broken local audit log is fatal: the worker must not run tasks it
+/// cannot audit.
 pub fn classify(error: &SessionError) -> Disposition {
     match error {
         SessionError::Status(status) => match status.code() {
-            tonic::Code::Unimplemented | tonic::Code::InvalidArgument => Disposition::Fatal,
+            tonic::Code::InvalidArgument => Disposition::Fatal,
             _ => Disposition::Retry,
         },
         SessionError::Audit(_) => Disposition::Fatal,
@@ -234,7 +239,15 @@ impl Worker {
             tokio::select! {
                 Some(done) = self.done_rx.recv() => { self.record_done(done)?; }
                 _ = tokio::time::sleep_until(deadline) => {
+                    // Cancelled tasks still write their audit records.
                     self.running.values().for_each(CancellationToken::cancel);
+                    let last = tokio::time::Instant::now() + FINAL_ACK_WAIT;
+                    while !self.running.is_empty() {
+                        tokio::select! {
+                            Some(done) = self.done_rx.recv() => self.record_done(done)?,
+                            _ = tokio::time::sleep_until(last) => break,
+                        };
+                    }
                     break;
                 }
             }
@@ -311,10 +324,13 @@ impl Worker {
         })
         .await
         .map_err(|_| SessionError::Closed)?;
-        let mut inbound = client
-            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let opened = tokio::time::timeout(
+            timeout,
+            client.session(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
+        .map_err(|_| SessionError::NoWelcome("the stream did not open in time"))?;
+        let mut inbound = opened?.into_inner();
         let welcome = match tokio::time::timeout(timeout, inbound.message()).await {
             Err(_) => return Err(SessionError::NoWelcome("timed out")),
             Ok(Err(status)) => return Err(status.into()),
@@ -327,11 +343,13 @@ impl Worker {
             }
         };
         *welcomed = true;
+        // The orchestrator's value is bounded: a zero or absurd interval
+        // must not break the worker.
         let heartbeat = welcome
             .heartbeat_interval
             .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero())
-            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
+            .clamp(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL);
         let span = tracing::info_span!("session", session_id = %welcome.session_id);
         async move {
             tracing::info!(
@@ -674,10 +692,10 @@ mod tests {
     ];
 
     #[test]
-    fn only_unimplemented_and_invalid_argument_statuses_are_fatal() {
+    fn only_an_invalid_argument_status_is_fatal() {
         for code in ALL_CODES {
             let expected = match code {
-                tonic::Code::Unimplemented | tonic::Code::InvalidArgument => Disposition::Fatal,
+                tonic::Code::InvalidArgument => Disposition::Fatal,
                 _ => Disposition::Retry,
             };
             let error = SessionError::Status(tonic::Status::new(code, "x"));

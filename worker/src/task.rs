@@ -285,8 +285,9 @@ impl Runner {
                 };
                 tokio::select! {
                     biased;
+                    // The call may already have reached the internal API.
                     _ = cancel.cancelled() => Execution {
-                        outcome: Outcome::Cancelled,
+                        outcome: Outcome::OutcomeUnknown,
                         output: None,
                         error: Some(TaskError::new("cancelled", "cancelled while running; the call may have reached the internal API")),
                     },

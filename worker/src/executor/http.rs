@@ -95,16 +95,26 @@ impl UrlTemplate {
     /// A message saying what is wrong with the template.
     pub fn parse(text: &str) -> Result<UrlTemplate, String> {
         let parts = split_placeholders(text)?;
-        let probe: String = parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(s) => s.as_str(),
-                Part::Input(_) => "x",
-            })
-            .collect();
-        let url = url::Url::parse(&probe).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
+        let probe = |filler: &str| -> Result<url::Url, String> {
+            let rendered: String = parts
+                .iter()
+                .map(|p| match p {
+                    Part::Literal(s) => s.as_str(),
+                    Part::Input(_) => filler,
+                })
+                .collect();
+            url::Url::parse(&rendered).map_err(|e| format!("`{text}` is not a URL: {e}"))
+        };
+        let url = probe("x")?;
+        if !matches!(url.scheme(), "http" | "https") || !text.contains("://") {
             return Err(format!("`{text}` must be an http:// or https:// URL"));
+        }
+        // Whatever the inputs are, the origin must stay the same.
+        let other = probe("y.z")?;
+        if url.origin() != other.origin() {
+            return Err(format!(
+                "`{text}` lets an input change the host; placeholders belong in the path or query"
+            ));
         }
         // The authority ends at the first '/', '?' or '#' after "scheme://".
         let authority_end = text
@@ -144,6 +154,14 @@ impl UrlTemplate {
                 Part::Literal(s) => out.push_str(s),
                 Part::Input(name) => {
                     let text = scalar_text(name, inputs.get(name))?;
+                    // `.` and `..` survive percent-encoding and would be
+                    // resolved as path segments, reaching another endpoint.
+                    if text == "." || text == ".." {
+                        return Err(TaskError::new(
+                            "invalid_input",
+                            format!("input `{name}` may not be `.` or `..`"),
+                        ));
+                    }
                     out.extend(utf8_percent_encode(&text, VALUE_ENCODE));
                 }
             }
@@ -262,8 +280,10 @@ impl HttpExecutor {
             Ok::<_, reqwest::Error>((status, body, truncated))
         };
         match tokio::time::timeout(timeout, call).await {
+            // The request may have reached the internal API before the
+            // time ran out: whether its effect happened is unknown.
             Err(_) => failed(
-                Outcome::TimedOut,
+                Outcome::OutcomeUnknown,
                 TaskError::new(
                     "timeout",
                     format!("internal API did not answer within {timeout:?}"),
@@ -274,7 +294,7 @@ impl HttpExecutor {
                 let error = if e.is_connect() {
                     TaskError::new("unreachable", "internal API unreachable (connect failed)")
                 } else if e.is_timeout() {
-                    TaskError::new("timeout", "internal API call timed out")
+                    TaskError::new("timeout", "internal API call timed out; its effect is unknown")
                 } else {
                     TaskError::new("request_failed", "internal API call failed mid-request")
                 };
@@ -441,8 +461,21 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_cannot_walk_to_another_endpoint() {
+        let t = UrlTemplate::parse("https://crm.internal/tickets/{id}/notes").unwrap();
+        for id in ["..", "."] {
+            let err = t.render(&inputs(serde_json::json!({"id": id}))).unwrap_err();
+            assert_eq!(err.code, "invalid_input", "{id}");
+        }
+        let url = t.render(&inputs(serde_json::json!({"id": "..."}))).unwrap();
+        assert_eq!(url::Url::parse(&url).unwrap().path(), "/tickets/.../notes");
+    }
+
+    #[test]
     fn a_placeholder_in_the_host_is_refused_at_config_time() {
         for bad in [
+            "http:{h}/x",
+            "https:{h}",
             "https://{host}/x",
             "https://crm.internal:{port}/x",
             "https://{user}@crm.internal/x",
