@@ -169,6 +169,12 @@ impl Config {
         let data_dir = r.path(&table, "", "data_dir", true);
         let wire_capture_dir = r.path(&table, "", "wire_capture_dir", false);
         let heartbeat_interval = r.duration(&table, "heartbeat_interval");
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&heartbeat_interval) {
+            r.problem(
+                "heartbeat_interval",
+                format!("{heartbeat_interval:?} is out of range; use 1s to 10m"),
+            );
+        }
         let insecure_skip_checks = r.boolean(&table, "insecure_skip_checks", false);
         let sync_writes = r.boolean(&table, "sync_writes", true);
         let tls = match table.get("tls") {

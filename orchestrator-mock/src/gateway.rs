@@ -214,6 +214,12 @@ impl Inner {
             instance_id: hello.instance_id.clone(),
             manifest,
             credit: hello.max_in_flight,
+            held: hello
+                .running
+                .iter()
+                .chain(&hello.pending_results)
+                .map(|t| (t.task_id.clone(), t.attempt))
+                .collect(),
             tx,
         });
 
@@ -222,7 +228,7 @@ impl Inner {
             .await;
         let orphaned = self.lock().unregister_session(&session_id);
         for (task_id, attempt) in &orphaned {
-            tracing::warn!(task_id = %task_id, attempt, "session ended with the task assigned and no result; it stays assigned until the worker re-sends its result");
+            tracing::warn!(task_id = %task_id, attempt, "session ended with the task assigned and no result; settled when the worker dials again");
         }
         tracing::info!(reason = %end, "session ended");
     }
@@ -325,6 +331,7 @@ impl Inner {
             Up::Accept(accept) => {
                 if let Some(task) = accept.task {
                     tracing::info!(task_id = %task.task_id, attempt = task.attempt, "worker accepted the task");
+                    self.lock().mark_accepted(&task.task_id, task.attempt);
                 }
             }
             Up::Result(result) => {

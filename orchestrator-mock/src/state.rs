@@ -90,6 +90,9 @@ pub struct NewSession {
     pub manifest: Vec<ManifestEntryView>,
     /// `Hello.max_in_flight`.
     pub credit: u32,
+    /// Attempts the worker says it still holds: `Hello.running` and
+    /// `Hello.pending_results`.
+    pub held: BTreeSet<(String, u32)>,
     /// Where assignments for this session go.
     pub tx: Outbound,
 }
@@ -116,6 +119,10 @@ impl Session {
 struct Step {
     view: StepView,
     idempotent: bool,
+    /// The session the latest attempt was sent on.
+    session_id: Option<String>,
+    /// Whether the worker sent `Accept` for the latest attempt.
+    accepted: bool,
 }
 
 impl Step {
@@ -136,6 +143,14 @@ struct Plan {
 }
 
 impl Plan {
+    /// The plan failed at step `index`: every later step is skipped.
+    fn fail_after(&mut self, index: usize) {
+        self.status = PlanStatus::Failed;
+        for later in self.steps.iter_mut().skip(index + 1) {
+            later.view.status = StepStatus::Skipped;
+        }
+    }
+
     fn view(&self) -> PlanView {
         PlanView {
             id: self.id.clone(),
@@ -198,6 +213,8 @@ impl State {
                     finished_at: None,
                 },
                 idempotent: s.idempotent,
+                session_id: None,
+                accepted: false,
             })
             .collect();
         for (i, step) in steps.iter().enumerate() {
@@ -282,21 +299,94 @@ impl State {
         self.tasks.get(task_id).map(|(p, _)| p.clone())
     }
 
-    /// Registers a session after its `Hello` and dispatches to it.
+    /// Registers a session after its `Hello`, reconciles the attempts
+    /// earlier sessions of the same worker left assigned, and dispatches.
+    ///
+    /// An older session of the same worker process (same identity and
+    /// `instance_id`) is stale once the process dials again: it is dropped
+    /// first. Then every attempt assigned to this identity on a session that
+    /// no longer exists is settled against what the worker says it holds:
+    /// held attempts move to the new session; attempts the worker never
+    /// accepted never arrived and are queued again (a new attempt);
+    /// accepted attempts it no longer holds have an unknown outcome and are
+    /// queued again only when the task is idempotent.
     pub fn register_session(&mut self, session: NewSession) {
         let id = session.session_id.clone();
+        let stale: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.info.identity == session.identity && s.info.instance_id == session.instance_id
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for old in stale {
+            tracing::info!(session_id = %old, "dropping a stale session of the same worker process");
+            self.sessions.remove(&old);
+        }
+        let mut adopted = BTreeSet::new();
+        let mut failed_plans = Vec::new();
+        for (plan_id, plan) in &mut self.plans {
+            for (index, step) in plan.steps.iter_mut().enumerate() {
+                let orphaned = step.view.status == StepStatus::Assigned
+                    && step.view.worker.as_deref() == Some(session.identity.as_str())
+                    && step
+                        .session_id
+                        .as_ref()
+                        .is_none_or(|s| !self.sessions.contains_key(s));
+                if !orphaned {
+                    continue;
+                }
+                let key = (step.view.task_id.clone(), step.view.attempt);
+                if session.held.contains(&key) {
+                    step.session_id = Some(id.clone());
+                    adopted.insert(key);
+                } else if !step.accepted || step.idempotent {
+                    tracing::warn!(plan_id = %plan_id, task_id = %key.0, attempt = key.1, accepted = step.accepted, "the worker does not hold this attempt; queueing it again");
+                    step.enqueue(&mut self.queue);
+                } else {
+                    tracing::warn!(plan_id = %plan_id, task_id = %key.0, attempt = key.1, "the worker lost an accepted attempt; its outcome is unknown");
+                    step.view.status = StepStatus::OutcomeUnknown;
+                    step.view.finished_at = Some(now_rfc3339());
+                    step.view.error_code = Some("outcome_unknown".into());
+                    step.view.error_message = Some(
+                        "the worker restarted while running this attempt; it is not retried because the task is not idempotent"
+                            .into(),
+                    );
+                    failed_plans.push((plan_id.clone(), index));
+                }
+            }
+        }
+        for (plan_id, index) in failed_plans {
+            if let Some(plan) = self.plans.get_mut(&plan_id) {
+                plan.fail_after(index);
+            }
+        }
         let credit = session.credit;
         self.sessions.insert(
             id,
             Session {
                 info: session,
                 credit,
-                in_flight: BTreeSet::new(),
+                in_flight: adopted,
                 draining: false,
                 connected_since: now_rfc3339(),
             },
         );
         self.dispatch();
+    }
+
+    /// Notes that the worker accepted an attempt (it holds it from now on).
+    pub fn mark_accepted(&mut self, task_id: &str, attempt: u32) {
+        if let Some((plan_id, index)) = self.tasks.get(task_id).cloned()
+            && let Some(step) = self
+                .plans
+                .get_mut(&plan_id)
+                .and_then(|p| p.steps.get_mut(index))
+            && step.view.attempt == attempt
+        {
+            step.accepted = true;
+        }
     }
 
     /// Adds `Credit.grant` to a session and dispatches.
@@ -323,11 +413,11 @@ impl State {
 
     /// Removes a session; returns the attempts it held without a result.
     pub fn unregister_session(&mut self, session_id: &str) -> Vec<(String, u32)> {
-        // Roadmap: leases. Today an attempt whose session ends without a
-        // result stays `assigned`: the worker keeps it in its outbox and
-        // re-sends the result on its next stream. Reassigning after a lease
-        // expires (with `attempt + 1`, only when idempotent or provably not
-        // started) comes with the lease work.
+        // An attempt whose session ends without a result stays `assigned`
+        // until the same worker dials again: `register_session` then settles
+        // it against the worker's `Hello`. Roadmap: leases, so that an
+        // attempt held by a worker that never comes back is reassigned
+        // (only when idempotent or provably not started) after it lapses.
         self.sessions
             .remove(session_id)
             .map(|s| s.in_flight.into_iter().collect())
@@ -351,10 +441,6 @@ impl State {
             error_code,
             error_message,
         } = reported;
-        let key = (task_id.to_string(), attempt);
-        for s in self.sessions.values_mut() {
-            s.in_flight.remove(&key);
-        }
         let Some((plan_id, index)) = self.tasks.get(task_id).cloned() else {
             return ResultEffect::UnknownTask;
         };
@@ -376,6 +462,10 @@ impl State {
                 step.view.worker
             ));
         }
+        let key = (task_id.to_string(), attempt);
+        for s in self.sessions.values_mut() {
+            s.in_flight.remove(&key);
+        }
         step.view.status = status;
         step.view.finished_at = Some(now_rfc3339());
         step.view.output = output;
@@ -390,10 +480,7 @@ impl State {
                 }
             }
         } else {
-            plan.status = PlanStatus::Failed;
-            for later in plan.steps.iter_mut().skip(index + 1) {
-                later.view.status = StepStatus::Skipped;
-            }
+            plan.fail_after(index);
             tracing::warn!(plan_id = %plan_id, task_id, step = index, ?status, "plan failed");
         }
         let plan_status = plan.status;
@@ -482,6 +569,8 @@ impl State {
         step.view.attempt = attempt;
         step.view.status = StepStatus::Assigned;
         step.view.worker = Some(session.info.identity.clone());
+        step.session_id = Some(session_id.to_string());
+        step.accepted = false;
         session.credit -= 1;
         session
             .in_flight
@@ -598,18 +687,108 @@ mod tests {
         tasks: &[&str],
         credit: u32,
     ) -> mpsc::UnboundedReceiver<pb::OrchestratorMessage> {
+        connect_as(state, id, id, "i", tasks, credit, &[])
+    }
+
+    /// Registers session `id` of worker `worker` (process `instance`), which
+    /// says it holds `held`.
+    fn connect_as(
+        state: &mut State,
+        id: &str,
+        worker: &str,
+        instance: &str,
+        tasks: &[&str],
+        credit: u32,
+        held: &[(&str, u32)],
+    ) -> mpsc::UnboundedReceiver<pb::OrchestratorMessage> {
         let (tx, rx) = mpsc::unbounded_channel();
         state.register_session(NewSession {
             session_id: id.into(),
-            identity: format!("spiffe://t/worker/{id}"),
+            identity: format!("spiffe://t/worker/{worker}"),
             remote_addr: "127.0.0.1:1".parse().unwrap(),
             worker_version: "test".into(),
-            instance_id: "i".into(),
+            instance_id: instance.into(),
             manifest: manifest(tasks),
             credit,
+            held: held.iter().map(|(t, a)| (t.to_string(), *a)).collect(),
             tx,
         });
         rx
+    }
+
+    #[test]
+    fn an_attempt_lost_in_a_cut_connection_is_assigned_again_when_the_worker_dials_back() {
+        let mut state = State::new(false);
+        let mut old = connect_as(&mut state, "s1", "w", "i", &["a"], 4, &[]);
+        let plan = state.submit(None, vec![step("a")]);
+        state.approve(&plan.id).unwrap();
+        let lost = assignments(&mut old);
+        assert_eq!(lost.len(), 1);
+        // The stream broke before the worker saw the assignment (no Accept).
+        state.unregister_session("s1");
+        let mut new = connect_as(&mut state, "s2", "w", "i", &["a"], 4, &[]);
+        let again = assignments(&mut new);
+        assert_eq!(again.len(), 1, "the lost attempt is assigned again");
+        assert_eq!(
+            (again[0].task_id.as_str(), again[0].attempt),
+            (lost[0].task_id.as_str(), 2)
+        );
+    }
+
+    #[test]
+    fn an_attempt_the_worker_still_runs_is_adopted_not_repeated() {
+        let mut state = State::new(false);
+        let mut old = connect_as(&mut state, "s1", "w", "i", &["a"], 4, &[]);
+        let plan = state.submit(None, vec![step("a")]);
+        state.approve(&plan.id).unwrap();
+        let a = assignments(&mut old).remove(0);
+        state.mark_accepted(&a.task_id, a.attempt);
+        state.unregister_session("s1");
+        let mut new = connect_as(&mut state, "s2", "w", "i", &["a"], 3, &[(&a.task_id, 1)]);
+        assert!(
+            assignments(&mut new).is_empty(),
+            "a held attempt is not sent again"
+        );
+        assert_eq!(state.in_flight("s2"), 1);
+        assert!(matches!(
+            finish(&mut state, "w", &a, StepStatus::Succeeded),
+            ResultEffect::Applied { .. }
+        ));
+        assert_eq!(state.plan(&plan.id).unwrap().status, PlanStatus::Succeeded);
+    }
+
+    #[test]
+    fn an_accepted_attempt_lost_in_a_worker_restart_ends_outcome_unknown_and_is_not_repeated() {
+        let mut state = State::new(false);
+        let mut old = connect_as(&mut state, "s1", "w", "i", &["a", "b"], 4, &[]);
+        let plan = state.submit(None, vec![step("a"), step("b")]);
+        state.approve(&plan.id).unwrap();
+        let a = assignments(&mut old).remove(0);
+        state.mark_accepted(&a.task_id, a.attempt);
+        state.unregister_session("s1");
+        // A new process (another instance id) holds nothing.
+        let mut new = connect_as(&mut state, "s2", "w", "j", &["a", "b"], 4, &[]);
+        assert!(
+            assignments(&mut new).is_empty(),
+            "a non-idempotent task is never blindly re-run"
+        );
+        let view = state.plan(&plan.id).unwrap();
+        assert_eq!(view.status, PlanStatus::Failed);
+        assert_eq!(view.steps[0].status, StepStatus::OutcomeUnknown);
+        assert_eq!(view.steps[1].status, StepStatus::Skipped);
+    }
+
+    #[test]
+    fn a_stale_session_of_the_same_process_is_dropped_and_its_unreceived_work_reassigned() {
+        let mut state = State::new(false);
+        let mut old = connect_as(&mut state, "s1", "w", "i", &["a"], 4, &[]);
+        let plan = state.submit(None, vec![step("a")]);
+        state.approve(&plan.id).unwrap();
+        assert_eq!(assignments(&mut old).len(), 1);
+        // The old stream is dead but not noticed yet; the process dials again.
+        let mut new = connect_as(&mut state, "s2", "w", "i", &["a"], 4, &[]);
+        assert_eq!(assignments(&mut new).len(), 1);
+        assert_eq!(state.workers().len(), 1, "the stale session is gone");
     }
 
     fn assignments(
@@ -868,8 +1047,9 @@ mod tests {
             state.plan(&plan.id).unwrap().steps[0].status,
             StepStatus::Assigned
         );
-        // Same worker, new stream, re-sends the result.
-        let _rx2 = connect(&mut state, "w1", &["a"], 1);
+        // Same worker, new stream: it lists the result it is about to
+        // re-send, then re-sends it.
+        let _rx2 = connect_as(&mut state, "w1b", "w1", "i", &["a"], 1, &[(&a.task_id, 1)]);
         finish(&mut state, "w1", &a, StepStatus::Succeeded);
         assert_eq!(state.plan(&plan.id).unwrap().status, PlanStatus::Succeeded);
     }

@@ -7,7 +7,7 @@
 //! write starts and commits them with one write and one `fdatasync` per
 //! file, so the cost of durability is paid per batch, not per result, and
 //! the async runtime never blocks on the disk.
-//! Results are de-duplicated by (task_id, attempt), including across
+//! Results are de-duplicated by (task_id, attempt, worker identity), including across
 //! restarts: the keys already in `results.jsonl` are loaded at open.
 //!
 //! What it does not do: rewrite, compact or index the files. Reads scan the
@@ -55,7 +55,9 @@ pub enum StoreError {
 struct Files {
     results: File,
     audit: File,
-    seen: HashSet<(String, u32)>,
+    /// (task_id, attempt, worker identity) of every stored result: a result
+    /// forged by another worker cannot take the real one's place.
+    seen: HashSet<(String, u32, String)>,
 }
 
 /// Most results committed in one write and sync.
@@ -106,7 +108,7 @@ impl Store {
         let audit = open(AUDIT_FILE)?;
         let seen = read_lines::<StoredResult>(&dir.join(RESULTS_FILE))?
             .into_iter()
-            .map(|r| (r.task_id, r.attempt))
+            .map(|r| (r.task_id, r.attempt, r.worker_identity))
             .collect();
         let files = Arc::new(Mutex::new(Files {
             results,
@@ -218,7 +220,11 @@ impl Writer {
         let mut new = Vec::with_capacity(batch.len());
         let (mut audit_bytes, mut result_bytes) = (Vec::new(), Vec::new());
         for pending in batch {
-            let key = (pending.result.task_id.clone(), pending.result.attempt);
+            let key = (
+                pending.result.task_id.clone(),
+                pending.result.attempt,
+                pending.result.worker_identity.clone(),
+            );
             let is_new = !files.seen.contains(&key) && fresh.insert(key);
             new.push(is_new);
             if !is_new {

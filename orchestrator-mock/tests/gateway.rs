@@ -204,6 +204,7 @@ fn hello(max_in_flight: u32) -> Up {
         max_in_flight,
         pending_results: vec![],
         instance_id: "instance-1".into(),
+        running: vec![],
     })
 }
 

@@ -295,6 +295,14 @@ impl Worker {
                 })
                 .collect(),
             instance_id: self.instance_id.clone(),
+            running: self
+                .running
+                .keys()
+                .map(|(task_id, attempt)| pb::TaskRef {
+                    task_id: task_id.clone(),
+                    attempt: *attempt,
+                })
+                .collect(),
         }
     }
 

@@ -83,6 +83,7 @@ async fn session(
         max_in_flight: 16,
         pending_results: Vec::new(),
         instance_id: format!("load-{id}"),
+        running: Vec::new(),
     };
     if tx.send(up(Up::Hello(hello))).await.is_err() {
         return false;

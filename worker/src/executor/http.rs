@@ -294,7 +294,10 @@ impl HttpExecutor {
                 let error = if e.is_connect() {
                     TaskError::new("unreachable", "internal API unreachable (connect failed)")
                 } else if e.is_timeout() {
-                    TaskError::new("timeout", "internal API call timed out; its effect is unknown")
+                    TaskError::new(
+                        "timeout",
+                        "internal API call timed out; its effect is unknown",
+                    )
                 } else {
                     TaskError::new("request_failed", "internal API call failed mid-request")
                 };
@@ -464,7 +467,9 @@ mod tests {
     fn dot_segments_cannot_walk_to_another_endpoint() {
         let t = UrlTemplate::parse("https://crm.internal/tickets/{id}/notes").unwrap();
         for id in ["..", "."] {
-            let err = t.render(&inputs(serde_json::json!({"id": id}))).unwrap_err();
+            let err = t
+                .render(&inputs(serde_json::json!({"id": id})))
+                .unwrap_err();
             assert_eq!(err.code, "invalid_input", "{id}");
         }
         let url = t.render(&inputs(serde_json::json!({"id": "..."}))).unwrap();
