@@ -279,7 +279,27 @@ impl CertificateAuthority {
         identity: &str,
         validity_days: u32,
     ) -> Result<IssuedCert, CertError> {
-        let params = issue::client_params_without_client_auth(identity)?;
+        let params = issue::client_params_with_usages(
+            identity,
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+        )?;
+        self.issue_with_new_key(params, validity_days)
+    }
+
+    /// For negative tests only: a certificate like a worker's (one URI SAN,
+    /// not a CA) with no extended key usage extension at all. webpki
+    /// accepts it as a client certificate (it checks the usage only when
+    /// the extension is present), so the orchestrator's own identity check
+    /// must refuse it. Never deploy one.
+    ///
+    /// # Errors
+    /// As [`Self::issue_worker`].
+    pub fn issue_client_without_any_usage(
+        &self,
+        identity: &str,
+        validity_days: u32,
+    ) -> Result<IssuedCert, CertError> {
+        let params = issue::client_params_with_usages(identity, Vec::new())?;
         self.issue_with_new_key(params, validity_days)
     }
 

@@ -228,11 +228,12 @@ pub(crate) fn worker_params(identity: &str) -> Result<CertificateParams, CertErr
 
 /// A worker-shaped certificate whose EKU is serverAuth only; see
 /// [`crate::CertificateAuthority::issue_client_without_client_auth`].
-pub(crate) fn client_params_without_client_auth(
+pub(crate) fn client_params_with_usages(
     identity: &str,
+    usages: Vec<ExtendedKeyUsagePurpose>,
 ) -> Result<CertificateParams, CertError> {
     let mut params = client_params(identity)?;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = usages;
     Ok(params)
 }
 
