@@ -242,7 +242,7 @@ impl Inner {
     }
 
     async fn pump(
-        &self,
+        self: &Arc<Self>,
         session_id: &str,
         conn: &WorkerConnInfo,
         inbound: &mut Streaming<pb::WorkerMessage>,
@@ -316,7 +316,7 @@ impl Inner {
     /// Handles one worker message; returns whether something was sent
     /// back, `Err(reason)` ends the session.
     async fn handle(
-        &self,
+        self: &Arc<Self>,
         session_id: &str,
         conn: &WorkerConnInfo,
         kind: Up,
@@ -335,13 +335,21 @@ impl Inner {
                 }
             }
             Up::Result(result) => {
-                if let Some(ack) = self.take_result(session_id, conn, result).await {
-                    let ack = message(Down::ResultAck(pb::ResultAck { task: Some(ack) }));
-                    out.send(Ok(ack))
-                        .await
-                        .map_err(|_| "worker gone".to_string())?;
-                    return Ok(true);
-                }
+                // The store commits in groups: results of one stream are
+                // taken concurrently so that they share a commit instead of
+                // each waiting for the previous one's disk sync. The ack
+                // follows the commit, whatever the order.
+                let gateway = Arc::clone(self);
+                let (session_id, conn, out) = (session_id.to_string(), conn.clone(), out.clone());
+                tokio::spawn(
+                    async move {
+                        if let Some(ack) = gateway.take_result(&session_id, &conn, result).await {
+                            let ack = message(Down::ResultAck(pb::ResultAck { task: Some(ack) }));
+                            let _ = out.send(Ok(ack)).await;
+                        }
+                    }
+                    .instrument(tracing::Span::current()),
+                );
             }
             Up::Heartbeat(beat) => tracing::trace!(in_flight = beat.in_flight, "heartbeat"),
             Up::Draining(draining) => {

@@ -567,38 +567,31 @@ impl Worker {
         let runner = self.runner.clone();
         let done_tx = self.done_tx.clone();
         drop(_entered);
-        match refusal {
+        let held_slot = refusal.is_none();
+        let cancel = CancellationToken::new();
+        match &refusal {
             Some(error) => {
                 tracing::warn!(parent: &span, code = error.code, "refusing assignment");
-                tokio::spawn(
-                    async move {
-                        let result = runner.refuse(assignment, error).await.map(to_proto);
-                        let _ = done_tx.send(Done {
-                            key,
-                            held_slot: false,
-                            result,
-                        });
-                    }
-                    .instrument(span),
-                );
             }
             None => {
                 live.credit -= 1;
-                let cancel = CancellationToken::new();
                 self.running.insert(key.clone(), cancel.clone());
-                tokio::spawn(
-                    async move {
-                        let result = runner.run(assignment, cancel).await.map(to_proto);
-                        let _ = done_tx.send(Done {
-                            key,
-                            held_slot: true,
-                            result,
-                        });
-                    }
-                    .instrument(span),
-                );
             }
         }
+        tokio::spawn(
+            async move {
+                let report = match refusal {
+                    Some(error) => runner.refuse(assignment, error).await,
+                    None => runner.run(assignment, cancel).await,
+                };
+                let _ = done_tx.send(Done {
+                    key,
+                    held_slot,
+                    result: report.map(to_proto),
+                });
+            }
+            .instrument(span),
+        );
         Ok(())
     }
 }

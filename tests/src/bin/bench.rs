@@ -106,11 +106,13 @@ fn setup(dir: &Path) -> anyhow::Result<Setup> {
     })
 }
 
-/// Starts orchestrator-mock as a process; `grpc_port` 0 picks a free port.
+/// Starts orchestrator-mock as a process; `grpc_port` 0 picks a free port;
+/// `durable` is its `sync_writes`.
 async fn start_orchestrator(
     setup: &Setup,
     name: &str,
     grpc_port: u16,
+    durable: bool,
 ) -> anyhow::Result<(Process, String, AdminClient)> {
     let config = catalog::orchestrator_config_toml(&OrchestratorSetup {
         ca_cert: &setup.pki.ca_cert,
@@ -123,7 +125,7 @@ async fn start_orchestrator(
     })
     .replace(
         "grpc_listen = \"127.0.0.1:0\"",
-        &format!("grpc_listen = \"127.0.0.1:{grpc_port}\""),
+        &format!("grpc_listen = \"127.0.0.1:{grpc_port}\"\nsync_writes = {durable}"),
     );
     let path = setup.dir.join(format!("{name}.toml"));
     std::fs::write(&path, config)?;
@@ -149,6 +151,57 @@ async fn start_orchestrator(
     let grpc = field("grpc")?;
     let admin = AdminClient::new(&field("admin")?);
     Ok((process, grpc, admin))
+}
+
+/// Starts orchestrator-mock and private-worker (256 in flight, the sample
+/// tasks plus the echo task), waits until the worker is connected.
+async fn start_full_path(
+    setup: &Setup,
+    api_base: &str,
+    token: &str,
+    durable: bool,
+) -> anyhow::Result<(Process, AdminClient, Process)> {
+    let name = if durable { "durable" } else { "no-fsync" };
+    let (orchestrator, grpc, admin) =
+        start_orchestrator(setup, &format!("orchestrator-{name}"), 0, durable).await?;
+    let mut worker_config = catalog::worker_config_toml(&WorkerSetup {
+        orchestrator_address: grpc,
+        server_name: ORCHESTRATOR_NAME,
+        ca_cert: &setup.pki.ca_cert,
+        cert: &setup.pki.worker_cert,
+        key: &setup.pki.worker_key,
+        api_base,
+        audit_log: &setup.dir.join(format!("worker-{name}-audit.jsonl")),
+        max_in_flight: 256,
+    })
+    .replace(
+        "[worker]\n",
+        &format!("[worker]\naudit_fsync = {durable}\n"),
+    );
+    worker_config.push_str(&format!(
+        "\n[tasks.\"{ECHO_TASK}\"]\nversion = \"1\"\ninput_schema = {}\necho = true\n",
+        toml::Value::try_from(echo_schema())?
+    ));
+    let worker_config_path = setup.dir.join(format!("worker-{name}.toml"));
+    std::fs::write(&worker_config_path, worker_config)?;
+    let mut worker = Process::start(
+        "private-worker",
+        &binary("private-worker"),
+        &[
+            "--config",
+            worker_config_path.to_str().context("utf-8 path")?,
+        ],
+        &[(catalog::TOKEN_ENV, token)],
+        &setup.dir.join(format!("worker-{name}.log")),
+    );
+    let start = Instant::now();
+    while admin.workers().await?.is_empty() {
+        if start.elapsed() > Duration::from_secs(30) || worker.has_exited() {
+            bail!("the worker did not connect:\n{}", worker.output());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((orchestrator, admin, worker))
 }
 
 fn parse_time(text: &Option<String>) -> Option<time::OffsetDateTime> {
@@ -342,40 +395,8 @@ async fn main() -> anyhow::Result<()> {
     // 2. Full path, with the worker as its own process.
     let token = format!("bench-{}", std::process::id());
     let api = InternalApi::start("127.0.0.1:0".parse()?, &token).await?;
-    let (mut orchestrator, grpc, admin) = start_orchestrator(&setup, "orchestrator", 0).await?;
-    let mut worker_config = catalog::worker_config_toml(&WorkerSetup {
-        orchestrator_address: grpc.clone(),
-        server_name: ORCHESTRATOR_NAME,
-        ca_cert: &setup.pki.ca_cert,
-        cert: &setup.pki.worker_cert,
-        key: &setup.pki.worker_key,
-        api_base: &api.base_url(),
-        audit_log: &setup.dir.join("worker-audit.jsonl"),
-        max_in_flight: 256,
-    });
-    worker_config.push_str(&format!(
-        "\n[tasks.\"{ECHO_TASK}\"]\nversion = \"1\"\ninput_schema = {}\necho = true\n",
-        toml::Value::try_from(echo_schema())?
-    ));
-    let worker_config_path = setup.dir.join("worker.toml");
-    std::fs::write(&worker_config_path, worker_config)?;
-    let mut worker = Process::start(
-        "private-worker",
-        &binary("private-worker"),
-        &[
-            "--config",
-            worker_config_path.to_str().context("utf-8 path")?,
-        ],
-        &[(catalog::TOKEN_ENV, token.as_str())],
-        &setup.dir.join("worker.log"),
-    );
-    let start = Instant::now();
-    while admin.workers().await?.is_empty() {
-        if start.elapsed() > Duration::from_secs(30) || worker.has_exited() {
-            bail!("the worker did not connect:\n{}", worker.output());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut orchestrator, admin, mut worker) =
+        start_full_path(&setup, &api.base_url(), &token, true).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (idle_rss, _) = rss_kib(worker.pid()).context("worker RSS")?;
 
@@ -406,6 +427,19 @@ async fn main() -> anyhow::Result<()> {
     );
     worker.terminate(Duration::from_secs(20));
     orchestrator.terminate(Duration::from_secs(10));
+    let (mut orchestrator, admin, mut worker) =
+        start_full_path(&setup, &api.base_url(), &token, false).await?;
+    let mut volatile = Vec::new();
+    for (i, k) in IN_FLIGHT.into_iter().enumerate() {
+        volatile.push(full_path(&admin, ECHO_TASK, &payload(), k, sizes.full_total[i]).await?);
+    }
+    print_points(
+        "2c. Full path, durability off (no fdatasync on either side), echo executor",
+        &volatile,
+        Some(&base),
+    );
+    worker.terminate(Duration::from_secs(20));
+    orchestrator.terminate(Duration::from_secs(10));
     drop(api);
 
     // 4. Orchestrator scale, and 5. reconnect after a restart.
@@ -420,7 +454,7 @@ async fn main() -> anyhow::Result<()> {
     let last_n = *sizes.scale.last().unwrap_or(&0);
     for &n in &sizes.scale {
         let (mut orchestrator, grpc, admin) =
-            start_orchestrator(&setup, &format!("scale-{n}"), 0).await?;
+            start_orchestrator(&setup, &format!("scale-{n}"), 0, true).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (rss_before, _) = rss_kib(orchestrator.pid()).context("orchestrator RSS")?;
         let stop = CancellationToken::new();
@@ -479,7 +513,7 @@ async fn main() -> anyhow::Result<()> {
             orchestrator.terminate(Duration::from_secs(20));
             let down = Instant::now();
             let (restarted, _, _) =
-                start_orchestrator(&setup, &format!("restart-{n}"), port).await?;
+                start_orchestrator(&setup, &format!("restart-{n}"), port, true).await?;
             let ready = Instant::now();
             let mut back = std::collections::HashMap::new();
             let mut attempts = 0usize;
@@ -526,6 +560,7 @@ async fn main() -> anyhow::Result<()> {
         "smoke": cli.smoke,
         "baseline": base.iter().map(|p| p.json(None)).collect::<Vec<_>>(),
         "full_path_echo": full.iter().enumerate().map(|(i, p)| p.json(Some(&base[i]))).collect::<Vec<_>>(),
+        "full_path_echo_no_fsync": volatile.iter().enumerate().map(|(i, p)| p.json(Some(&base[i]))).collect::<Vec<_>>(),
         "full_path_http": http.iter().enumerate().map(|(i, p)| p.json(Some(&base[i]))).collect::<Vec<_>>(),
         "worker_memory_mib": {"idle": idle_rss as f64 / 1024.0, "peak": peak_rss as f64 / 1024.0},
         "orchestrator_scale": scale,
