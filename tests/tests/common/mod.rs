@@ -208,3 +208,55 @@ pub fn read_tree(dir: &Path) -> Vec<u8> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Asserts that `secret` appears nowhere it must not: in no byte the
+/// orchestrator received (the wire capture, which must hold this plan's
+/// bytes for the check to mean anything), in nothing it stored, in no audit
+/// record it serves, in the worker's local audit log, or in the worker's
+/// log (which must hold its task lines). `stored_marker` is text the
+/// stored results must contain, proving the store was read.
+pub async fn assert_secret_absent(
+    env: &Env,
+    plan: &orchestrator_mock::api::PlanView,
+    worker_log: &str,
+    secret: &str,
+    stored_marker: &[u8],
+) {
+    let secret = secret.as_bytes();
+    let wire = read_tree(&env.path("wire"));
+    assert!(
+        contains(&wire, plan.steps[0].task_id.as_bytes()),
+        "the wire capture must hold the session's bytes for this check to mean anything"
+    );
+    assert!(
+        !contains(&wire, secret),
+        "the secret crossed the wire to the orchestrator"
+    );
+    let stored = env.orchestrator_data();
+    assert!(
+        contains(&stored, stored_marker),
+        "stored results are where expected"
+    );
+    assert!(
+        !contains(&stored, secret),
+        "the orchestrator stored the secret"
+    );
+    let audit = serde_json::to_vec(&env.admin.audit(&plan.id).await.unwrap()).unwrap();
+    assert!(
+        !contains(&audit, secret),
+        "an audit record holds the secret"
+    );
+    let local_audit = std::fs::read(env.path("worker-audit.jsonl")).unwrap();
+    assert!(
+        !contains(&local_audit, secret),
+        "the worker's audit log holds the secret"
+    );
+    assert!(
+        worker_log.contains("task finished"),
+        "the worker log was captured"
+    );
+    assert!(
+        !contains(worker_log.as_bytes(), secret),
+        "the worker log holds the secret"
+    );
+}
