@@ -21,7 +21,7 @@ use clap::Parser;
 use orchestrator_mock::api::{PlanRequest, StepRequest};
 use orchestrator_mock::client::AdminClient;
 use private_worker::tls::ClientTls;
-use private_worker_tests::bench::{baseline, load_worker, ms, percentiles, rss_kib};
+use private_worker_tests::bench::{baseline, cpu_time, load_worker, ms, percentiles, rss_kib};
 use private_worker_tests::catalog::{self, OrchestratorSetup, WorkerSetup};
 use private_worker_tests::internal_api::InternalApi;
 use private_worker_tests::pki::{ORCHESTRATOR_NAME, Pki};
@@ -401,13 +401,36 @@ async fn main() -> anyhow::Result<()> {
     let (idle_rss, _) = rss_kib(worker.pid()).context("worker RSS")?;
 
     let mut full = Vec::new();
+    let mut cpu_per_task = Value::Null;
     for (i, k) in IN_FLIGHT.into_iter().enumerate() {
+        let cpu = |pid| cpu_time(pid).unwrap_or_default();
+        let before = (
+            cpu(worker.pid()),
+            cpu(orchestrator.pid()),
+            cpu(std::process::id()),
+        );
         full.push(full_path(&admin, ECHO_TASK, &payload(), k, sizes.full_total[i]).await?);
+        if k == 256 {
+            // Where the time goes at full load: CPU per task in each process.
+            let tasks = sizes.full_total[i] as f64;
+            let per_task = |now: Duration, then: Duration| (now - then).as_secs_f64() * 1e6 / tasks;
+            cpu_per_task = json!({
+                "worker_us": per_task(cpu(worker.pid()), before.0),
+                "orchestrator_us": per_task(cpu(orchestrator.pid()), before.1),
+                "bench_client_us": per_task(cpu(std::process::id()), before.2),
+            });
+        }
     }
     print_points(
         "2a. Full path: orchestrator -> worker -> echo executor -> result + audit stored -> ack",
         &full,
         Some(&base),
+    );
+    println!(
+        "  CPU per task at 256 in flight: worker {:.0} us, orchestrator {:.0} us, bench client {:.0} us",
+        cpu_per_task["worker_us"].as_f64().unwrap_or_default(),
+        cpu_per_task["orchestrator_us"].as_f64().unwrap_or_default(),
+        cpu_per_task["bench_client_us"].as_f64().unwrap_or_default()
     );
     let mut http = Vec::new();
     let message = json!({"message": "m".repeat(baseline::PAYLOAD_BYTES - 14)});
@@ -560,6 +583,7 @@ async fn main() -> anyhow::Result<()> {
         "smoke": cli.smoke,
         "baseline": base.iter().map(|p| p.json(None)).collect::<Vec<_>>(),
         "full_path_echo": full.iter().enumerate().map(|(i, p)| p.json(Some(&base[i]))).collect::<Vec<_>>(),
+        "cpu_per_task_at_256": cpu_per_task,
         "full_path_echo_no_fsync": volatile.iter().enumerate().map(|(i, p)| p.json(Some(&base[i]))).collect::<Vec<_>>(),
         "full_path_http": http.iter().enumerate().map(|(i, p)| p.json(Some(&base[i]))).collect::<Vec<_>>(),
         "worker_memory_mib": {"idle": idle_rss as f64 / 1024.0, "peak": peak_rss as f64 / 1024.0},
