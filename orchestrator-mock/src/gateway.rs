@@ -46,6 +46,10 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Largest gRPC message accepted or sent.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most results of one stream being stored at once; beyond it the stream
+/// is not read until one finishes.
+pub const MAX_RESULTS_IN_PROGRESS: usize = 1024;
+
 /// The service; cheap to clone (everything is shared).
 #[derive(Clone)]
 pub struct Gateway {
@@ -254,6 +258,7 @@ impl Inner {
         let mut tick = tokio::time::interval(self.heartbeat / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain_deadline: Option<Instant> = None;
+        let results_in_progress = Arc::new(tokio::sync::Semaphore::new(MAX_RESULTS_IN_PROGRESS));
         loop {
             if drain_deadline.is_some() && self.lock().in_flight(session_id) == 0 {
                 return "drained for orchestrator shutdown".into();
@@ -277,7 +282,7 @@ impl Inner {
                     last_received = Instant::now();
                     match received {
                         Ok(Some(pb::WorkerMessage { kind: Some(kind) })) => {
-                            match self.handle(session_id, conn, kind, out).await {
+                            match self.handle(session_id, conn, kind, out, &results_in_progress).await {
                                 Ok(true) => last_sent = Instant::now(),
                                 Ok(false) => {}
                                 Err(reason) => return reason,
@@ -321,6 +326,7 @@ impl Inner {
         conn: &WorkerConnInfo,
         kind: Up,
         out: &mpsc::Sender<Reply>,
+        results_in_progress: &Arc<tokio::sync::Semaphore>,
     ) -> Result<bool, String> {
         match kind {
             Up::Hello(_) => tracing::warn!("ignoring a second Hello"),
@@ -339,6 +345,12 @@ impl Inner {
                 // taken concurrently so that they share a commit instead of
                 // each waiting for the previous one's disk sync. The ack
                 // follows the commit, whatever the order.
+                // Bounded: past the limit, reading this stream waits, so a
+                // worker cannot pile up unbounded work in the orchestrator.
+                let permit = Arc::clone(results_in_progress)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "result limiter closed".to_string())?;
                 let gateway = Arc::clone(self);
                 let (session_id, conn, out) = (session_id.to_string(), conn.clone(), out.clone());
                 tokio::spawn(
@@ -347,6 +359,7 @@ impl Inner {
                             let ack = message(Down::ResultAck(pb::ResultAck { task: Some(ack) }));
                             let _ = out.send(Ok(ack)).await;
                         }
+                        drop(permit);
                     }
                     .instrument(tracing::Span::current()),
                 );

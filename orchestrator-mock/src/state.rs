@@ -302,9 +302,8 @@ impl State {
     /// Registers a session after its `Hello`, reconciles the attempts
     /// earlier sessions of the same worker left assigned, and dispatches.
     ///
-    /// An older session of the same worker process (same identity and
-    /// `instance_id`) is stale once the process dials again: it is dropped
-    /// first. Then every attempt assigned to this identity on a session that
+    /// An older session of the same worker identity is stale once a new one
+    /// arrives (one process per identity): it is dropped first. Then every attempt assigned to this identity on a session that
     /// no longer exists is settled against what the worker says it holds:
     /// held attempts move to the new session; attempts the worker never
     /// accepted never arrived and are queued again (a new attempt);
@@ -312,16 +311,18 @@ impl State {
     /// queued again only when the task is idempotent.
     pub fn register_session(&mut self, session: NewSession) {
         let id = session.session_id.clone();
+        // One live process per worker identity (each worker has its own
+        // certificate): a new session makes any older one of the same
+        // identity stale, whether the same process dialled again or a
+        // restarted one did before the old stream timed out.
         let stale: Vec<String> = self
             .sessions
             .iter()
-            .filter(|(_, s)| {
-                s.info.identity == session.identity && s.info.instance_id == session.instance_id
-            })
+            .filter(|(_, s)| s.info.identity == session.identity)
             .map(|(id, _)| id.clone())
             .collect();
         for old in stale {
-            tracing::info!(session_id = %old, "dropping a stale session of the same worker process");
+            tracing::info!(session_id = %old, "dropping a stale session of the same worker");
             self.sessions.remove(&old);
         }
         let mut adopted = BTreeSet::new();
@@ -776,6 +777,25 @@ mod tests {
         assert_eq!(view.status, PlanStatus::Failed);
         assert_eq!(view.steps[0].status, StepStatus::OutcomeUnknown);
         assert_eq!(view.steps[1].status, StepStatus::Skipped);
+    }
+
+    #[test]
+    fn a_restarted_worker_settles_the_work_of_its_crashed_predecessor_before_the_old_stream_times_out()
+     {
+        let mut state = State::new(false);
+        let mut old = connect_as(&mut state, "s1", "w", "i", &["a", "b"], 4, &[]);
+        let plan = state.submit(None, vec![step("a"), step("b")]);
+        state.approve(&plan.id).unwrap();
+        let a = assignments(&mut old).remove(0);
+        state.mark_accepted(&a.task_id, a.attempt);
+        // The process crashed; its stream is not noticed dead yet.
+        let mut new = connect_as(&mut state, "s2", "w", "j", &["a", "b"], 4, &[]);
+        assert!(assignments(&mut new).is_empty());
+        assert_eq!(
+            state.plan(&plan.id).unwrap().steps[0].status,
+            StepStatus::OutcomeUnknown
+        );
+        assert_eq!(state.workers().len(), 1);
     }
 
     #[test]

@@ -243,6 +243,10 @@ impl Writer {
                 return batch.iter().map(|_| Err(e.clone_message())).collect();
             }
         }
+        let lengths = (
+            files.audit.metadata().map(|m| m.len()),
+            files.results.metadata().map(|m| m.len()),
+        );
         let written = write_and_sync(
             &mut files.audit,
             &self.dir.join(AUDIT_FILE),
@@ -258,6 +262,13 @@ impl Writer {
             )
         });
         if let Err(e) = written {
+            // Take the batch back from both files (a torn line would break
+            // every later read; a half-stored batch would be stored twice
+            // when the workers re-send it).
+            if let (Ok(audit_len), Ok(results_len)) = lengths {
+                let _ = files.audit.set_len(audit_len);
+                let _ = files.results.set_len(results_len);
+            }
             return batch.iter().map(|_| Err(e.clone_message())).collect();
         }
         files.seen.extend(fresh);

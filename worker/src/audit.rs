@@ -198,9 +198,19 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(&bytes).map_err(io)?;
-        if self.sync {
-            self.file.sync_data().map_err(io)?;
+        let before = self.file.metadata().map_err(io)?.len();
+        let written = self.file.write_all(&bytes).and_then(|()| {
+            if self.sync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            // Take back a torn or unsynced batch so the file still ends at
+            // the last committed record and the chain stays intact.
+            let _ = self.file.set_len(before);
+            return Err(io(e));
         }
         self.last_sequence = sequence;
         self.last_hash = hash;

@@ -38,6 +38,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Default time in-flight tasks get to finish after a shutdown request.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// Longest drain grace period accepted.
+pub const MAX_DRAIN_GRACE: Duration = Duration::from_secs(3600);
 /// Default first reconnect delay (before jitter).
 pub const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_millis(200);
 /// Default longest reconnect delay.
@@ -469,6 +471,13 @@ impl Config {
                 format!("{max_in_flight} is out of range; use 1..=4096"),
             );
         }
+        let drain_grace = raw.worker.drain_grace.unwrap_or(DEFAULT_DRAIN_GRACE);
+        if drain_grace > MAX_DRAIN_GRACE {
+            problem(
+                "worker.drain_grace".into(),
+                format!("{drain_grace:?} is longer than the limit of {MAX_DRAIN_GRACE:?}"),
+            );
+        }
         let reconnect_initial = raw
             .orchestrator
             .reconnect_initial
@@ -539,7 +548,7 @@ impl Config {
                     .unwrap_or_else(|| PathBuf::from("audit.jsonl")),
             ),
             audit_fsync: raw.worker.audit_fsync.unwrap_or(true),
-            drain_grace: raw.worker.drain_grace.unwrap_or(DEFAULT_DRAIN_GRACE),
+            drain_grace,
             tasks,
             keyvault,
         })

@@ -131,7 +131,8 @@ pub struct Worker {
     tls: ClientTls,
     runner: Runner,
     instance_id: String,
-    /// Attempts running now, with the token that cancels each.
+    /// Attempts received and not yet finished (running, or being refused),
+    /// with the token that cancels each.
     running: HashMap<AttemptKey, CancellationToken>,
     /// Results not yet acknowledged, oldest first.
     outbox: VecDeque<(AttemptKey, pb::TaskResult)>,
@@ -263,9 +264,7 @@ impl Worker {
 
     /// Moves a finished attempt from `running` to the outbox.
     fn record_done(&mut self, done: Done) -> Result<pb::TaskResult, SessionError> {
-        if done.held_slot {
-            self.running.remove(&done.key);
-        }
+        self.running.remove(&done.key);
         let result = done.result?;
         self.outbox.push_back((done.key, result.clone()));
         Ok(result)
@@ -573,11 +572,11 @@ impl Worker {
             Some(error) => {
                 tracing::warn!(parent: &span, code = error.code, "refusing assignment");
             }
-            None => {
-                live.credit -= 1;
-                self.running.insert(key.clone(), cancel.clone());
-            }
+            None => live.credit -= 1,
         }
+        // A refusal in progress is held too: its result must be delivered
+        // before a drain ends, and `Hello` must list it after a cut.
+        self.running.insert(key.clone(), cancel.clone());
         tokio::spawn(
             async move {
                 let report = match refusal {

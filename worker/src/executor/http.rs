@@ -154,17 +154,27 @@ impl UrlTemplate {
                 Part::Literal(s) => out.push_str(s),
                 Part::Input(name) => {
                     let text = scalar_text(name, inputs.get(name))?;
-                    // `.` and `..` survive percent-encoding and would be
-                    // resolved as path segments, reaching another endpoint.
-                    if text == "." || text == ".." {
-                        return Err(TaskError::new(
-                            "invalid_input",
-                            format!("input `{name}` may not be `.` or `..`"),
-                        ));
-                    }
                     out.extend(utf8_percent_encode(&text, VALUE_ENCODE));
                 }
             }
+        }
+        // `.` survives percent-encoding, so inputs (alone or side by side)
+        // could form a `.` or `..` path segment, which URL parsing resolves
+        // to another endpoint. Refuse any such segment in the result.
+        let path = out
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+            .unwrap_or("");
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let dot_segment = path.split('/').any(|segment| {
+            let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+            decoded == "." || decoded == ".."
+        });
+        if dot_segment {
+            return Err(TaskError::new(
+                "invalid_input",
+                "inputs may not form a `.` or `..` path segment",
+            ));
         }
         Ok(out)
     }
@@ -474,6 +484,21 @@ mod tests {
         }
         let url = t.render(&inputs(serde_json::json!({"id": "..."}))).unwrap();
         assert_eq!(url::Url::parse(&url).unwrap().path(), "/tickets/.../notes");
+        // Side by side, two harmless-looking values form `..`.
+        let pair = UrlTemplate::parse("https://crm.internal/files/{a}{b}/x").unwrap();
+        let err = pair
+            .render(&inputs(serde_json::json!({"a": ".", "b": "."})))
+            .unwrap_err();
+        assert_eq!(err.code, "invalid_input");
+        let ext = UrlTemplate::parse("https://crm.internal/files/{name}.{ext}").unwrap();
+        assert!(
+            ext.render(&inputs(serde_json::json!({"name": ".", "ext": ""})))
+                .is_err()
+        );
+        assert!(
+            ext.render(&inputs(serde_json::json!({"name": "report", "ext": "pdf"})))
+                .is_ok()
+        );
     }
 
     #[test]
