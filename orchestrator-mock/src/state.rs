@@ -251,16 +251,7 @@ impl State {
     /// [`StateError::PlanNotFound`], or [`StateError::Conflict`] when the
     /// plan is not pending approval.
     pub fn approve(&mut self, id: &str) -> Result<PlanView, StateError> {
-        let plan = self
-            .plans
-            .get_mut(id)
-            .ok_or_else(|| StateError::PlanNotFound(id.to_string()))?;
-        if plan.status != PlanStatus::PendingApproval {
-            return Err(StateError::Conflict(format!(
-                "plan {id} is {}, not pending_approval: only a pending plan can be approved",
-                status_name(plan.status)
-            )));
-        }
+        let plan = Self::pending_plan(&mut self.plans, id, "approved")?;
         plan.status = PlanStatus::Approved;
         tracing::info!(plan_id = %id, "plan approved");
         if let Some(first) = plan.steps.first_mut() {
@@ -270,22 +261,32 @@ impl State {
         self.plan(id)
     }
 
+    /// The plan `id`, which must be pending approval to be `decision`
+    /// ("approved" or "rejected").
+    fn pending_plan<'a>(
+        plans: &'a mut HashMap<String, Plan>,
+        id: &str,
+        decision: &str,
+    ) -> Result<&'a mut Plan, StateError> {
+        let plan = plans
+            .get_mut(id)
+            .ok_or_else(|| StateError::PlanNotFound(id.to_string()))?;
+        if plan.status != PlanStatus::PendingApproval {
+            return Err(StateError::Conflict(format!(
+                "plan {id} is {}, not pending_approval: only a pending plan can be {decision}",
+                status_name(plan.status)
+            )));
+        }
+        Ok(plan)
+    }
+
     /// Rejects a pending plan: nothing is queued, every step is skipped.
     ///
     /// # Errors
     /// [`StateError::PlanNotFound`], or [`StateError::Conflict`] when the
     /// plan is not pending approval.
     pub fn reject(&mut self, id: &str, reason: &str) -> Result<PlanView, StateError> {
-        let plan = self
-            .plans
-            .get_mut(id)
-            .ok_or_else(|| StateError::PlanNotFound(id.to_string()))?;
-        if plan.status != PlanStatus::PendingApproval {
-            return Err(StateError::Conflict(format!(
-                "plan {id} is {}, not pending_approval: only a pending plan can be rejected",
-                status_name(plan.status)
-            )));
-        }
+        let plan = Self::pending_plan(&mut self.plans, id, "rejected")?;
         plan.status = PlanStatus::Rejected;
         for step in &mut plan.steps {
             step.view.status = StepStatus::Skipped;

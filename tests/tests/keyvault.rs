@@ -136,20 +136,37 @@ fn bearers_seen(env: &Env) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_runs_with_the_credential_read_from_key_vault_through_the_real_sdk() {
+/// A test world whose fake vault holds the CRM token as `crm-token`,
+/// behaving as `behaviour` (normally when `None`).
+async fn vault_with_token(behaviour: Option<Behaviour>) -> (Env, Vault) {
     let env = Env::start(Options::default()).await;
     let kv = Vault::start().await;
     kv.vault.set_secret("crm-token", &env.token);
+    if let Some(behaviour) = behaviour {
+        kv.vault.set_behaviour("crm-token", behaviour);
+    }
+    (env, kv)
+}
+
+/// Starts a worker whose `crm.create_ticket` credential is the vault's
+/// `crm-token` (and no env:// token at all), with extra `[keyvault]`
+/// `settings`, and waits until it is connected.
+async fn kv_worker(env: &Env, kv: &Vault, settings: &str) -> Process {
     let config = write_kv_config(
-        &env,
-        &kv,
+        env,
+        kv,
         &[("crm.create_ticket", &kv_ref("crm-token"))],
-        "",
+        settings,
     );
-    // No env:// CRM token at all: the only way to the credential is the vault.
-    let worker = start_worker(&env, &kv, &config, false);
+    let worker = start_worker(env, kv, &config, false);
     env.wait_connected(&env.pki.worker_identity).await;
+    worker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_runs_with_the_credential_read_from_key_vault_through_the_real_sdk() {
+    let (env, kv) = vault_with_token(None).await;
+    let worker = kv_worker(&env, &kv, "").await;
 
     let (plan, took) = timed_plan(
         &env,
@@ -188,17 +205,8 @@ async fn a_plan_runs_with_the_credential_read_from_key_vault_through_the_real_sd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_rotated_in_key_vault_is_used_after_the_ttl_without_restarting_the_worker() {
-    let env = Env::start(Options::default()).await;
-    let kv = Vault::start().await;
-    kv.vault.set_secret("crm-token", &env.token);
-    let config = write_kv_config(
-        &env,
-        &kv,
-        &[("crm.create_ticket", &kv_ref("crm-token"))],
-        "cache_ttl = \"1s\"",
-    );
-    let mut worker = start_worker(&env, &kv, &config, false);
-    env.wait_connected(&env.pki.worker_identity).await;
+    let (env, kv) = vault_with_token(None).await;
+    let mut worker = kv_worker(&env, &kv, "cache_ttl = \"1s\"").await;
     let pid = worker.pid();
 
     let plan = env
@@ -300,10 +308,7 @@ async fn assert_credential_failure(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_secret_fails_the_task_at_once_with_403_and_the_worker_keeps_serving() {
-    let env = Env::start(Options::default()).await;
-    let kv = Vault::start().await;
-    kv.vault.set_secret("crm-token", &env.token);
-    kv.vault.set_behaviour("crm-token", Behaviour::Forbidden);
+    let (env, kv) = vault_with_token(Some(Behaviour::Forbidden)).await;
     assert_credential_failure(
         &env,
         &kv,
@@ -338,19 +343,8 @@ async fn a_missing_secret_fails_the_task_with_404_secret_not_found_and_is_not_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_with_retry_after_is_waited_out_within_the_budget_and_the_task_succeeds() {
-    let env = Env::start(Options::default()).await;
-    let kv = Vault::start().await;
-    kv.vault.set_secret("crm-token", &env.token);
-    kv.vault
-        .set_behaviour("crm-token", Behaviour::TooManyRequests { times: 2 });
-    let config = write_kv_config(
-        &env,
-        &kv,
-        &[("crm.create_ticket", &kv_ref("crm-token"))],
-        "max_retries = 3\nretry_budget = \"8s\"",
-    );
-    let worker = start_worker(&env, &kv, &config, false);
-    env.wait_connected(&env.pki.worker_identity).await;
+    let (env, kv) = vault_with_token(Some(Behaviour::TooManyRequests { times: 2 })).await;
+    let worker = kv_worker(&env, &kv, "max_retries = 3\nretry_budget = \"8s\"").await;
 
     let (plan, took) = timed_plan(
         &env,
@@ -379,11 +373,7 @@ async fn throttling_with_retry_after_is_waited_out_within_the_budget_and_the_tas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_throttling_fails_the_task_within_the_retry_budget() {
-    let env = Env::start(Options::default()).await;
-    let kv = Vault::start().await;
-    kv.vault.set_secret("crm-token", &env.token);
-    kv.vault
-        .set_behaviour("crm-token", Behaviour::TooManyRequests { times: u32::MAX });
+    let (env, kv) = vault_with_token(Some(Behaviour::TooManyRequests { times: u32::MAX })).await;
     assert_credential_failure(
         &env,
         &kv,
@@ -400,10 +390,7 @@ async fn endless_throttling_fails_the_task_within_the_retry_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_that_never_answers_fails_the_task_within_timeout_times_tries() {
-    let env = Env::start(Options::default()).await;
-    let kv = Vault::start().await;
-    kv.vault.set_secret("crm-token", &env.token);
-    kv.vault.set_behaviour("crm-token", Behaviour::Hang);
+    let (env, kv) = vault_with_token(Some(Behaviour::Hang)).await;
     let took = assert_credential_failure(
         &env,
         &kv,
