@@ -204,6 +204,74 @@ async fn a_plan_runs_with_the_credential_read_from_key_vault_through_the_real_sd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_runs_with_a_managed_identity_token_from_the_identity_endpoint() {
+    let (env, kv) = vault_with_token(None).await;
+    let path = write_kv_config(
+        &env,
+        &kv,
+        &[("crm.create_ticket", &kv_ref("crm-token"))],
+        "",
+    );
+    // The usual production set-up: no secret for Azure at all, a managed
+    // identity whose tokens come from the host's identity endpoint.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find("auth = { type = \"client_secret\"")
+        .expect("client secret auth line");
+    let end = start + text[start..].find('\n').unwrap();
+    let text = format!(
+        "{}auth = {{ type = \"managed_identity\" }}{}",
+        &text[..start],
+        &text[end..]
+    );
+    std::fs::write(&path, text).unwrap();
+    let worker = Process::start(
+        "worker",
+        &binary("private-worker"),
+        &["--config", path.to_str().unwrap()],
+        &[
+            ("RUST_LOG", "debug"),
+            ("IDENTITY_ENDPOINT", "https://login.test/msi/token"),
+            (
+                "IDENTITY_HEADER",
+                kv.vault.options().identity_header.as_str(),
+            ),
+        ],
+        &env.path("worker.log"),
+    );
+    env.wait_connected(&env.pki.worker_identity).await;
+
+    let plan = env
+        .run_plan(&[("crm.create_ticket", json!({"title": "managed identity"}))])
+        .await;
+    assert_eq!(
+        plan.status,
+        PlanStatus::Succeeded,
+        "{plan:#?}\n{}",
+        worker.output()
+    );
+    assert_eq!(bearers_seen(&env), vec![format!("Bearer {}", env.token)]);
+    assert_eq!(
+        kv.vault.token_requests(),
+        1,
+        "one token from the identity endpoint"
+    );
+    assert_eq!(
+        kv.vault.tokens_seen(),
+        kv.vault.tokens_issued(),
+        "the vault saw that token"
+    );
+    let log = worker.output();
+    assert!(!log.contains(&env.token), "the worker log holds the secret");
+    for token in kv.vault.tokens_issued() {
+        assert!(
+            !log.contains(&token),
+            "the worker log holds the access token"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_rotated_in_key_vault_is_used_after_the_ttl_without_restarting_the_worker() {
     let (env, kv) = vault_with_token(None).await;
     let mut worker = kv_worker(&env, &kv, "cache_ttl = \"1s\"").await;
