@@ -145,3 +145,19 @@ impl CertError {
         }
     }
 }
+
+impl CertError {
+    /// This error followed by its causes, `: `-separated, for callers that
+    /// report it as one line (the OS error behind [`CertError::Io`], the
+    /// content problem behind [`CertError::File`]).
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}

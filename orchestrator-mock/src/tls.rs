@@ -101,19 +101,11 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError::File {
+    certs_tool::files::read_certificates(path).map_err(|e| TlsError::File {
         what,
         path: path.to_path_buf(),
-        message,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no PEM certificate in the file".into()));
-    }
-    Ok(certs)
+        message: e.with_causes(),
+    })
 }
 
 /// Who is on the other end of an accepted connection; available to the

@@ -98,18 +98,10 @@ pub struct ClientTls {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file_err = |message: String| TlsError::File {
+    certs_tool::files::read_certificates(path).map_err(|e| TlsError::File {
         path: path.to_path_buf(),
-        message,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(file_err("no CERTIFICATE block found".into()));
-    }
-    Ok(certs)
+        message: e.with_causes(),
+    })
 }
 
 impl ClientTls {
