@@ -21,6 +21,38 @@ pub mod v1 {
 /// The contract's .proto source, for tools that want to show or ship it.
 pub const WORKER_PROTO: &str = include_str!("../private_worker/v1/worker.proto");
 
+/// Largest encoded message either side sends or accepts (4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest `task_id`, `plan_id`, `task_name`, `task_version` or
+/// `instance_id`, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Most entries in `Hello.manifest`.
+pub const MAX_MANIFEST_ENTRIES: usize = 1024;
+
+/// Checks an id, name or version against the contract: 1 to
+/// [`MAX_ID_BYTES`] bytes of `A-Z a-z 0-9 . _ - :`.
+///
+/// # Errors
+/// A short reason naming the rule that was broken (never the value itself,
+/// which may be huge or hold control characters).
+pub fn check_id(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Err("is empty");
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err("is longer than 128 bytes");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    {
+        return Err("holds a character outside A-Z a-z 0-9 . _ - :");
+    }
+    Ok(())
+}
+
 /// The canonical JSON text of a value: object keys sorted (by UTF-8 bytes)
 /// at every depth, no insignificant whitespace, numbers and strings as
 /// serde_json writes them.
@@ -76,6 +108,21 @@ pub fn canonical_sha256(value: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_bounded_in_length_and_alphabet() {
+        assert!(check_id("0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b").is_ok());
+        assert!(check_id("crm.create_ticket").is_ok());
+        assert!(check_id(&"a".repeat(MAX_ID_BYTES)).is_ok());
+        assert_eq!(check_id(""), Err("is empty"));
+        assert_eq!(
+            check_id(&"a".repeat(MAX_ID_BYTES + 1)),
+            Err("is longer than 128 bytes")
+        );
+        for bad in ["a b", "a\nb", "a\u{1b}[2J", "a/b", "é"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn canonical_json_sorts_keys_at_every_depth_and_drops_whitespace() {
