@@ -70,6 +70,13 @@ pub struct Config {
     /// default; off only where losing the last records in a power cut is
     /// acceptable (benchmarks).
     pub audit_fsync: bool,
+    /// Where the durable journal of attempts is kept (default: beside the
+    /// audit log, `<audit log name>.journal.redb`). One worker process per
+    /// journal.
+    pub journal: PathBuf,
+    /// How many acknowledged task ids the journal remembers to refuse
+    /// running them again.
+    pub journal_retain: u64,
     /// Time in-flight tasks get to finish after a shutdown request.
     pub drain_grace: Duration,
     /// The local allowlist: every task this worker may run, by name.
@@ -183,6 +190,11 @@ pub struct TaskConfig {
     pub input_schema: serde_json::Value,
     /// Time allowed for the call.
     pub timeout: Duration,
+    /// Whether the internal API tolerates the same call twice (it honours
+    /// the `Idempotency-Key` header, or the operation is naturally
+    /// repeatable). Only then does the worker run a task id again that it
+    /// already started. Off by default.
+    pub idempotent: bool,
     /// What the task does.
     pub executor: ExecutorConfig,
 }
@@ -312,6 +324,8 @@ struct RawWorker {
     max_in_flight: Option<u32>,
     audit_log: Option<PathBuf>,
     audit_fsync: Option<bool>,
+    journal: Option<PathBuf>,
+    journal_retain: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     drain_grace: Option<Duration>,
 }
@@ -350,6 +364,8 @@ struct RawTask {
     http: Option<RawHttp>,
     #[serde(default)]
     echo: bool,
+    #[serde(default)]
+    idempotent: bool,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +488,18 @@ impl Config {
             );
         }
         let drain_grace = raw.worker.drain_grace.unwrap_or(DEFAULT_DRAIN_GRACE);
+        let audit_log = base.join(
+            raw.worker
+                .audit_log
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("audit.jsonl")),
+        );
+        if raw.worker.journal_retain == Some(0) {
+            problem(
+                "worker.journal_retain".into(),
+                "must be at least 1 (it bounds how many finished task ids are remembered)".into(),
+            );
+        }
         if drain_grace > MAX_DRAIN_GRACE {
             problem(
                 "worker.drain_grace".into(),
@@ -542,11 +570,15 @@ impl Config {
                 key: base.join(raw.tls.key),
             },
             max_in_flight,
-            audit_log: base.join(
-                raw.worker
-                    .audit_log
-                    .unwrap_or_else(|| PathBuf::from("audit.jsonl")),
+            journal: raw.worker.journal.map_or_else(
+                || audit_log.with_extension("journal.redb"),
+                |path| base.join(path),
             ),
+            journal_retain: raw
+                .worker
+                .journal_retain
+                .unwrap_or(crate::journal::DEFAULT_RETAIN),
+            audit_log,
             audit_fsync: raw.worker.audit_fsync.unwrap_or(true),
             drain_grace,
             tasks,
@@ -762,6 +794,7 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
             version: raw.version,
             input_schema,
             timeout,
+            idempotent: raw.idempotent,
             executor,
         }),
         _ => Err(problems),

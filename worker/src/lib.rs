@@ -7,8 +7,11 @@
 //! # Layout
 //! - [`config`]: the TOML config, parsed and validated in one place.
 //! - [`tls`]: the worker's certificate and identity, and the outbound dialer.
-//! - [`session`]: one stream to the orchestrator: hello, frames, credit,
-//!   heartbeats, outbox, reconnect with backoff ([`backoff`]).
+//! - [`session`]: one stream to the orchestrator at a time: hello, frames,
+//!   credit, heartbeats, outbox, drain, reconnect with backoff ([`backoff`]).
+//! - [`journal`]: the durable record of every attempt (received, started,
+//!   finished, acknowledged) that makes delivery survive a crash.
+//! - [`outcome`]: the outcome and error-code vocabulary.
 //! - [`task`]: the local allowlist and the runner (check, credential,
 //!   execute, audit).
 //! - [`executor`]: what running a task means, one module per kind (HTTP).
@@ -20,14 +23,16 @@
 //! # What it does not do
 //! It does not accept connections, follow redirects, choose hosts from
 //! inputs, or send credentials anywhere but to the internal API a task's
-//! config names. It does not (yet) keep its outbox across restarts: see
-//! ARCHITECTURE.md, "Failure handling today".
+//! config names. It does not run a task id twice unless the local config
+//! says the task is idempotent: see README, "Delivery guarantees".
 
 pub mod audit;
 pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod executor;
+pub mod journal;
+pub mod outcome;
 pub mod secrets;
 pub mod session;
 pub mod task;
@@ -50,6 +55,9 @@ pub enum StartError {
     /// The audit log cannot be opened or its chain is broken.
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    /// The journal cannot be opened (another worker process may hold it).
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
     /// An input schema does not compile.
     #[error("{0}")]
     Schema(String),
@@ -74,7 +82,8 @@ pub enum RunError {
 }
 
 /// Builds a worker from a validated config: loads the TLS identity, opens
-/// the audit log, compiles the allowlist, builds the secret sources (the Key
+/// the audit log and the journal (taking back what it holds unfinished),
+/// compiles the allowlist, builds the secret sources (the Key
 /// Vault client and credential when the config has a `[keyvault]` section;
 /// no vault traffic happens before the first task that needs it).
 ///
@@ -88,12 +97,15 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
         path: config.audit_log.clone(),
         source,
     })?;
+    let (journal, recovered) =
+        journal::Journal::open(&config.journal, config.audit_fsync, config.journal_retain)?;
     let allowlist = Arc::new(task::Allowlist::new(&config).map_err(StartError::Schema)?);
     let runner = task::Runner::new(
         allowlist,
         secrets::Secrets::from_config(&config)?,
         executor::http::HttpExecutor::new()?,
         audit,
+        journal,
         tls.identity().to_string(),
     );
     tracing::info!(
@@ -103,7 +115,7 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
         max_in_flight = config.max_in_flight,
         "worker starting"
     );
-    Ok(Worker::new(config, tls, runner))
+    Ok(Worker::new(config, tls, runner, recovered))
 }
 
 /// Runs the worker until `shutdown` is cancelled (then drains) or a fatal

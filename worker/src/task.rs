@@ -18,14 +18,17 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use sha2::{Digest, Sha256};
+
 use crate::audit::{AuditError, AuditRecord, AuditWriter};
 use crate::config::{Config, ExecutorConfig, TaskConfig};
 use crate::executor::http::HttpExecutor;
-use crate::executor::{Execution, Outcome, TaskError};
+use crate::executor::{ErrorCode, Execution, Outcome, TaskError};
+use crate::journal::{Journal, JournalError, Summary};
 use crate::secrets::Secrets;
 
 /// One assignment, in the worker's terms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Assignment {
     /// Task id.
     pub task_id: String,
@@ -125,7 +128,7 @@ impl Allowlist {
     ) -> Result<(&AllowedTask, Map<String, Value>), TaskError> {
         let task = self.tasks.get(&assignment.task_name).ok_or_else(|| {
             TaskError::new(
-                "not_allowed",
+                ErrorCode::NotAllowed,
                 format!(
                     "task `{}` is not in this worker's local allowlist",
                     assignment.task_name
@@ -134,7 +137,7 @@ impl Allowlist {
         })?;
         if task.config.version != assignment.task_version {
             return Err(TaskError::new(
-                "not_allowed",
+                ErrorCode::NotAllowed,
                 format!(
                     "task `{}` version `{}` is not allowed here (allowed: `{}`)",
                     assignment.task_name, assignment.task_version, task.config.version
@@ -142,7 +145,10 @@ impl Allowlist {
             ));
         }
         let inputs: Value = serde_json::from_str(&assignment.inputs_json).map_err(|e| {
-            TaskError::new("invalid_input", format!("inputs are not valid JSON: {e}"))
+            TaskError::new(
+                ErrorCode::InvalidInput,
+                format!("inputs are not valid JSON: {e}"),
+            )
         })?;
         let problems: Vec<String> = task
             .validator
@@ -166,27 +172,48 @@ impl Allowlist {
                 String::new()
             };
             return Err(TaskError::new(
-                "invalid_input",
+                ErrorCode::InvalidInput,
                 format!("inputs break the local schema: {shown}{suffix}"),
             ));
         }
         match inputs {
             Value::Object(map) => Ok((task, map)),
             _ => Err(TaskError::new(
-                "invalid_input",
+                ErrorCode::InvalidInput,
                 "inputs must be a JSON object",
             )),
         }
     }
 }
 
-/// Runs assignments: check, credential, execute, audit.
+/// Why the worker could not record what it did. Either is fatal: the
+/// worker must not run tasks it cannot audit or journal.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The audit record could not be written.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Most bytes of output kept in a result and its audit record; a larger
+/// output is replaced by a marker with its size and SHA-256, so a result
+/// always fits the contract's 4 MiB message limit.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// Most bytes of inputs copied into an audit record (the same marker
+/// replaces larger ones).
+pub const MAX_AUDIT_INPUT_BYTES: usize = 1024 * 1024;
+
+/// Runs assignments: check, credential, journal, execute, audit.
 #[derive(Clone)]
 pub struct Runner {
     allowlist: Arc<Allowlist>,
     secrets: Secrets,
     http: HttpExecutor,
     audit: AuditWriter,
+    journal: Journal,
     identity: String,
 }
 
@@ -204,6 +231,7 @@ impl Runner {
         secrets: Secrets,
         http: HttpExecutor,
         audit: AuditWriter,
+        journal: Journal,
         identity: String,
     ) -> Self {
         Runner {
@@ -211,6 +239,7 @@ impl Runner {
             secrets,
             http,
             audit,
+            journal,
             identity,
         }
     }
@@ -220,97 +249,192 @@ impl Runner {
         &self.allowlist
     }
 
+    /// The journal this runner records starts in.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Whether the local config declares `task_name` idempotent (safe to
+    /// run again for the same task id).
+    pub fn is_idempotent(&self, task_name: &str) -> bool {
+        self.allowlist
+            .tasks
+            .get(task_name)
+            .is_some_and(|t| t.config.idempotent)
+    }
+
     /// Takes one assignment to its end. Nothing runs unless the local checks
-    /// pass; a cancelled token ends the call with `Cancelled`.
+    /// pass; the start is journaled before the call; a cancelled token ends
+    /// the attempt `Cancelled` when the call was not yet sent, else
+    /// `OutcomeUnknown` (`cancelled`).
     ///
     /// # Errors
-    /// [`AuditError`] when the audit record cannot be written: the result
-    /// must then not be reported as if audited.
+    /// [`RecordError`] when the journal or the audit record cannot be
+    /// written: the result must then not be reported as if audited.
     pub async fn run(
         &self,
         assignment: Assignment,
         cancel: CancellationToken,
-    ) -> Result<TaskReport, AuditError> {
+    ) -> Result<TaskReport, RecordError> {
         let received_at = SystemTime::now();
         let (task, inputs) = match self.allowlist.check(&assignment) {
             Ok(checked) => checked,
             Err(error) => {
-                tracing::warn!(code = error.code, reason = %error.message, "assignment rejected");
+                tracing::warn!(code = %error.code, reason = %error.message, "assignment rejected");
                 return self
-                    .finish(assignment, received_at, None, rejected(error))
+                    .finish(assignment, received_at, None, Execution::failed(error))
                     .await;
             }
         };
+        let cancelled_before_call = |when: &str| {
+            Execution::failed(TaskError::new(
+                ErrorCode::CancelledBeforeCall,
+                format!("cancelled {when}; the call was not sent"),
+            ))
+        };
         let credential = match task.config.executor.secret() {
             None => None,
-            Some(reference) => match self.secrets.load(reference).await {
-                Ok(value) => Some(value),
-                Err(e) => {
-                    tracing::warn!(error = %e, "credential unavailable");
-                    let error = TaskError::new("credential_unavailable", e.to_string());
-                    let execution = Execution {
-                        outcome: Outcome::Failed,
-                        output: None,
-                        error: Some(error),
-                    };
-                    return self.finish(assignment, received_at, None, execution).await;
-                }
-            },
-        };
-        let started_at = SystemTime::now();
-        let timeout = effective_timeout(task.config.timeout, assignment.deadline, started_at);
-        let execution = match timeout {
-            None => Execution {
-                outcome: Outcome::TimedOut,
-                output: None,
-                error: Some(TaskError::new(
-                    "deadline_passed",
-                    "the deadline passed before the task started",
-                )),
-            },
-            Some(timeout) => {
-                let execute = async {
-                    match &task.config.executor {
-                        ExecutorConfig::Http(http) => {
-                            self.http
-                                .execute(http, &inputs, credential.as_ref(), timeout)
-                                .await
-                        }
-                        ExecutorConfig::Echo => Execution {
-                            outcome: Outcome::Succeeded,
-                            output: Some(Value::Object(inputs.clone())),
-                            error: None,
-                        },
-                    }
-                };
-                tokio::select! {
+            Some(reference) => {
+                let loaded = tokio::select! {
                     biased;
-                    // The call may already have reached the internal API.
-                    _ = cancel.cancelled() => Execution {
-                        outcome: Outcome::OutcomeUnknown,
-                        output: None,
-                        error: Some(TaskError::new("cancelled", "cancelled while running; the call may have reached the internal API")),
-                    },
-                    done = execute => done,
+                    _ = cancel.cancelled() => None,
+                    loaded = self.secrets.load(reference) => Some(loaded),
+                };
+                match loaded {
+                    None => {
+                        let execution = cancelled_before_call("while loading the credential");
+                        return self.finish(assignment, received_at, None, execution).await;
+                    }
+                    Some(Ok(value)) => Some(value),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "credential unavailable");
+                        let error = TaskError::new(ErrorCode::CredentialUnavailable, e.to_string());
+                        return self
+                            .finish(assignment, received_at, None, Execution::failed(error))
+                            .await;
+                    }
                 }
             }
+        };
+        let Some(timeout) =
+            effective_timeout(task.config.timeout, assignment.deadline, SystemTime::now())
+        else {
+            let error = TaskError::new(
+                ErrorCode::DeadlinePassed,
+                "the deadline passed before the task started; nothing ran",
+            );
+            return self
+                .finish(assignment, received_at, None, Execution::failed(error))
+                .await;
+        };
+        if cancel.is_cancelled() {
+            let execution = cancelled_before_call("before the start");
+            return self.finish(assignment, received_at, None, execution).await;
+        }
+        // No call without a durable local trace of it.
+        self.journal
+            .started(&assignment.task_id, assignment.attempt)
+            .await?;
+        let started_at = SystemTime::now();
+        let execute = async {
+            match &task.config.executor {
+                ExecutorConfig::Http(http) => {
+                    self.http
+                        .execute(
+                            http,
+                            &inputs,
+                            credential.as_ref(),
+                            &assignment.task_id,
+                            timeout,
+                        )
+                        .await
+                }
+                ExecutorConfig::Echo => Execution::succeeded(Value::Object(inputs.clone())),
+            }
+        };
+        let execution = tokio::select! {
+            biased;
+            // The call may already have reached the internal API.
+            _ = cancel.cancelled() => Execution::failed(TaskError::new(
+                ErrorCode::Cancelled,
+                "cancelled while running; the call may have reached the internal API",
+            )),
+            done = execute => done,
         };
         drop(credential);
         self.finish(assignment, received_at, Some(started_at), execution)
             .await
     }
 
-    /// Refuses an assignment without looking at it (for example because it
-    /// exceeds the credit), still writing an audit record.
+    /// Ends an assignment without running it (a refusal, or a task that
+    /// panicked), still writing an audit record.
     ///
     /// # Errors
-    /// [`AuditError`] when the audit record cannot be written.
-    pub async fn refuse(
+    /// [`RecordError`] when the audit record cannot be written.
+    pub async fn answer(
         &self,
         assignment: Assignment,
         error: TaskError,
-    ) -> Result<TaskReport, AuditError> {
-        self.finish(assignment, SystemTime::now(), None, rejected(error))
+    ) -> Result<TaskReport, RecordError> {
+        self.finish(
+            assignment,
+            SystemTime::now(),
+            None,
+            Execution::failed(error),
+        )
+        .await
+    }
+
+    /// Ends an attempt whose call was in flight when the worker stopped
+    /// (found `started` in the journal at start): its outcome is unknown.
+    ///
+    /// # Errors
+    /// [`RecordError`] when the audit record cannot be written.
+    pub async fn interrupted(&self, assignment: Assignment) -> Result<TaskReport, RecordError> {
+        let error = TaskError::new(
+            ErrorCode::Interrupted,
+            "the worker stopped while the call was in flight; its effect is unknown",
+        );
+        self.finish(
+            assignment,
+            SystemTime::now(),
+            None,
+            Execution::failed(error),
+        )
+        .await
+    }
+
+    /// Answers a later attempt of a task id that already started here and
+    /// is not idempotent: nothing runs; the earlier outcome is reported
+    /// (`OutcomeUnknown` when the earlier attempt never finished).
+    ///
+    /// # Errors
+    /// [`RecordError`] when the audit record cannot be written.
+    pub async fn repeat(
+        &self,
+        assignment: Assignment,
+        earlier_attempt: u32,
+        earlier: Option<Summary>,
+    ) -> Result<TaskReport, RecordError> {
+        let (outcome, output) = match &earlier {
+            Some(summary) => (
+                summary.outcome,
+                summary
+                    .output_json
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str(t).ok()),
+            ),
+            None => (Outcome::OutcomeUnknown, None),
+        };
+        let message = format!(
+            "this task id already started here as attempt {earlier_attempt} (outcome {outcome:?}); \
+             the task is not idempotent in this worker's config, so it was not run again"
+        );
+        let execution = Execution {
+            output,
+            error: Some(TaskError::already_started(outcome, message)),
+        };
+        self.finish(assignment, SystemTime::now(), None, execution)
             .await
     }
 
@@ -320,21 +444,32 @@ impl Runner {
         received_at: SystemTime,
         started_at: Option<SystemTime>,
         execution: Execution,
-    ) -> Result<TaskReport, AuditError> {
+    ) -> Result<TaskReport, RecordError> {
+        let outcome = execution.outcome();
+        let output = execution.output.map(bounded_output);
+        let error = execution.error.map(|mut e| {
+            e.message = crate::journal::cut_to_summary(&e.message);
+            e
+        });
+        let inputs_json = if assignment.inputs_json.len() > MAX_AUDIT_INPUT_BYTES {
+            too_large(assignment.inputs_json.as_bytes()).to_string()
+        } else {
+            assignment.inputs_json
+        };
         let record = AuditRecord {
             task_id: assignment.task_id,
             attempt: assignment.attempt,
             plan_id: assignment.plan_id,
             task_name: assignment.task_name,
             task_version: assignment.task_version,
-            inputs_json: assignment.inputs_json,
-            output: execution.output.clone(),
+            inputs_json,
+            output: output.clone(),
             received_at: rfc3339(received_at),
             started_at: started_at.map(rfc3339),
             finished_at: rfc3339(SystemTime::now()),
-            outcome: execution.outcome,
-            error_code: execution.error.as_ref().map(|e| e.code.to_string()),
-            error_message: execution.error.as_ref().map(|e| e.message.clone()),
+            outcome,
+            error_code: error.as_ref().map(|e| e.code.as_str().to_string()),
+            error_message: error.as_ref().map(|e| e.message.clone()),
             worker_identity: self.identity.clone(),
             sequence: 0,
             prev_hash: String::new(),
@@ -342,25 +477,36 @@ impl Runner {
         };
         let audit = self.audit.append(record).await?;
         tracing::info!(
-            outcome = ?execution.outcome,
+            outcome = ?outcome,
             audit_sequence = audit.sequence,
             "task finished"
         );
         Ok(TaskReport {
-            outcome: execution.outcome,
-            output: execution.output,
-            error: execution.error,
+            outcome,
+            output,
+            error,
             audit,
         })
     }
 }
 
-fn rejected(error: TaskError) -> Execution {
-    Execution {
-        outcome: Outcome::Rejected,
-        output: None,
-        error: Some(error),
+/// The output itself when its JSON text fits [`MAX_OUTPUT_BYTES`], else a
+/// marker saying it was cut, with its size and SHA-256.
+fn bounded_output(output: Value) -> Value {
+    let text = output.to_string();
+    if text.len() <= MAX_OUTPUT_BYTES {
+        output
+    } else {
+        too_large(text.as_bytes())
     }
+}
+
+fn too_large(bytes: &[u8]) -> Value {
+    serde_json::json!({
+        "truncated": true,
+        "bytes": bytes.len(),
+        "sha256": hex::encode(Sha256::digest(bytes)),
+    })
 }
 
 /// The time a task may take: its configured timeout, shortened by the
@@ -425,12 +571,12 @@ mod tests {
         let err = list
             .check(&assignment("crm.delete_all", "2", "{}"))
             .unwrap_err();
-        assert_eq!(err.code, "not_allowed");
+        assert_eq!(err.code, ErrorCode::NotAllowed);
         assert!(err.message.contains("crm.delete_all"));
         let err = list
             .check(&assignment("crm.create_ticket", "1", r#"{"title":"x"}"#))
             .unwrap_err();
-        assert_eq!(err.code, "not_allowed");
+        assert_eq!(err.code, ErrorCode::NotAllowed);
     }
 
     #[test]
@@ -443,7 +589,7 @@ mod tests {
                 r#"{"title":"far too long a title","priority":0}"#,
             ))
             .unwrap_err();
-        assert_eq!(err.code, "invalid_input");
+        assert_eq!(err.code, ErrorCode::InvalidInput);
         assert!(
             err.message.contains("/title") && err.message.contains("/priority"),
             "{}",
@@ -453,7 +599,7 @@ mod tests {
             let err = list
                 .check(&assignment("crm.create_ticket", "2", bad))
                 .unwrap_err();
-            assert_eq!(err.code, "invalid_input", "{bad}");
+            assert_eq!(err.code, ErrorCode::InvalidInput, "{bad}");
         }
         assert!(
             list.check(&assignment("crm.create_ticket", "2", r#"{"title":"ok"}"#))

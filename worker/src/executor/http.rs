@@ -15,7 +15,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
 
-use super::{Execution, Outcome, TaskError, redact_text, redact_value};
+use super::{ErrorCode, Execution, TaskError, redact_text, redact_value};
 use crate::config::AuthConfig;
 use crate::secrets::SecretValue;
 
@@ -172,7 +172,7 @@ impl UrlTemplate {
         });
         if dot_segment {
             return Err(TaskError::new(
-                "invalid_input",
+                ErrorCode::InvalidInput,
                 "inputs may not form a `.` or `..` path segment",
             ));
         }
@@ -186,11 +186,11 @@ fn scalar_text(name: &str, value: Option<&Value>) -> Result<String, TaskError> {
         Some(Value::Number(n)) => Ok(n.to_string()),
         Some(Value::Bool(b)) => Ok(b.to_string()),
         Some(_) => Err(TaskError::new(
-            "invalid_input",
+            ErrorCode::InvalidInput,
             format!("input `{name}` must be a string, number or boolean to be used in the request"),
         )),
         None => Err(TaskError::new(
-            "invalid_input",
+            ErrorCode::InvalidInput,
             format!("input `{name}` is required by the request but absent"),
         )),
     }
@@ -270,18 +270,21 @@ impl HttpExecutor {
 
     /// Makes the call described by `config` with `inputs` (already
     /// validated) and `credential` (when the config names one), within
-    /// `timeout`.
+    /// `timeout`. `idempotency_key` (the task id: the same for every
+    /// attempt of one task) goes out as the `Idempotency-Key` header, so an
+    /// internal API that honours it can recognise a retry.
     pub async fn execute(
         &self,
         config: &HttpExecutorConfig,
         inputs: &Map<String, Value>,
         credential: Option<&SecretValue>,
+        idempotency_key: &str,
         timeout: Duration,
     ) -> Execution {
         let secrets: Vec<&SecretValue> = credential.into_iter().collect();
-        let request = match self.build(config, inputs, credential) {
+        let request = match self.build(config, inputs, credential, idempotency_key) {
             Ok(r) => r,
-            Err(error) => return failed(Outcome::Rejected, error),
+            Err(error) => return Execution::failed(error),
         };
         let call = async {
             let response = self.client.execute(request).await?;
@@ -292,32 +295,30 @@ impl HttpExecutor {
         match tokio::time::timeout(timeout, call).await {
             // The request may have reached the internal API before the
             // time ran out: whether its effect happened is unknown.
-            Err(_) => failed(
-                Outcome::OutcomeUnknown,
-                TaskError::new(
-                    "timeout",
-                    format!("internal API did not answer within {timeout:?}"),
-                ),
-            ),
+            Err(_) => Execution::failed(TaskError::new(
+                ErrorCode::Timeout,
+                format!("internal API did not answer within {timeout:?}; its effect is unknown"),
+            )),
             Ok(Err(e)) => {
                 tracing::warn!(error = %error_chain(&e), "internal API call failed");
-                let error = if e.is_connect() {
-                    TaskError::new("unreachable", "internal API unreachable (connect failed)")
+                // A request that failed after it was sent may have had its
+                // effect; only a refused connection proves nothing was sent.
+                Execution::failed(if e.is_connect() {
+                    TaskError::new(
+                        ErrorCode::Unreachable,
+                        "internal API unreachable (connect failed)",
+                    )
                 } else if e.is_timeout() {
                     TaskError::new(
-                        "timeout",
+                        ErrorCode::Timeout,
                         "internal API call timed out; its effect is unknown",
                     )
                 } else {
-                    TaskError::new("request_failed", "internal API call failed mid-request")
-                };
-                // A request that failed after it was sent may have had its effect.
-                let outcome = if e.is_connect() {
-                    Outcome::Failed
-                } else {
-                    Outcome::OutcomeUnknown
-                };
-                failed(outcome, error)
+                    TaskError::new(
+                        ErrorCode::RequestFailed,
+                        "internal API call failed mid-request",
+                    )
+                })
             }
             Ok(Ok((status, body, truncated))) => {
                 let body = body_value(&body, truncated, &secrets);
@@ -326,21 +327,14 @@ impl HttpExecutor {
                     "body": body,
                     "truncated": truncated,
                 });
-                if status.is_success() {
-                    Execution {
-                        outcome: Outcome::Succeeded,
-                        output: Some(output),
-                        error: None,
-                    }
-                } else {
-                    Execution {
-                        outcome: Outcome::Failed,
-                        output: Some(output),
-                        error: Some(TaskError::new(
-                            "http_status",
+                Execution {
+                    output: Some(output),
+                    error: (!status.is_success()).then(|| {
+                        TaskError::new(
+                            ErrorCode::HttpStatus,
                             format!("internal API answered {status}"),
-                        )),
-                    }
+                        )
+                    }),
                 }
             }
         }
@@ -351,18 +345,27 @@ impl HttpExecutor {
         config: &HttpExecutorConfig,
         inputs: &Map<String, Value>,
         credential: Option<&SecretValue>,
+        idempotency_key: &str,
     ) -> Result<reqwest::Request, TaskError> {
         let url = config.url.render(inputs)?;
         let mut builder = self
             .client
             .request(config.method.clone(), &url)
             .headers(config.headers.clone());
+        // Task ids are checked against the contract's alphabet before any
+        // task runs, so this is always a valid header value.
+        if let Ok(key) = http::HeaderValue::from_str(idempotency_key) {
+            builder = builder.header(IDEMPOTENCY_KEY, key);
+        }
         if let Some(template) = &config.body {
             builder = builder.json(&render_body(template, inputs)?);
         }
         if let Some(auth) = &config.auth {
             let secret = credential.ok_or_else(|| {
-                TaskError::new("credential_unavailable", "credential was not loaded")
+                TaskError::new(
+                    ErrorCode::CredentialUnavailable,
+                    "credential was not loaded",
+                )
             })?;
             let (name, text) = match auth {
                 AuthConfig::Bearer { .. } => (
@@ -373,7 +376,7 @@ impl HttpExecutor {
             };
             let mut value = http::HeaderValue::from_str(&text).map_err(|_| {
                 TaskError::new(
-                    "credential_unavailable",
+                    ErrorCode::CredentialUnavailable,
                     format!(
                         "{}: the value cannot be sent in an HTTP header",
                         auth.secret()
@@ -385,17 +388,12 @@ impl HttpExecutor {
         }
         builder
             .build()
-            .map_err(|_| TaskError::new("invalid_input", "the request could not be built"))
+            .map_err(|_| TaskError::new(ErrorCode::InvalidInput, "the request could not be built"))
     }
 }
 
-fn failed(outcome: Outcome, error: TaskError) -> Execution {
-    Execution {
-        outcome,
-        output: None,
-        error: Some(error),
-    }
-}
+/// The header that carries the task id to the internal API.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -480,7 +478,7 @@ mod tests {
             let err = t
                 .render(&inputs(serde_json::json!({"id": id})))
                 .unwrap_err();
-            assert_eq!(err.code, "invalid_input", "{id}");
+            assert_eq!(err.code, ErrorCode::InvalidInput, "{id}");
         }
         let url = t.render(&inputs(serde_json::json!({"id": "..."}))).unwrap();
         assert_eq!(url::Url::parse(&url).unwrap().path(), "/tickets/.../notes");
@@ -489,7 +487,7 @@ mod tests {
         let err = pair
             .render(&inputs(serde_json::json!({"a": ".", "b": "."})))
             .unwrap_err();
-        assert_eq!(err.code, "invalid_input");
+        assert_eq!(err.code, ErrorCode::InvalidInput);
         let ext = UrlTemplate::parse("https://crm.internal/files/{name}.{ext}").unwrap();
         assert!(
             ext.render(&inputs(serde_json::json!({"name": ".", "ext": ""})))

@@ -12,54 +12,40 @@ use serde_json::Value;
 
 use crate::secrets::SecretValue;
 
-/// How one attempt ended, in the worker's own terms (the session maps it to
-/// the wire enum).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Ran, and the internal system reported success.
-    Succeeded,
-    /// Ran and failed.
-    Failed,
-    /// Refused by the worker; nothing ran.
-    Rejected,
-    /// Exceeded its timeout or deadline.
-    TimedOut,
-    /// Cancelled before it finished.
-    Cancelled,
-    /// The worker cannot tell whether the side effect happened.
-    OutcomeUnknown,
-}
-
-/// A short, machine-readable reason plus a message for people. Never holds
-/// a credential, an internal URL or a host name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskError {
-    /// Stable code, e.g. `not_allowed`, `invalid_input`, `credential_unavailable`.
-    pub code: &'static str,
-    /// Explanation for a person.
-    pub message: String,
-}
-
-impl TaskError {
-    /// Builds an error.
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        TaskError {
-            code,
-            message: message.into(),
-        }
-    }
-}
+pub use crate::outcome::{ErrorCode, Outcome, TaskError};
 
 /// What an executor returns.
 #[derive(Debug, Clone)]
 pub struct Execution {
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Output document, already redacted.
+    /// Output document, already redacted (an error status still has one).
     pub output: Option<Value>,
-    /// Why, when the outcome is not `Succeeded`.
+    /// Why, when the task did not succeed; its code fixes the outcome.
     pub error: Option<TaskError>,
+}
+
+impl Execution {
+    /// A success with its output.
+    pub fn succeeded(output: Value) -> Self {
+        Execution {
+            output: Some(output),
+            error: None,
+        }
+    }
+
+    /// An attempt that ended with `error` and no output.
+    pub fn failed(error: TaskError) -> Self {
+        Execution {
+            output: None,
+            error: Some(error),
+        }
+    }
+
+    /// How it ended: `Succeeded` without an error, else the error's outcome.
+    pub fn outcome(&self) -> Outcome {
+        self.error
+            .as_ref()
+            .map_or(Outcome::Succeeded, TaskError::outcome)
+    }
 }
 
 /// Removes every occurrence of each secret from `value`, in keys and

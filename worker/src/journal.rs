@@ -1,0 +1,583 @@
+//! The durable journal: what this worker did with every task id, kept on
+//! disk so that nothing is lost and nothing runs twice across a crash.
+//!
+//! For each task id the journal holds one [`Entry`]: the latest attempt and
+//! how far it got ([`Stage`]: received, started, finished, acknowledged),
+//! whether any attempt of the task id ever *started* (reached the internal
+//! API), the assignment until it finished, the encoded result until the
+//! orchestrator acknowledged it, and a short [`Summary`] of the outcome
+//! after that. The session writes `received` before it sends `Accept`, the
+//! runner writes `started` before it makes the call, and `finished` before
+//! the result goes up; so after a kill -9 the journal says exactly which
+//! results to re-send, which attempts never started (safe to run) and which
+//! were cut off mid-call (their outcome is unknown).
+//!
+//! Storage is [redb](https://www.redb.org): a pure-Rust, single-file,
+//! copy-on-write B-tree with ACID transactions that survives a crash at
+//! any point without a recovery step of ours (see ARCHITECTURE.md for why
+//! it was chosen). Writes go through one writer thread that commits every
+//! waiting change in one transaction and one sync (group commit), so a
+//! busy worker pays one disk sync per batch, not per task.
+//!
+//! Bounds: task ids are at most 128 bytes (the contract's limit, checked
+//! by the session before anything reaches the journal). Entries of
+//! unacknowledged attempts are bounded by the worker's credit (see the
+//! session's ledger); acknowledged entries keep only a summary (at most
+//! [`MAX_SUMMARY_BYTES`] of output and message) and only the most recent
+//! `retain` of them are kept, oldest dropped first.
+//!
+//! What it does not do: decide what to do with an entry (the session and
+//! the runner do), or know the proto types (results are opaque bytes).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::Outcome;
+use crate::task::Assignment;
+
+/// Task id -> JSON of its [`Entry`].
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// Acknowledgement order -> task id, to drop the oldest acknowledged entries.
+const ACKNOWLEDGED: TableDefinition<u64, &str> = TableDefinition::new("acknowledged");
+
+/// Most changes committed in one transaction.
+pub const MAX_BATCH: usize = 1024;
+/// Most bytes of output and of error message kept in a [`Summary`].
+pub const MAX_SUMMARY_BYTES: usize = 4096;
+/// How many acknowledged task ids the journal remembers by default.
+pub const DEFAULT_RETAIN: u64 = 20_000;
+
+/// How far the latest attempt of a task id got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Received and owned (`Accept` may have been sent); nothing called yet.
+    Received,
+    /// The call to the internal API may have been made.
+    Started,
+    /// The result is written; it waits for the orchestrator's acknowledgement.
+    Finished,
+    /// The orchestrator stored the result.
+    Acknowledged,
+}
+
+/// The outcome of a finished attempt, kept after its result is forgotten
+/// so a later attempt of the same task id can be answered truthfully.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Output JSON text when it is at most [`MAX_SUMMARY_BYTES`].
+    pub output_json: Option<String>,
+    /// Error code, if any.
+    pub error_code: Option<String>,
+    /// Error message, cut to [`MAX_SUMMARY_BYTES`].
+    pub error_message: Option<String>,
+}
+
+/// Everything the journal knows about one task id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The latest attempt received.
+    pub attempt: u32,
+    /// How far that attempt got.
+    pub stage: Stage,
+    /// Whether any attempt of this task id reached `Started`.
+    pub ever_started: bool,
+    /// The assignment, kept until its attempt finished.
+    pub assignment: Option<Assignment>,
+    /// The encoded result, kept until acknowledged.
+    pub result: Option<Vec<u8>>,
+    /// The outcome of the latest finished attempt.
+    pub summary: Option<Summary>,
+    /// Position in the acknowledgement order, once acknowledged.
+    acknowledged_seq: Option<u64>,
+}
+
+/// Why the journal failed. The worker stops on it: it must not run tasks
+/// it cannot record (fix the disk or the file, then start again).
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The database could not be opened, read or committed.
+    #[error("journal {path}: {message}")]
+    Store {
+        /// The journal file.
+        path: PathBuf,
+        /// What redb reported.
+        message: String,
+    },
+    /// The writer thread is gone (it stopped after an earlier failure).
+    #[error("journal {0}: the writer has stopped")]
+    Stopped(PathBuf),
+}
+
+enum Change {
+    Received(Assignment),
+    Started(String, u32),
+    Finished(String, u32, Vec<u8>, Summary),
+    Acknowledged(String, u32),
+}
+
+struct Pending {
+    change: Change,
+    reply: Option<tokio::sync::oneshot::Sender<Result<(), JournalError>>>,
+}
+
+/// The handle to the journal; cheap to clone. The writer thread ends when
+/// the last handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    db: Arc<Database>,
+    tx: mpsc::Sender<Pending>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+/// Attempts the journal holds that the orchestrator has not acknowledged,
+/// as found at start.
+pub type Unfinished = Vec<(String, Entry)>;
+
+impl Journal {
+    /// Opens (or creates) the journal at `path` and returns every entry not
+    /// yet acknowledged, for the session to resume. `sync = false` commits
+    /// without waiting for the disk (benchmarks only); `retain` bounds the
+    /// acknowledged entries kept.
+    ///
+    /// # Errors
+    /// [`JournalError::Store`] when the file cannot be opened (for example
+    /// because another worker process holds it) or read.
+    pub fn open(
+        path: &Path,
+        sync: bool,
+        retain: u64,
+    ) -> Result<(Journal, Unfinished), JournalError> {
+        let fail = |e: &dyn std::fmt::Display| JournalError::Store {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+        }
+        let db = Database::create(path).map_err(|e| fail(&e))?;
+        // Create the tables so that readers never meet a missing one.
+        let txn = db.begin_write().map_err(|e| fail(&e))?;
+        txn.open_table(ENTRIES).map_err(|e| fail(&e))?;
+        txn.open_table(ACKNOWLEDGED).map_err(|e| fail(&e))?;
+        txn.commit().map_err(|e| fail(&e))?;
+
+        let mut unfinished = Vec::new();
+        {
+            let read = db.begin_read().map_err(|e| fail(&e))?;
+            let table = read.open_table(ENTRIES).map_err(|e| fail(&e))?;
+            for row in table.iter().map_err(|e| fail(&e))? {
+                let (key, value) = row.map_err(|e| fail(&e))?;
+                let entry: Entry = serde_json::from_slice(value.value()).map_err(|e| fail(&e))?;
+                if entry.stage != Stage::Acknowledged {
+                    unfinished.push((key.value().to_string(), entry));
+                }
+            }
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Pending>();
+        let writer = Writer {
+            db: db.clone(),
+            path: path.to_path_buf(),
+            sync,
+            retain: retain.max(1),
+        };
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(|e| fail(&e))?;
+        Ok((
+            Journal {
+                db,
+                tx,
+                path: path.to_path_buf(),
+            },
+            unfinished,
+        ))
+    }
+
+    /// Records that `assignment` was received (and is owned from now on);
+    /// returns once it is on disk.
+    ///
+    /// # Errors
+    /// [`JournalError`] when the commit failed.
+    pub async fn received(&self, assignment: Assignment) -> Result<(), JournalError> {
+        self.commit(Change::Received(assignment)).await
+    }
+
+    /// Records that the call for this attempt is about to be made; returns
+    /// once it is on disk.
+    ///
+    /// # Errors
+    /// [`JournalError`] when the commit failed: the call must then not happen.
+    pub async fn started(&self, task_id: &str, attempt: u32) -> Result<(), JournalError> {
+        self.commit(Change::Started(task_id.to_string(), attempt))
+            .await
+    }
+
+    /// Records the attempt's result (encoded, as it goes on the wire) and
+    /// its summary; returns once it is on disk.
+    ///
+    /// # Errors
+    /// [`JournalError`] when the commit failed.
+    pub async fn finished(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        result: Vec<u8>,
+        summary: Summary,
+    ) -> Result<(), JournalError> {
+        self.commit(Change::Finished(
+            task_id.to_string(),
+            attempt,
+            result,
+            summary,
+        ))
+        .await
+    }
+
+    /// Records that the orchestrator acknowledged the attempt's result,
+    /// without waiting for the disk: if it is lost in a crash the result is
+    /// sent once more and acknowledged again.
+    pub fn acknowledged(&self, task_id: &str, attempt: u32) {
+        let _ = self.tx.send(Pending {
+            change: Change::Acknowledged(task_id.to_string(), attempt),
+            reply: None,
+        });
+    }
+
+    /// What the journal holds for `task_id`, as committed so far.
+    ///
+    /// # Errors
+    /// [`JournalError::Store`] when the file cannot be read.
+    pub fn lookup(&self, task_id: &str) -> Result<Option<Entry>, JournalError> {
+        let fail = |e: &dyn std::fmt::Display| JournalError::Store {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let read = self.db.begin_read().map_err(|e| fail(&e))?;
+        let table = read.open_table(ENTRIES).map_err(|e| fail(&e))?;
+        match table.get(task_id).map_err(|e| fail(&e))? {
+            None => Ok(None),
+            Some(value) => serde_json::from_slice(value.value())
+                .map(Some)
+                .map_err(|e| fail(&e)),
+        }
+    }
+
+    async fn commit(&self, change: Change) -> Result<(), JournalError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Pending {
+                change,
+                reply: Some(reply),
+            })
+            .map_err(|_| JournalError::Stopped(self.path.clone()))?;
+        answer
+            .await
+            .map_err(|_| JournalError::Stopped(self.path.clone()))?
+    }
+}
+
+struct Writer {
+    db: Arc<Database>,
+    path: PathBuf,
+    sync: bool,
+    retain: u64,
+}
+
+impl Writer {
+    fn run(&self, rx: &mpsc::Receiver<Pending>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let (changes, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.change, p.reply)).unzip();
+            let outcome = self.commit(changes);
+            if let Err(message) = &outcome {
+                tracing::error!(journal = %self.path.display(), error = %message, "journal commit failed");
+            }
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(outcome.clone().map_err(|message| JournalError::Store {
+                    path: self.path.clone(),
+                    message,
+                }));
+            }
+        }
+    }
+
+    fn commit(&self, changes: Vec<Change>) -> Result<(), String> {
+        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let durability = if self.sync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| e.to_string())?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+            let mut acknowledged = txn.open_table(ACKNOWLEDGED).map_err(|e| e.to_string())?;
+            let mut next_seq = acknowledged
+                .last()
+                .map_err(|e| e.to_string())?
+                .map_or(1, |(seq, _)| seq.value() + 1);
+            for change in changes {
+                let task_id = match &change {
+                    Change::Received(a) => a.task_id.clone(),
+                    Change::Started(id, _)
+                    | Change::Finished(id, _, _, _)
+                    | Change::Acknowledged(id, _) => id.clone(),
+                };
+                let current: Option<Entry> = entries
+                    .get(task_id.as_str())
+                    .map_err(|e| e.to_string())?
+                    .and_then(|v| serde_json::from_slice(v.value()).ok());
+                let Some(next) = apply(current, change, &mut next_seq) else {
+                    continue;
+                };
+                if let Some(seq) = next.acknowledged_seq {
+                    acknowledged
+                        .insert(seq, task_id.as_str())
+                        .map_err(|e| e.to_string())?;
+                }
+                let bytes = serde_json::to_vec(&next).map_err(|e| e.to_string())?;
+                entries
+                    .insert(task_id.as_str(), bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+            while acknowledged.len().map_err(|e| e.to_string())? > self.retain {
+                let Some((seq, task_id)) = acknowledged
+                    .pop_first()
+                    .map_err(|e| e.to_string())?
+                    .map(|(s, t)| (s.value(), t.value().to_string()))
+                else {
+                    break;
+                };
+                let stale = entries
+                    .get(task_id.as_str())
+                    .map_err(|e| e.to_string())?
+                    .and_then(|v| serde_json::from_slice::<Entry>(v.value()).ok())
+                    .is_some_and(|e| e.acknowledged_seq == Some(seq));
+                if stale {
+                    entries
+                        .remove(task_id.as_str())
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| e.to_string())
+    }
+}
+
+/// The entry after `change`, or `None` when the change does not apply (a
+/// stale attempt, or an acknowledgement of something never finished).
+fn apply(current: Option<Entry>, change: Change, next_seq: &mut u64) -> Option<Entry> {
+    match (current, change) {
+        (current, Change::Received(assignment)) => Some(Entry {
+            attempt: assignment.attempt,
+            stage: Stage::Received,
+            ever_started: current.as_ref().is_some_and(|e| e.ever_started),
+            summary: current.and_then(|e| e.summary),
+            assignment: Some(assignment),
+            result: None,
+            acknowledged_seq: None,
+        }),
+        (Some(mut entry), Change::Started(_, attempt)) if entry.attempt == attempt => {
+            entry.stage = Stage::Started;
+            entry.ever_started = true;
+            Some(entry)
+        }
+        (Some(mut entry), Change::Finished(_, attempt, result, summary))
+            if entry.attempt == attempt =>
+        {
+            entry.stage = Stage::Finished;
+            entry.assignment = None;
+            entry.result = Some(result);
+            entry.summary = Some(summary);
+            Some(entry)
+        }
+        (Some(mut entry), Change::Acknowledged(_, attempt))
+            if entry.attempt == attempt && entry.stage == Stage::Finished =>
+        {
+            entry.stage = Stage::Acknowledged;
+            entry.result = None;
+            entry.acknowledged_seq = Some(*next_seq);
+            *next_seq += 1;
+            Some(entry)
+        }
+        _ => None,
+    }
+}
+
+/// Cuts `text` to at most [`MAX_SUMMARY_BYTES`] on a character boundary.
+pub fn cut_to_summary(text: &str) -> String {
+    let mut end = text.len().min(MAX_SUMMARY_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(task_id: &str, attempt: u32) -> Assignment {
+        Assignment {
+            task_id: task_id.into(),
+            attempt,
+            plan_id: "p".into(),
+            task_name: "crm.create_ticket".into(),
+            task_version: "1".into(),
+            inputs_json: "{}".into(),
+            deadline: None,
+        }
+    }
+
+    /// Opens again once the writer thread of the dropped handle let go.
+    fn reopen(path: &Path) -> (Journal, Unfinished) {
+        for _ in 0..200 {
+            if let Ok(opened) = Journal::open(path, true, 10) {
+                return opened;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the journal stayed locked after its handles were dropped");
+    }
+
+    fn summary(outcome: Outcome) -> Summary {
+        Summary {
+            outcome,
+            output_json: None,
+            error_code: None,
+            error_message: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_stage_survives_reopening_and_only_unacknowledged_entries_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        {
+            let (journal, unfinished) = Journal::open(&path, true, 10).unwrap();
+            assert!(unfinished.is_empty());
+            for id in ["received", "started", "finished", "acked"] {
+                journal.received(assignment(id, 1)).await.unwrap();
+            }
+            for id in ["started", "finished", "acked"] {
+                journal.started(id, 1).await.unwrap();
+            }
+            for id in ["finished", "acked"] {
+                journal
+                    .finished(id, 1, b"result".to_vec(), summary(Outcome::Succeeded))
+                    .await
+                    .unwrap();
+            }
+            journal.acknowledged("acked", 1);
+            // A commit after the acknowledgement proves it was applied.
+            journal.received(assignment("later", 1)).await.unwrap();
+        }
+        let (journal, mut unfinished) = reopen(&path);
+        unfinished.sort_by(|a, b| a.0.cmp(&b.0));
+        let stages: Vec<(&str, Stage)> = unfinished
+            .iter()
+            .map(|(id, e)| (id.as_str(), e.stage))
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                ("finished", Stage::Finished),
+                ("later", Stage::Received),
+                ("received", Stage::Received),
+                ("started", Stage::Started),
+            ]
+        );
+        let finished = &unfinished[0].1;
+        assert_eq!(finished.result.as_deref(), Some(&b"result"[..]));
+        assert!(finished.ever_started && finished.assignment.is_none());
+        let acked = journal.lookup("acked").unwrap().unwrap();
+        assert_eq!(acked.stage, Stage::Acknowledged);
+        assert!(
+            acked.result.is_none(),
+            "an acknowledged result is forgotten"
+        );
+        assert_eq!(acked.summary.unwrap().outcome, Outcome::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_new_attempt_remembers_that_an_earlier_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(&dir.path().join("j.redb"), true, 10).unwrap();
+        journal.received(assignment("t", 1)).await.unwrap();
+        journal.started("t", 1).await.unwrap();
+        journal.received(assignment("t", 2)).await.unwrap();
+        let entry = journal.lookup("t").unwrap().unwrap();
+        assert_eq!((entry.attempt, entry.stage), (2, Stage::Received));
+        assert!(entry.ever_started);
+        // A stale attempt's change does not touch the newer one.
+        journal
+            .finished("t", 1, vec![1], summary(Outcome::Failed))
+            .await
+            .unwrap();
+        assert_eq!(journal.lookup("t").unwrap().unwrap().stage, Stage::Received);
+    }
+
+    #[tokio::test]
+    async fn only_the_most_recent_acknowledged_entries_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(&dir.path().join("j.redb"), true, 3).unwrap();
+        for i in 0..10 {
+            let id = format!("t{i}");
+            journal.received(assignment(&id, 1)).await.unwrap();
+            journal
+                .finished(&id, 1, vec![0; 100], summary(Outcome::Succeeded))
+                .await
+                .unwrap();
+            journal.acknowledged(&id, 1);
+        }
+        journal.received(assignment("last", 1)).await.unwrap();
+        let kept: Vec<bool> = (0..10)
+            .map(|i| journal.lookup(&format!("t{i}")).unwrap().is_some())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                false, false, false, false, false, false, false, true, true, true
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let _first = Journal::open(&path, true, 3).unwrap();
+        let error = Journal::open(&path, true, 3).unwrap_err().to_string();
+        assert!(error.contains("j.redb"), "{error}");
+    }
+
+    #[test]
+    fn summaries_are_cut_on_a_character_boundary() {
+        let text = "é".repeat(MAX_SUMMARY_BYTES);
+        let cut = cut_to_summary(&text);
+        assert!(cut.len() <= MAX_SUMMARY_BYTES && cut.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,502 @@
+//! The session: one outbound stream to the orchestrator at a time, kept
+//! alive across cuts, restarts of either side and crashes of the worker.
+//!
+//! # Layout
+//! - this module: [`Worker::run`], the loop over streams; [`classify`], the
+//!   one place that decides which failures end the worker; recovery of the
+//!   journal at start; how an attempt is spawned and reported.
+//! - [`stream`]: one stream: dial, `Hello`/`Welcome`, pump frames, decide
+//!   what each assignment gets.
+//! - [`ledger`]: the bookkeeping (held attempts, outbox, slots and credit,
+//!   re-send timers, the drain rule) as plain data.
+//! - [`wire`]: conversions between proto messages and the worker's types.
+//!
+//! Every attempt runs on its own task: it is written `received` to the
+//! journal, then `Accept`ed, then run (the runner journals `started` before
+//! the call), then its result is journaled `finished` and handed back here,
+//! where it enters the outbox and goes up the current stream. A result
+//! leaves the outbox only when the orchestrator acknowledges it, and only
+//! then does its slot (one credit) come back. After a crash, the journal
+//! gives back every unacknowledged result, every attempt that never started
+//! (run again: nothing was called) and every attempt cut off mid-call
+//! (reported `interrupted`, outcome unknown, unless the task is idempotent
+//! in the local config, then run again with the same `Idempotency-Key`).
+//!
+//! What it does not do: interpret task payloads (the runner does), or run
+//! anything the runner's checks refuse.
+
+mod ledger;
+mod stream;
+pub mod wire;
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use private_worker_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::audit::AuditError;
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::journal::{Entry, JournalError, Stage, Unfinished};
+use crate::outcome::{ErrorCode, TaskError};
+use crate::task::{Assignment, RecordError, Runner};
+use crate::tls::{ClientTls, DialError};
+
+pub use ledger::{DrainStep, FINAL_WAIT, Ledger, MAX_REFUSALS_HELD};
+use wire::AttemptKey;
+
+/// Largest message the worker sends or accepts (the contract's limit).
+pub const MAX_MESSAGE_BYTES: usize = private_worker_proto::MAX_MESSAGE_BYTES;
+/// Shortest heartbeat interval the worker accepts from `Welcome`.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest heartbeat interval the worker accepts from `Welcome`.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Why one session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Dialing failed (network, TLS, identity of the orchestrator, HTTP/2 set-up).
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The orchestrator ended the stream with a status.
+    #[error("orchestrator ended the stream: {0}")]
+    Status(#[from] tonic::Status),
+    /// The orchestrator closed the stream without a status.
+    #[error("orchestrator closed the stream")]
+    Closed,
+    /// No `Welcome` (or a different first message) arrived in time.
+    #[error("no Welcome from the orchestrator: {0}")]
+    NoWelcome(&'static str),
+    /// The orchestrator asked this stream to drain and everything on it was
+    /// delivered; dial again (possibly reaching another instance).
+    #[error("the orchestrator drained this stream")]
+    DrainedByOrchestrator,
+    /// Nothing arrived for three heartbeat intervals.
+    #[error("no message from the orchestrator for {0:?}; treating the stream as dead")]
+    HeartbeatTimeout(Duration),
+    /// The orchestrator broke the contract in a way that leaves this stream
+    /// unusable (for example it kept sending work far beyond the credit);
+    /// dial again.
+    #[error("the orchestrator broke the contract: {0}")]
+    Protocol(String),
+    /// The local audit log could not be written: the worker must stop.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The local journal could not be written: the worker must stop.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl From<RecordError> for SessionError {
+    fn from(error: RecordError) -> Self {
+        match error {
+            RecordError::Audit(e) => SessionError::Audit(e),
+            RecordError::Journal(e) => SessionError::Journal(e),
+        }
+    }
+}
+
+/// What to do after a session error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Wait a backoff and dial again.
+    Retry,
+    /// Stop the worker: drain what runs (like SIGTERM), then exit non-zero;
+    /// retrying cannot help until the operator fixes the cause.
+    Fatal,
+}
+
+/// The one place that decides which failures end the worker.
+///
+/// Network, TLS and gRPC failures are transient or fixable on the other
+/// side (a re-issued certificate, a restarted orchestrator, an ingress
+/// misrouting during a deploy, which shows as `Unimplemented`, a newer
+/// stream of the same identity, which shows as `Aborted`), so they retry
+/// with backoff. `InvalidArgument` means the orchestrator refuses this
+/// worker's `Hello` as malformed: retrying the same bytes cannot help. A
+/// broken local audit log or journal is fatal: the worker must not run
+/// tasks it cannot record.
+pub fn classify(error: &SessionError) -> Disposition {
+    match error {
+        SessionError::Status(status) => match status.code() {
+            tonic::Code::InvalidArgument => Disposition::Fatal,
+            _ => Disposition::Retry,
+        },
+        SessionError::Audit(_) | SessionError::Journal(_) => Disposition::Fatal,
+        SessionError::Dial(_)
+        | SessionError::DrainedByOrchestrator
+        | SessionError::Closed
+        | SessionError::NoWelcome(_)
+        | SessionError::HeartbeatTimeout(_)
+        | SessionError::Protocol(_) => Disposition::Retry,
+    }
+}
+
+/// Why the worker stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    /// A session failed in a way retrying cannot fix.
+    #[error("fatal session error: {0}")]
+    Session(#[from] SessionError),
+}
+
+/// What an attempt's task does once it owns the attempt.
+enum Work {
+    /// Run it (check, credential, call).
+    Run(CancellationToken),
+    /// Answer without running (a refusal).
+    Answer(TaskError),
+    /// Answer a later attempt of a task id that already ran here.
+    Repeat {
+        earlier_attempt: u32,
+        earlier: Option<crate::journal::Summary>,
+    },
+    /// Report an attempt cut off mid-call by a crash.
+    Interrupted,
+}
+
+/// How the attempt's task starts.
+enum Intake {
+    /// New on this stream: journal `received`, then send `Accept` here.
+    Journal(mpsc::UnboundedSender<pb::WorkerMessage>),
+    /// Owned already (recovered from the journal), or a refusal that must
+    /// not replace the journal entry of an attempt still running.
+    Owned,
+}
+
+/// A finished attempt on its way back to the session.
+struct Done {
+    key: AttemptKey,
+    result: Result<pb::TaskResult, SessionError>,
+}
+
+/// The worker: TLS identity, runner, and the state that outlives streams.
+pub struct Worker {
+    config: Config,
+    tls: ClientTls,
+    runner: Runner,
+    instance_id: String,
+    ledger: Ledger,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    recovered: Unfinished,
+}
+
+impl Worker {
+    /// Builds a worker from its parts; `recovered` is what the journal held
+    /// unacknowledged at start (see [`crate::journal::Journal::open`]).
+    pub fn new(config: Config, tls: ClientTls, runner: Runner, recovered: Unfinished) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Worker {
+            ledger: Ledger::new(config.max_in_flight),
+            config,
+            tls,
+            runner,
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            done_tx,
+            done_rx,
+            recovered,
+        }
+    }
+
+    /// Runs streams until `shutdown` is cancelled and in-flight work has
+    /// drained, or a fatal error (after draining the same way).
+    ///
+    /// # Errors
+    /// [`FatalError`] when [`classify`] says a failure cannot be retried.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), FatalError> {
+        self.resume_recovered();
+        let mut backoff = Backoff::new(
+            self.config.orchestrator.reconnect_initial,
+            self.config.orchestrator.reconnect_max,
+        );
+        loop {
+            let mut welcomed = false;
+            let ended = stream::run(&mut self, &shutdown, &mut welcomed).await;
+            let error = match ended {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if classify(&error) == Disposition::Fatal {
+                tracing::error!(error = %error, "stopping: this failure cannot be retried; draining first");
+                self.ledger
+                    .start_drain(Instant::now(), self.config.drain_grace);
+                // A broken journal or audit log makes further records fail
+                // too; the drain still lets running calls end and be cut.
+                let _ = self.wait_disconnected(&shutdown, None).await;
+                return Err(error.into());
+            }
+            tracing::warn!(
+                error = %error,
+                in_flight = self.ledger.running_count(),
+                unacknowledged = self.ledger.unacknowledged_count(),
+                "session ended; will reconnect"
+            );
+            if welcomed {
+                backoff.reset();
+            }
+            if shutdown.is_cancelled() {
+                return self.wait_disconnected(&shutdown, None).await.map(|_| ());
+            }
+            let delay = backoff.next_delay();
+            tracing::info!(?delay, "reconnecting after backoff");
+            if let Some(stopped) = self
+                .wait_disconnected(&shutdown, Some(Instant::now() + delay))
+                .await
+                .transpose()
+            {
+                return stopped;
+            }
+        }
+    }
+
+    /// Waits while no stream is up: until `until` (then `Ok(None)`: dial
+    /// again), or, once shutdown is requested, through the drain (then
+    /// `Ok(Some(()))`: stop). Finished attempts enter the outbox meanwhile.
+    async fn wait_disconnected(
+        &mut self,
+        shutdown: &CancellationToken,
+        until: Option<Instant>,
+    ) -> Result<Option<()>, FatalError> {
+        loop {
+            if shutdown.is_cancelled() {
+                self.ledger
+                    .start_drain(Instant::now(), self.config.drain_grace);
+            }
+            let wake = match self.ledger.drain_step(Instant::now(), false) {
+                DrainStep::Finished => {
+                    self.report_stop();
+                    return Ok(Some(()));
+                }
+                DrainStep::CancelRunning => {
+                    tracing::warn!("grace period over; cancelling in-flight tasks");
+                    continue;
+                }
+                DrainStep::WaitUntil(at) => at,
+            };
+            let wake = if self.ledger.is_draining() {
+                wake
+            } else {
+                until.map_or(wake, |u| u.min(wake))
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !self.ledger.is_draining() => {}
+                Some(done) = self.done_rx.recv() => { self.record_done(done)?; }
+                _ = tokio::time::sleep_until(wake) => {
+                    if !self.ledger.is_draining() && until.is_some_and(|u| Instant::now() >= u) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn report_stop(&self) {
+        let undelivered = self.ledger.unacknowledged_count();
+        if undelivered > 0 {
+            tracing::warn!(
+                undelivered,
+                "stopping with results the orchestrator has not acknowledged; they stay in the journal and are sent after the next start"
+            );
+        } else {
+            tracing::info!("stopped: every result acknowledged");
+        }
+    }
+
+    /// Moves a finished attempt into the outbox; returns its result.
+    fn record_done(&mut self, done: Done) -> Result<pb::TaskResult, SessionError> {
+        let result = done.result?;
+        self.ledger.finish(done.key, result.clone());
+        Ok(result)
+    }
+
+    /// Puts what the journal held at start back to work: unacknowledged
+    /// results into the outbox, never-started attempts running again,
+    /// attempts cut off mid-call reported (or re-run when idempotent).
+    fn resume_recovered(&mut self) {
+        let recovered = std::mem::take(&mut self.recovered);
+        let (mut results, mut resumed, mut interrupted) = (0, 0, 0);
+        for (task_id, entry) in recovered {
+            let Entry {
+                attempt,
+                stage,
+                assignment,
+                result,
+                ..
+            } = entry;
+            let key = (task_id, attempt);
+            match (stage, result, assignment) {
+                (Stage::Finished, Some(bytes), _) => match wire::decode(&bytes) {
+                    Ok(result) => {
+                        self.ledger.finish(key, result);
+                        results += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(task_id = %key.0, attempt = key.1, error = %e, "journal entry holds no readable result; it cannot be re-sent");
+                    }
+                },
+                (Stage::Received, _, Some(assignment)) => {
+                    resumed += 1;
+                    let cancel = self.ledger.hold(key, true);
+                    self.spawn_attempt(assignment, Work::Run(cancel), Intake::Owned);
+                }
+                (Stage::Started, _, Some(assignment)) => {
+                    let cancel = self.ledger.hold(key, true);
+                    if self.runner.is_idempotent(&assignment.task_name) {
+                        resumed += 1;
+                        self.spawn_attempt(assignment, Work::Run(cancel), Intake::Owned);
+                    } else {
+                        interrupted += 1;
+                        self.spawn_attempt(assignment, Work::Interrupted, Intake::Owned);
+                    }
+                }
+                (stage, _, _) => {
+                    tracing::error!(task_id = %key.0, attempt = key.1, ?stage, "journal entry is incomplete; skipping it");
+                }
+            }
+        }
+        if results + resumed + interrupted > 0 {
+            tracing::info!(
+                results,
+                resumed,
+                interrupted,
+                "recovered from the journal: unacknowledged results will be re-sent"
+            );
+        }
+    }
+
+    /// Runs one attempt on its own task: journal `received` and `Accept`
+    /// (for a new one), the work, journal `finished`, then hand the result
+    /// back. A panic in the work ends as an `OutcomeUnknown` result.
+    fn spawn_attempt(&self, assignment: Assignment, work: Work, intake: Intake) {
+        let runner = self.runner.clone();
+        let done_tx = self.done_tx.clone();
+        let span = tracing::info_span!(
+            "task",
+            task_id = %assignment.task_id,
+            attempt = assignment.attempt,
+            plan_id = %assignment.plan_id,
+            task = %assignment.task_name,
+        );
+        let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
+        tokio::spawn(
+            async move {
+                let result = attempt(runner, assignment, work, intake).await;
+                let _ = done_tx.send(Done { key, result });
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn attempt(
+    runner: Runner,
+    assignment: Assignment,
+    work: Work,
+    intake: Intake,
+) -> Result<pb::TaskResult, SessionError> {
+    let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
+    if let Intake::Journal(tx) = intake {
+        runner.journal().received(assignment.clone()).await?;
+        let accept = pb::Accept {
+            task: Some(wire::task_ref(&key)),
+        };
+        // A closed stream loses the Accept; the next Hello lists the attempt.
+        let _ = tx.send(pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Accept(accept)),
+        });
+    }
+    let copy = assignment.clone();
+    let report = std::panic::AssertUnwindSafe(async {
+        match work {
+            Work::Run(cancel) => runner.run(assignment, cancel).await,
+            Work::Answer(error) => runner.answer(assignment, error).await,
+            Work::Repeat {
+                earlier_attempt,
+                earlier,
+            } => runner.repeat(assignment, earlier_attempt, earlier).await,
+            Work::Interrupted => runner.interrupted(assignment).await,
+        }
+    })
+    .catch_unwind()
+    .await;
+    let report = match report {
+        Ok(report) => report?,
+        Err(_) => {
+            tracing::error!("the task panicked; reporting its outcome as unknown");
+            let error = TaskError::new(
+                ErrorCode::Panicked,
+                "the worker failed internally while running the task; its effect is unknown",
+            );
+            runner.answer(copy, error).await?
+        }
+    };
+    let result = wire::result(&report);
+    runner
+        .journal()
+        .finished(&key.0, key.1, wire::encode(&result), wire::summary(&result))
+        .await?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL_CODES: [tonic::Code; 17] = [
+        tonic::Code::Ok,
+        tonic::Code::Cancelled,
+        tonic::Code::Unknown,
+        tonic::Code::InvalidArgument,
+        tonic::Code::DeadlineExceeded,
+        tonic::Code::NotFound,
+        tonic::Code::AlreadyExists,
+        tonic::Code::PermissionDenied,
+        tonic::Code::ResourceExhausted,
+        tonic::Code::FailedPrecondition,
+        tonic::Code::Aborted,
+        tonic::Code::OutOfRange,
+        tonic::Code::Unimplemented,
+        tonic::Code::Internal,
+        tonic::Code::Unavailable,
+        tonic::Code::DataLoss,
+        tonic::Code::Unauthenticated,
+    ];
+
+    #[test]
+    fn only_an_invalid_argument_status_is_fatal() {
+        for code in ALL_CODES {
+            let expected = match code {
+                tonic::Code::InvalidArgument => Disposition::Fatal,
+                _ => Disposition::Retry,
+            };
+            let error = SessionError::Status(tonic::Status::new(code, "x"));
+            assert_eq!(classify(&error), expected, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn transport_failures_retry_and_a_broken_audit_log_or_journal_is_fatal() {
+        assert_eq!(classify(&SessionError::Closed), Disposition::Retry);
+        assert_eq!(
+            classify(&SessionError::HeartbeatTimeout(Duration::from_secs(30))),
+            Disposition::Retry
+        );
+        assert_eq!(
+            classify(&SessionError::Protocol("x".into())),
+            Disposition::Retry
+        );
+        let audit = SessionError::Audit(AuditError::Io {
+            path: "a".into(),
+            source: std::io::Error::other("disk full"),
+        });
+        assert_eq!(classify(&audit), Disposition::Fatal);
+        let journal = SessionError::Journal(JournalError::Stopped("j".into()));
+        assert_eq!(classify(&journal), Disposition::Fatal);
+    }
+}

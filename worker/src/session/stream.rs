@@ -1,0 +1,409 @@
+//! One stream: dial, `Hello`, `Welcome`, re-send what waits, then pump
+//! frames until the stream fails, the orchestrator drains it, or a local
+//! shutdown has drained.
+//!
+//! Sends never wait: outgoing messages go onto an unbounded channel whose
+//! content is bounded by the ledger (at most one copy of each
+//! unacknowledged result per stream, plus small control messages), so a
+//! peer that stops reading can never block the heartbeat check or the
+//! drain.
+//!
+//! What it does not do: run tasks (the worker's spawned attempts do) or
+//! decide which failures are fatal ([`super::classify`]).
+
+use std::time::{Duration, SystemTime};
+
+use pb::orchestrator_message::Kind as Down;
+use pb::worker_gateway_client::WorkerGatewayClient;
+use pb::worker_message::Kind as Up;
+use private_worker_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::ledger::DrainStep;
+use super::wire::{self, AttemptKey};
+use super::{
+    Intake, MAX_HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MIN_HEARTBEAT_INTERVAL, SessionError, Work,
+    Worker,
+};
+use crate::config::DEFAULT_HEARTBEAT_INTERVAL;
+use crate::journal::Stage;
+use crate::outcome::{ErrorCode, TaskError};
+
+/// State of one live stream.
+struct Live {
+    tx: mpsc::UnboundedSender<pb::WorkerMessage>,
+    /// Assignments the orchestrator may still send on this stream.
+    credit: u32,
+    /// Whether `Draining` was sent on this stream.
+    announced_drain: bool,
+    /// The orchestrator asked this stream to drain.
+    drained_by_orchestrator: bool,
+    last_received: Instant,
+    last_sent: Instant,
+}
+
+impl Live {
+    fn send(&mut self, kind: Up) -> Result<(), SessionError> {
+        self.last_sent = Instant::now();
+        self.tx
+            .send(pb::WorkerMessage { kind: Some(kind) })
+            .map_err(|_| SessionError::Closed)
+    }
+}
+
+/// Runs one stream to its end. `Ok(())` means a local shutdown drained.
+pub(super) async fn run(
+    worker: &mut Worker,
+    shutdown: &CancellationToken,
+    welcomed: &mut bool,
+) -> Result<(), SessionError> {
+    let address = worker.config.orchestrator.address.clone();
+    let timeout = worker.config.orchestrator.connect_timeout;
+    let channel = worker.tls.channel(&address, timeout).await?;
+    let mut client = WorkerGatewayClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let hello = hello(worker);
+    let credit = hello.max_in_flight;
+    tx.send(pb::WorkerMessage {
+        kind: Some(Up::Hello(hello)),
+    })
+    .map_err(|_| SessionError::Closed)?;
+    let opened = tokio::time::timeout(
+        timeout,
+        client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| SessionError::NoWelcome("the stream did not open in time"))?;
+    let mut inbound = opened?.into_inner();
+    let welcome = match tokio::time::timeout(timeout, inbound.message()).await {
+        Err(_) => return Err(SessionError::NoWelcome("timed out")),
+        Ok(Err(status)) => return Err(status.into()),
+        Ok(Ok(None)) => return Err(SessionError::Closed),
+        Ok(Ok(Some(pb::OrchestratorMessage {
+            kind: Some(Down::Welcome(w)),
+        }))) => w,
+        Ok(Ok(Some(_))) => {
+            return Err(SessionError::NoWelcome("first message was not Welcome"));
+        }
+    };
+    *welcomed = true;
+    // The orchestrator's value is bounded: a zero or absurd interval must
+    // not break the worker.
+    let heartbeat = welcome
+        .heartbeat_interval
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
+        .clamp(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL);
+    // Wire text is logged with `?` so control characters are escaped.
+    let span = tracing::info_span!("session", session_id = ?welcome.session_id);
+    async move {
+        tracing::info!(
+            identity = ?welcome.worker_identity,
+            credit,
+            resending = worker.ledger.unacknowledged_count(),
+            "connected to orchestrator"
+        );
+        for problem in &welcome.manifest_problems {
+            tracing::warn!(task = ?problem.name, version = ?problem.version, reason = ?problem.reason, "orchestrator will not dispatch this task");
+        }
+        let now = Instant::now();
+        let mut live = Live {
+            tx,
+            credit,
+            announced_drain: false,
+            drained_by_orchestrator: false,
+            last_received: now,
+            last_sent: now,
+        };
+        for result in worker.ledger.all_unacknowledged() {
+            live.send(Up::Result(result))?;
+        }
+        pump(worker, &mut live, &mut inbound, shutdown, heartbeat).await
+    }
+    .instrument(span)
+    .await
+}
+
+fn hello(worker: &Worker) -> pb::Hello {
+    let manifest = worker
+        .runner
+        .allowlist()
+        .tasks()
+        .map(|t| pb::ManifestEntry {
+            name: t.config.name.clone(),
+            version: t.config.version.clone(),
+            input_schema_sha256: t.schema_sha256.clone(),
+        })
+        .collect();
+    pb::Hello {
+        worker_version: concat!("private-worker ", env!("CARGO_PKG_VERSION")).to_string(),
+        manifest,
+        max_in_flight: if worker.ledger.is_draining() {
+            0
+        } else {
+            worker.ledger.free_slots()
+        },
+        pending_results: worker
+            .ledger
+            .unacknowledged_keys()
+            .iter()
+            .map(wire::task_ref)
+            .collect(),
+        instance_id: worker.instance_id.clone(),
+        running: worker
+            .ledger
+            .running_keys()
+            .iter()
+            .map(wire::task_ref)
+            .collect(),
+    }
+}
+
+async fn pump(
+    worker: &mut Worker,
+    live: &mut Live,
+    inbound: &mut tonic::Streaming<pb::OrchestratorMessage>,
+    shutdown: &CancellationToken,
+    heartbeat: Duration,
+) -> Result<(), SessionError> {
+    let mut tick = tokio::time::interval(heartbeat / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if worker.ledger.is_draining() {
+        announce_drain(live, "worker shutting down")?;
+    }
+    loop {
+        let drain_wake = match worker.ledger.drain_step(Instant::now(), true) {
+            DrainStep::Finished if worker.ledger.is_draining() => {
+                worker.report_stop();
+                return Ok(());
+            }
+            DrainStep::CancelRunning => {
+                tracing::warn!(
+                    in_flight = worker.ledger.running_count(),
+                    "grace period over; cancelling in-flight tasks"
+                );
+                continue;
+            }
+            DrainStep::WaitUntil(at) => at,
+            DrainStep::Finished => unreachable!("a drain step finishes only while draining"),
+        };
+        if live.drained_by_orchestrator
+            && worker.ledger.running_count() == 0
+            && worker.ledger.unacknowledged_count() == 0
+        {
+            tracing::info!("drained: every result acknowledged");
+            return Err(SessionError::DrainedByOrchestrator);
+        }
+        let resend_at = worker.ledger.next_resend();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !worker.ledger.is_draining() => {
+                worker.ledger.start_drain(Instant::now(), worker.config.drain_grace);
+                announce_drain(live, "worker shutting down")?;
+            }
+            _ = tokio::time::sleep_until(drain_wake) => {}
+            message = inbound.message() => {
+                live.last_received = Instant::now();
+                match message? {
+                    None => return Err(SessionError::Closed),
+                    Some(pb::OrchestratorMessage { kind: Some(kind) }) => handle(worker, live, kind)?,
+                    Some(_) => tracing::debug!("ignoring an empty message"),
+                }
+            }
+            Some(done) = worker.done_rx.recv() => {
+                let result = worker.record_done(done)?;
+                live.send(Up::Result(result))?;
+            }
+            _ = sleep_until_opt(resend_at), if resend_at.is_some() => {
+                for result in worker.ledger.take_due(Instant::now()) {
+                    live.send(Up::Result(result))?;
+                }
+            }
+            _ = tick.tick() => {
+                let silent = live.last_received.elapsed();
+                if silent > heartbeat * 3 {
+                    return Err(SessionError::HeartbeatTimeout(silent));
+                }
+                if live.last_sent.elapsed() >= heartbeat {
+                    let in_flight = u32::try_from(worker.ledger.running_count()).unwrap_or(u32::MAX);
+                    live.send(Up::Heartbeat(pb::Heartbeat { sent_at: Some(SystemTime::now().into()), in_flight }))?;
+                }
+            }
+        }
+    }
+}
+
+fn announce_drain(live: &mut Live, reason: &str) -> Result<(), SessionError> {
+    if live.announced_drain {
+        return Ok(());
+    }
+    tracing::info!(reason, "draining: no new work");
+    live.announced_drain = true;
+    live.send(Up::Draining(pb::Draining {
+        reason: reason.to_string(),
+    }))
+}
+
+fn handle(worker: &mut Worker, live: &mut Live, kind: Down) -> Result<(), SessionError> {
+    match kind {
+        Down::Assignment(message) => assign(worker, live, message)?,
+        Down::ResultAck(ack) => {
+            let Some(key) = wire::attempt_key(ack.task) else {
+                return Ok(());
+            };
+            if let Some(freed_slot) = worker.ledger.acknowledge(&key) {
+                worker.runner.journal().acknowledged(&key.0, key.1);
+                if freed_slot && !worker.ledger.is_draining() && !live.drained_by_orchestrator {
+                    live.credit += 1;
+                    live.send(Up::Credit(pb::Credit { grant: 1 }))?;
+                }
+            }
+        }
+        Down::ResultRefused(refused) => {
+            if let Some(key) = wire::attempt_key(refused.task) {
+                tracing::warn!(task_id = ?key.0, attempt = key.1, reason = ?refused.reason, "the orchestrator could not store a result; sending it again later");
+                worker.ledger.refused(&key, Instant::now());
+            }
+        }
+        Down::Cancel(cancel) => {
+            if let Some(key) = wire::attempt_key(cancel.task)
+                && worker.ledger.cancel(&key)
+            {
+                tracing::info!(task_id = ?key.0, attempt = key.1, reason = ?cancel.reason, "cancelling on request");
+            }
+        }
+        Down::Drain(drain) => {
+            if !live.drained_by_orchestrator {
+                live.drained_by_orchestrator = true;
+                announce_drain(live, &format!("orchestrator asked: {:?}", drain.reason))?;
+            }
+        }
+        Down::Heartbeat(_) => {}
+        Down::Welcome(_) => tracing::warn!("ignoring a second Welcome"),
+    }
+    Ok(())
+}
+
+/// Decides what one assignment gets: nothing (a re-delivery of an attempt
+/// still held), its stored result again, a refusal, the earlier outcome of
+/// a task id that already ran, or a run.
+fn assign(
+    worker: &mut Worker,
+    live: &mut Live,
+    message: pb::Assignment,
+) -> Result<(), SessionError> {
+    let assignment = match wire::assignment(message) {
+        Ok(assignment) => assignment,
+        Err(why) => {
+            tracing::warn!(reason = %why, "ignoring an assignment that breaks the contract's id rules; it is not accepted");
+            return Ok(());
+        }
+    };
+    let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
+    let _span = tracing::info_span!(
+        "task",
+        task_id = %key.0,
+        attempt = key.1,
+        plan_id = %assignment.plan_id,
+        task = %assignment.task_name,
+    )
+    .entered();
+    if worker.ledger.is_running(&key) {
+        tracing::info!("ignoring a re-delivered assignment: this attempt is running");
+        return Ok(());
+    }
+    if let Some(result) = worker.ledger.unacknowledged(&key) {
+        tracing::info!("re-delivered assignment already finished; re-sending its result");
+        let result = result.clone();
+        return live.send(Up::Result(result));
+    }
+    let known = worker.runner.journal().lookup(&key.0)?;
+    if let Some(entry) = &known
+        && entry.attempt == key.1
+    {
+        // Finished and acknowledged (the orchestrator stored its result).
+        tracing::info!(stage = ?entry.stage, "ignoring a re-delivered assignment: this attempt already ended here");
+        return Ok(());
+    }
+    // Whether the orchestrator may send this one (it spends a credit).
+    let refusal = if worker.ledger.is_draining() || live.drained_by_orchestrator {
+        Some(TaskError::new(
+            ErrorCode::Draining,
+            "the worker is draining and takes no new work",
+        ))
+    } else if live.credit == 0 {
+        Some(TaskError::new(
+            ErrorCode::CreditExceeded,
+            "the orchestrator sent more assignments than the worker granted credit for",
+        ))
+    } else {
+        None
+    };
+    if let Some(error) = refusal {
+        if !worker.ledger.has_room_for_refusal() {
+            return Err(SessionError::Protocol(format!(
+                "assignments keep arriving beyond the credit while {} refusals wait for acknowledgement",
+                super::MAX_REFUSALS_HELD
+            )));
+        }
+        tracing::warn!(code = %error.code, "refusing assignment");
+        let intake = match worker.ledger.running_attempt_of(&key.0) {
+            // Keep the journal entry of the attempt that still runs.
+            Some(_) => Intake::Owned,
+            None => Intake::Journal(live.tx.clone()),
+        };
+        worker.ledger.hold(key, false);
+        worker.spawn_attempt(assignment, Work::Answer(error), intake);
+        return Ok(());
+    }
+    live.credit -= 1;
+    if let Some(running) = worker.ledger.running_attempt_of(&key.0) {
+        let error = TaskError::new(
+            ErrorCode::AttemptInProgress,
+            format!("attempt {running} of this task id is still running on this worker"),
+        );
+        tracing::warn!(code = %error.code, "refusing assignment");
+        worker.ledger.hold(key, true);
+        worker.spawn_attempt(assignment, Work::Answer(error), Intake::Owned);
+        return Ok(());
+    }
+    let intake = Intake::Journal(live.tx.clone());
+    match known {
+        Some(entry)
+            if entry.ever_started && !worker.runner.is_idempotent(&assignment.task_name) =>
+        {
+            tracing::warn!(
+                earlier_attempt = entry.attempt,
+                "this task id already started here and is not idempotent; answering with its earlier outcome instead of running it again"
+            );
+            let earlier = match entry.stage {
+                Stage::Finished | Stage::Acknowledged => entry.summary,
+                Stage::Received | Stage::Started => None,
+            };
+            worker.ledger.hold(key, true);
+            let work = Work::Repeat {
+                earlier_attempt: entry.attempt,
+                earlier,
+            };
+            worker.spawn_attempt(assignment, work, intake);
+        }
+        _ => {
+            let cancel = worker.ledger.hold(key, true);
+            worker.spawn_attempt(assignment, Work::Run(cancel), intake);
+        }
+    }
+    Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,232 @@
+//! Conversions between the wire contract and the worker's own types.
+//!
+//! Incoming assignments are checked against the contract's id rules here
+//! (before anything is journaled or logged with them); outgoing results
+//! are built from [`TaskReport`]s and encoded for the journal. Nothing else
+//! in the worker touches proto types except the stream that sends them.
+//!
+//! What it does not do: decide anything about an attempt.
+
+use std::time::SystemTime;
+
+use private_worker_proto::v1 as pb;
+use prost::Message;
+
+use crate::audit::AuditRecord;
+use crate::journal::{Summary, cut_to_summary};
+use crate::outcome::Outcome;
+use crate::task::{Assignment, TaskReport};
+
+/// The identity of one attempt: (task id, attempt number).
+pub type AttemptKey = (String, u32);
+
+/// Turns an `Assignment` message into the worker's type, after checking
+/// every id against the contract ([`private_worker_proto::check_id`]).
+///
+/// # Errors
+/// A short reason naming the field that breaks the rule; the value itself
+/// is never echoed (it may be huge or hold control characters).
+pub fn assignment(message: pb::Assignment) -> Result<Assignment, String> {
+    for (field, value) in [
+        ("task_id", &message.task_id),
+        ("plan_id", &message.plan_id),
+        ("task_name", &message.task_name),
+        ("task_version", &message.task_version),
+    ] {
+        private_worker_proto::check_id(value).map_err(|why| format!("{field} {why}"))?;
+    }
+    Ok(Assignment {
+        task_id: message.task_id,
+        attempt: message.attempt,
+        plan_id: message.plan_id,
+        task_name: message.task_name,
+        task_version: message.task_version,
+        inputs_json: message.inputs_json,
+        deadline: message.deadline.and_then(|t| SystemTime::try_from(t).ok()),
+    })
+}
+
+/// The wire reference to an attempt.
+pub fn task_ref(key: &AttemptKey) -> pb::TaskRef {
+    pb::TaskRef {
+        task_id: key.0.clone(),
+        attempt: key.1,
+    }
+}
+
+/// The attempt a wire reference names, if it names one.
+pub fn attempt_key(task: Option<pb::TaskRef>) -> Option<AttemptKey> {
+    task.map(|t| (t.task_id, t.attempt))
+}
+
+/// The wire enum for an outcome.
+pub fn outcome(outcome: Outcome) -> pb::Outcome {
+    match outcome {
+        Outcome::Succeeded => pb::Outcome::Succeeded,
+        Outcome::Failed => pb::Outcome::Failed,
+        Outcome::Rejected => pb::Outcome::Rejected,
+        Outcome::TimedOut => pb::Outcome::TimedOut,
+        Outcome::Cancelled => pb::Outcome::Cancelled,
+        Outcome::OutcomeUnknown => pb::Outcome::Unknown,
+    }
+}
+
+fn outcome_from(value: i32) -> Outcome {
+    match pb::Outcome::try_from(value).unwrap_or(pb::Outcome::Unspecified) {
+        pb::Outcome::Succeeded => Outcome::Succeeded,
+        pb::Outcome::Failed => Outcome::Failed,
+        pb::Outcome::Rejected => Outcome::Rejected,
+        pb::Outcome::TimedOut => Outcome::TimedOut,
+        pb::Outcome::Cancelled => Outcome::Cancelled,
+        pb::Outcome::Unknown | pb::Outcome::Unspecified => Outcome::OutcomeUnknown,
+    }
+}
+
+fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| SystemTime::from(t).into())
+}
+
+fn audit(record: &AuditRecord) -> pb::AuditRecord {
+    pb::AuditRecord {
+        task_id: record.task_id.clone(),
+        attempt: record.attempt,
+        plan_id: record.plan_id.clone(),
+        task_name: record.task_name.clone(),
+        task_version: record.task_version.clone(),
+        inputs_json: record.inputs_json.clone(),
+        output_json: record
+            .output
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        received_at: timestamp(&record.received_at),
+        started_at: record.started_at.as_deref().and_then(timestamp),
+        finished_at: timestamp(&record.finished_at),
+        outcome: outcome(record.outcome).into(),
+        error_code: record.error_code.clone().unwrap_or_default(),
+        error_message: record.error_message.clone().unwrap_or_default(),
+        worker_identity: record.worker_identity.clone(),
+        sequence: record.sequence,
+        prev_hash: record.prev_hash.clone(),
+        record_hash: record.record_hash.clone(),
+    }
+}
+
+/// The `TaskResult` message for a finished attempt.
+pub fn result(report: &TaskReport) -> pb::TaskResult {
+    pb::TaskResult {
+        task: Some(pb::TaskRef {
+            task_id: report.audit.task_id.clone(),
+            attempt: report.audit.attempt,
+        }),
+        outcome: outcome(report.outcome).into(),
+        output_json: report
+            .output
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        error_code: report
+            .error
+            .as_ref()
+            .map(|e| e.code.as_str().to_string())
+            .unwrap_or_default(),
+        error_message: report
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default(),
+        audit: Some(audit(&report.audit)),
+    }
+}
+
+/// The bytes the journal keeps for a result.
+pub fn encode(result: &pb::TaskResult) -> Vec<u8> {
+    result.encode_to_vec()
+}
+
+/// A result back from the journal's bytes.
+///
+/// # Errors
+/// The bytes are not a `TaskResult` (a damaged journal entry).
+pub fn decode(bytes: &[u8]) -> Result<pb::TaskResult, prost::DecodeError> {
+    pb::TaskResult::decode(bytes)
+}
+
+/// What the journal keeps of a result once it is acknowledged.
+pub fn summary(result: &pb::TaskResult) -> Summary {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Summary {
+        outcome: outcome_from(result.outcome),
+        output_json: non_empty(&result.output_json)
+            .filter(|t| t.len() <= crate::journal::MAX_SUMMARY_BYTES),
+        error_code: non_empty(&result.error_code),
+        error_message: non_empty(&result.error_message).map(|m| cut_to_summary(&m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(task_id: &str) -> pb::Assignment {
+        pb::Assignment {
+            task_id: task_id.into(),
+            attempt: 1,
+            plan_id: "p".into(),
+            task_name: "crm.create_ticket".into(),
+            task_version: "1".into(),
+            inputs_json: "{}".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_assignment_with_an_id_outside_the_contract_is_refused_without_echoing_it() {
+        assert!(assignment(message("t-1")).is_ok());
+        let long = "x".repeat(512 * 1024);
+        let why = assignment(message(&long)).unwrap_err();
+        assert_eq!(why, "task_id is longer than 128 bytes");
+        let why = assignment(message("t\n2026-01-01 INFO forged")).unwrap_err();
+        assert!(why.starts_with("task_id holds a character"), "{why}");
+        assert!(!why.contains("forged"));
+    }
+
+    #[test]
+    fn every_outcome_survives_the_round_trip_through_the_wire_enum() {
+        for o in [
+            Outcome::Succeeded,
+            Outcome::Failed,
+            Outcome::Rejected,
+            Outcome::TimedOut,
+            Outcome::Cancelled,
+            Outcome::OutcomeUnknown,
+        ] {
+            assert_eq!(outcome_from(outcome(o).into()), o);
+        }
+    }
+
+    #[test]
+    fn audit_timestamps_convert_to_proto() {
+        let t = timestamp("2026-11-25T10:00:00.5Z").unwrap();
+        assert_eq!(t.nanos, 500_000_000);
+        assert!(timestamp("yesterday").is_none());
+    }
+
+    #[test]
+    fn a_summary_keeps_small_outputs_and_drops_large_ones() {
+        let mut r = pb::TaskResult {
+            outcome: pb::Outcome::Succeeded.into(),
+            output_json: r#"{"id":7}"#.into(),
+            ..Default::default()
+        };
+        assert_eq!(summary(&r).output_json.as_deref(), Some(r#"{"id":7}"#));
+        r.output_json = format!("\"{}\"", "x".repeat(10_000));
+        assert_eq!(summary(&r).output_json, None);
+        assert_eq!(
+            summary(&decode(&encode(&r)).unwrap()).outcome,
+            Outcome::Succeeded
+        );
+    }
+}
