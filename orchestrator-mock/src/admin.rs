@@ -2,18 +2,26 @@
 //!
 //! | Method | Path | Does |
 //! |---|---|---|
-//! | POST | `/v1/plans` | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems` |
-//! | GET | `/v1/plans/{id}` | the plan |
+//! | POST | `/v1/plans` | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems`; a step may carry `"deadline": "<RFC 3339>"` |
+//! | GET | `/v1/plans/{id}` | the plan, each step with its attempts (holder, accepted, lease expiry, outcome) |
 //! | POST | `/v1/plans/{id}/approve` | approve (queues step 0); 409 unless pending |
 //! | POST | `/v1/plans/{id}/reject` | reject, body `{"reason": "..."}` optional; 409 unless pending |
+//! | POST | `/v1/plans/{id}/cancel` | cancel the plan, body `{"reason": "..."}` optional; 409 when finished |
+//! | POST | `/v1/plans/{id}/steps/{index}/cancel` | cancel from that step on; 409 when it finished, 404 no such step |
 //! | GET | `/v1/plans/{id}/results` | stored results of the plan |
 //! | GET | `/v1/plans/{id}/audit` | stored audit records of the plan |
-//! | GET | `/v1/workers` | connected sessions |
+//! | GET | `/v1/workers` | connected sessions (with lease and held attempts) |
+//! | GET | `/v1/identities` | every worker identity known, connected or not: last seen, lease expiry, held attempts |
 //! | GET | `/v1/tasks` | the registry |
 //! | GET | `/healthz` | `{"status":"ok"}` |
 //!
 //! Errors are `{"error": code, "message": ...}` ([`ErrorBody`]); unknown
 //! plan ids give 404, malformed JSON bodies 400 with the parse error.
+//!
+//! Every change (submit, approve, reject, cancel) is durable in the state
+//! store before the answer; when the store does not commit within
+//! [`DURABLE_WAIT`] the answer is 503 `store_unavailable` (the change is
+//! kept in memory and committed when the store recovers).
 //!
 //! What it does not do: authenticate callers. Bind it to loopback or a
 //! trusted network; approval is exactly what an attacker would want.
@@ -30,18 +38,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::api::{
-    ErrorBody, PlanRequest, PlanView, Problem, RejectRequest, StoredAudit, StoredResult, TaskView,
-    WorkerView,
+    CancelRequest, ErrorBody, IdentityView, PlanSubmission, PlanView, Problem, RejectRequest,
+    StoredAudit, StoredResult, TaskView, WorkerView,
 };
+use crate::durable::journal::Durable;
 use crate::registry::Registry;
 use crate::state::{SharedState, StateError};
 use crate::store::Store;
+
+/// How long a change waits to be durable before the API answers 503.
+pub const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
     /// Plans, queue, sessions.
     pub state: SharedState,
+    /// How far the state store has committed.
+    pub durable: Durable,
     /// The task registry.
     pub registry: Arc<Registry>,
     /// Results and audit records.
@@ -83,7 +97,7 @@ impl IntoResponse for ApiError {
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> ApiError {
         match e {
-            StateError::PlanNotFound(_) => {
+            StateError::PlanNotFound(_) | StateError::StepNotFound(..) => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             StateError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
@@ -114,6 +128,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/plans/{id}", get(plan))
         .route("/v1/plans/{id}/approve", post(approve))
         .route("/v1/plans/{id}/reject", post(reject))
+        .route("/v1/plans/{id}/cancel", post(cancel_plan))
+        .route("/v1/plans/{id}/steps/{index}/cancel", post(cancel_step))
+        .route("/v1/identities", get(identities))
         .route("/v1/plans/{id}/results", get(results))
         .route("/v1/plans/{id}/audit", get(audit))
         .route("/v1/workers", get(workers))
@@ -130,6 +147,52 @@ impl AdminState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Applies a change to the state and answers once it is durable.
+    async fn change(
+        &self,
+        apply: impl FnOnce(&mut crate::state::State) -> Result<PlanView, StateError>,
+    ) -> Result<PlanView, ApiError> {
+        let (view, seq) = {
+            let mut state = self.lock();
+            let view = apply(&mut state)?;
+            (view, state.last_change())
+        };
+        self.durable.wait(seq, DURABLE_WAIT).await.map_err(|e| {
+            tracing::error!(error = %e, "admin change not durable in time");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("{e}; the change is kept and committed when the store recovers"),
+            )
+        })?;
+        Ok(view)
+    }
+}
+
+/// Checks each step's deadline: an RFC 3339 time in the future.
+fn check_deadlines(plan: &PlanSubmission) -> Vec<Problem> {
+    let now = time::OffsetDateTime::now_utc();
+    plan.steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let text = s.deadline.as_deref()?;
+            let message = match crate::state::parse_rfc3339(text) {
+                None => {
+                    format!("deadline {text:?} is not an RFC 3339 time like 2026-05-01T12:00:00Z")
+                }
+                Some(d) if d <= now => format!("deadline {text:?} has already passed"),
+                Some(_) => return None,
+            };
+            Some(Problem {
+                step: u32::try_from(i).unwrap_or(u32::MAX),
+                task: s.step.task.clone(),
+                path: String::new(),
+                message,
+            })
+        })
+        .collect()
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -138,15 +201,25 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn submit(
     State(app): State<AdminState>,
-    body: Result<Json<PlanRequest>, JsonRejection>,
+    body: Result<Json<PlanSubmission>, JsonRejection>,
 ) -> Result<(StatusCode, Json<PlanView>), ApiError> {
-    let Json(request) = body?;
+    let Json(submission) = body?;
+    let request = submission.request();
     let resolved = if app.skip_checks {
         app.registry.resolve_unchecked(&request)
     } else {
         app.registry.validate_plan(&request)
     };
-    let steps = resolved.map_err(|problems: Vec<Problem>| {
+    let deadline_problems = check_deadlines(&submission);
+    let steps = match resolved {
+        Ok(steps) if deadline_problems.is_empty() => Ok(steps),
+        Ok(_) => Err(deadline_problems),
+        Err(mut problems) => {
+            problems.extend(deadline_problems);
+            Err(problems)
+        }
+    }
+    .map_err(|problems: Vec<Problem>| {
         tracing::info!(problems = problems.len(), "plan refused");
         ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -161,7 +234,14 @@ async fn submit(
             },
         }
     })?;
-    let view = app.lock().submit(request.name, steps);
+    let deadlines = submission
+        .steps
+        .iter()
+        .map(|s| s.deadline.clone())
+        .collect();
+    let view = app
+        .change(|state| Ok(state.submit_with_deadlines(request.name, steps, deadlines)))
+        .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -170,7 +250,7 @@ async fn plan(State(app): State<AdminState>, Path(id): Path<String>) -> ApiResul
 }
 
 async fn approve(State(app): State<AdminState>, Path(id): Path<String>) -> ApiResult<PlanView> {
-    Ok(Json(app.lock().approve(&id)?))
+    Ok(Json(app.change(|state| state.approve(&id)).await?))
 }
 
 async fn reject(
@@ -185,7 +265,48 @@ async fn reject(
             .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
     };
     let reason = request.reason.unwrap_or_else(|| "no reason given".into());
-    Ok(Json(app.lock().reject(&id, &reason)?))
+    Ok(Json(app.change(|state| state.reject(&id, &reason)).await?))
+}
+
+/// An optional JSON body (empty means the default).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
+async fn cancel_plan(
+    State(app): State<AdminState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<PlanView> {
+    let request: CancelRequest = optional_body(&body)?;
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "plan cancelled through the admin API".into());
+    Ok(Json(
+        app.change(|state| state.cancel(&id, 0, &reason)).await?,
+    ))
+}
+
+async fn cancel_step(
+    State(app): State<AdminState>,
+    Path((id, index)): Path<(String, usize)>,
+    body: Bytes,
+) -> ApiResult<PlanView> {
+    let request: CancelRequest = optional_body(&body)?;
+    let reason = request
+        .reason
+        .unwrap_or_else(|| format!("step {index} cancelled through the admin API"));
+    Ok(Json(
+        app.change(|state| state.cancel(&id, index, &reason))
+            .await?,
+    ))
+}
+
+async fn identities(State(app): State<AdminState>) -> Json<Vec<IdentityView>> {
+    Json(app.lock().identities())
 }
 
 async fn results(

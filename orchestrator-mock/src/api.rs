@@ -49,12 +49,19 @@ pub enum PlanStatus {
     Failed,
     /// Rejected by a person or policy; nothing ran.
     Rejected,
+    /// Cancelled through the admin API: nothing more of it is queued; the
+    /// step that was running when the cancel came ended with whatever the
+    /// worker reported.
+    Cancelled,
 }
 
 impl PlanStatus {
     /// Whether the plan can no longer change.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Rejected)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Rejected | Self::Cancelled
+        )
     }
 }
 
@@ -75,9 +82,11 @@ pub enum StepStatus {
     Failed,
     /// The worker refused the assignment and ran nothing (`REJECTED`).
     Rejected,
-    /// The worker reported `TIMED_OUT`.
+    /// The worker reported `TIMED_OUT`, or the step's deadline passed
+    /// before it could be assigned (error code `deadline_passed`).
     TimedOut,
-    /// The worker reported `CANCELLED`.
+    /// The worker reported `CANCELLED`, or the step was cancelled before a
+    /// worker took it (error code `cancelled`).
     Cancelled,
     /// The worker cannot tell whether the side effect happened.
     OutcomeUnknown,
@@ -98,6 +107,10 @@ pub struct PlanView {
     pub created_at: String,
     /// The steps, in order.
     pub steps: Vec<StepView>,
+    /// Whether a cancel was asked for and the plan waits for the running
+    /// step's result before it ends `cancelled`.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// One step of a [`PlanView`].
@@ -131,6 +144,135 @@ pub struct StepView {
     /// When its result was stored, RFC 3339 (UTC, nanoseconds).
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Every attempt so far, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One attempt of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Identity of the worker it was assigned to (the lease holder).
+    pub worker: String,
+    /// Whether the worker sent `Accept` for it.
+    pub accepted: bool,
+    /// When it was assigned, RFC 3339.
+    pub assigned_at: String,
+    /// `Assignment.deadline` as sent, RFC 3339; `None` when unset.
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// How it ended: a step status (`succeeded`, `outcome_unknown`, ...) or
+    /// `reassigned` (never accepted and lost, or idempotent and lost: a new
+    /// attempt was made). `None` while it runs.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// Why it ended that way when the orchestrator decided (lease lapsed,
+    /// worker restarted, ...).
+    #[serde(default)]
+    pub note: Option<String>,
+    /// When it ended, RFC 3339.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// While it runs: when the holder's lease lapses unless the worker is
+    /// heard from again, RFC 3339.
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+}
+
+/// A plan as submitted through the admin API: a [`PlanRequest`] whose
+/// steps may also carry a deadline. The JSON is the same as a
+/// [`PlanRequest`]'s with an optional `deadline` per step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSubmission {
+    /// Optional human-readable name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The steps, run in this order.
+    pub steps: Vec<StepSubmission>,
+}
+
+/// One step of a [`PlanSubmission`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSubmission {
+    /// Task, version and inputs.
+    #[serde(flatten)]
+    pub step: StepRequest,
+    /// The step's deadline, RFC 3339 (e.g. `2026-05-01T12:00:00Z`): no
+    /// attempt starts after it (the worker ends it `timed_out`, and the
+    /// orchestrator does not assign it once passed). Without it the
+    /// registry task's `timeout_secs` from assignment applies, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+}
+
+impl From<PlanRequest> for PlanSubmission {
+    fn from(plan: PlanRequest) -> PlanSubmission {
+        PlanSubmission {
+            name: plan.name,
+            steps: plan
+                .steps
+                .into_iter()
+                .map(|step| StepSubmission {
+                    step,
+                    deadline: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl PlanSubmission {
+    /// The plan without deadlines, as the registry validates it.
+    pub fn request(&self) -> PlanRequest {
+        PlanRequest {
+            name: self.name.clone(),
+            steps: self.steps.iter().map(|s| s.step.clone()).collect(),
+        }
+    }
+}
+
+/// Body of `POST /v1/plans/{id}/cancel` and
+/// `POST /v1/plans/{id}/steps/{index}/cancel`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// Why (sent to the worker in `Cancel.reason`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// One attempt a worker identity holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAttempt {
+    /// Plan id.
+    pub plan_id: String,
+    /// Task id.
+    pub task_id: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Whether the worker accepted it.
+    pub accepted: bool,
+}
+
+/// A worker identity as `GET /v1/identities` shows it: connected or not,
+/// with its lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityView {
+    /// Identity from the client certificate's URI SAN.
+    pub identity: String,
+    /// Whether a session of it is connected now.
+    pub connected: bool,
+    /// That session's id.
+    pub session_id: Option<String>,
+    /// When the orchestrator last heard from it, RFC 3339.
+    pub last_seen: String,
+    /// When its lease lapses unless it is heard from again, RFC 3339.
+    pub lease_expires_at: String,
+    /// Whether the lease has lapsed (its attempts were settled).
+    pub lease_lapsed: bool,
+    /// Attempts assigned to it with no result yet.
+    pub held: Vec<HeldAttempt>,
 }
 
 /// One reason a submitted plan was refused.
@@ -283,6 +425,15 @@ pub struct WorkerView {
     pub draining: bool,
     /// When the session started, RFC 3339.
     pub connected_since: String,
+    /// When the orchestrator last heard from this identity, RFC 3339.
+    #[serde(default)]
+    pub last_seen: Option<String>,
+    /// When this identity's lease lapses unless it is heard from, RFC 3339.
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+    /// Attempts assigned to this identity with no result yet.
+    #[serde(default)]
+    pub held: Vec<HeldAttempt>,
 }
 
 /// One manifest entry of a connected worker.
@@ -313,6 +464,10 @@ pub struct TaskView {
     pub input_schema: Value,
     /// Whether a retry after an unknown outcome is safe.
     pub idempotent: bool,
+    /// Seconds from assignment after which no attempt may start (sets
+    /// `Assignment.deadline` when the plan step has no deadline).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
     /// Lower-case hex SHA-256 of the canonical JSON of `input_schema`
     /// (what a worker's manifest must carry).
     pub input_schema_sha256: String,

@@ -15,9 +15,10 @@
 //! registry = "registry.json"
 //! data_dir = "data"
 //! heartbeat_interval = "10s"          # default 10s
+//! lease_timeout = "30s"               # default 3 x heartbeat_interval: silence after which a worker's attempts are settled
 //! insecure_skip_checks = false        # default false; tests of worker defenses only
 //! wire_capture_dir = "wire"           # optional diagnostic
-//! sync_writes = true                  # default true: fdatasync each commit before acknowledging
+//! sync_writes = true                  # default true: each commit (results, audit, state.redb) is on disk before anyone is told
 //!
 //! [tls]
 //! ca_cert = "certs/ca.pem"            # trust anchors for worker certificates
@@ -51,6 +52,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Heartbeat interval; a session silent for three intervals is ended.
     pub heartbeat_interval: Duration,
+    /// How long a worker identity may stay silent before its lease lapses
+    /// and its attempts are settled (`lease_timeout`, default three
+    /// heartbeat intervals).
+    pub lease_timeout: Duration,
     /// Skip plan validation against the registry and manifest checks on
     /// dispatch. Exists only to test the worker's own defenses.
     pub insecure_skip_checks: bool,
@@ -158,6 +163,7 @@ impl Config {
             "registry",
             "data_dir",
             "heartbeat_interval",
+            "lease_timeout",
             "insecure_skip_checks",
             "wire_capture_dir",
             "sync_writes",
@@ -168,7 +174,18 @@ impl Config {
         let registry = r.path(&table, "", "registry", true);
         let data_dir = r.path(&table, "", "data_dir", true);
         let wire_capture_dir = r.path(&table, "", "wire_capture_dir", false);
-        let heartbeat_interval = r.duration(&table, "heartbeat_interval");
+        let heartbeat_interval = r
+            .duration(&table, "heartbeat_interval")
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        let lease_timeout = r
+            .duration(&table, "lease_timeout")
+            .unwrap_or(heartbeat_interval * 3);
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&lease_timeout) {
+            r.problem(
+                "lease_timeout",
+                format!("{lease_timeout:?} is out of range; use 1s to 24h"),
+            );
+        }
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&heartbeat_interval) {
             r.problem(
                 "heartbeat_interval",
@@ -220,6 +237,7 @@ impl Config {
                 registry,
                 data_dir,
                 heartbeat_interval,
+                lease_timeout,
                 insecure_skip_checks,
                 wire_capture_dir,
                 sync_writes,
@@ -322,22 +340,21 @@ impl Reader<'_> {
         }
     }
 
-    fn duration(&mut self, table: &toml::Table, key: &str) -> Duration {
-        let Some(text) = self.string(table, key, key) else {
-            return DEFAULT_HEARTBEAT_INTERVAL;
-        };
+    /// The duration at `key`; `None` when absent or bad (reported).
+    fn duration(&mut self, table: &toml::Table, key: &str) -> Option<Duration> {
+        let text = self.string(table, key, key)?;
         match humantime_serde::re::humantime::parse_duration(text) {
             Ok(d) if d.is_zero() => {
                 self.problem(key, "must be greater than zero");
-                DEFAULT_HEARTBEAT_INTERVAL
+                None
             }
-            Ok(d) => d,
+            Ok(d) => Some(d),
             Err(e) => {
                 self.problem(
                     key,
                     format!("{text:?} is not a duration like \"10s\" ({e})"),
                 );
-                DEFAULT_HEARTBEAT_INTERVAL
+                None
             }
         }
     }
@@ -366,6 +383,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/om"));
         assert_eq!(c.tls.key, PathBuf::from("/etc/om/server.key"));
         assert_eq!(c.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+        assert_eq!(c.lease_timeout, DEFAULT_HEARTBEAT_INTERVAL * 3);
         assert!(!c.insecure_skip_checks);
         assert_eq!(c.wire_capture_dir, None);
     }
@@ -401,6 +419,22 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("tls.key: missing"), "{text}");
         assert!(text.contains("heartbeat_interval: \"soon\""), "{text}");
+    }
+
+    #[test]
+    fn the_lease_timeout_follows_the_heartbeat_unless_set() {
+        let c = Config::from_toml_str(
+            &format!("heartbeat_interval = \"2s\"\n{GOOD}"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.lease_timeout, Duration::from_secs(6));
+        let c = Config::from_toml_str(&format!("lease_timeout = \"90s\"\n{GOOD}"), Path::new("."))
+            .unwrap();
+        assert_eq!(c.lease_timeout, Duration::from_secs(90));
+        let err = Config::from_toml_str(&format!("lease_timeout = \"0s\"\n{GOOD}"), Path::new("."))
+            .unwrap_err();
+        assert_eq!(err.problems()[0].path, "lease_timeout");
     }
 
     #[test]

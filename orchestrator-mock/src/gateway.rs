@@ -1,11 +1,23 @@
 //! The `WorkerGateway` gRPC service: one `Session` stream per worker.
 //!
-//! A session reads `Hello` (it must come first), answers `Welcome` with the
-//! identity from the certificate and the manifest problems, registers with
-//! [`crate::state`], then pumps: assignments from the state go down, credit,
-//! accepts, results, heartbeats and draining come up. Each `TaskResult` is
-//! written to the [`crate::store`] (flushed) before its `ResultAck` is sent;
-//! duplicates by (task_id, attempt) are acknowledged again but not stored.
+//! A session reads `Hello` (it must come first, within [`HELLO_TIMEOUT`],
+//! and keep the contract's limits), answers `Welcome` with the identity
+//! from the certificate and the manifest problems, registers with
+//! [`crate::state`], then pumps: messages from the state go down once the
+//! state change they depend on is durable, credit, accepts, results,
+//! heartbeats and draining come up, and every message from the worker
+//! renews its identity's lease. Each `TaskResult` is written to the
+//! [`crate::store`] and applied to the state, and `ResultAck` is sent only
+//! when both are durable; when either cannot be stored the worker gets
+//! `ResultRefused` and sends the result again. Results are de-duplicated by
+//! (task_id, attempt, identity): a duplicate is acknowledged again, not
+//! stored twice.
+//!
+//! Streams end with the contract's statuses: `INVALID_ARGUMENT` for a bad
+//! first message, `RESOURCE_EXHAUSTED` for a message over
+//! [`MAX_MESSAGE_BYTES`], `ABORTED` when a newer stream of the same
+//! identity replaced this one, `DEADLINE_EXCEEDED` without `Hello`,
+//! `UNAVAILABLE` on a lapsed lease or silence.
 //!
 //! Liveness: a heartbeat goes down when nothing else was sent for one
 //! interval; a session that receives nothing for three intervals is ended.
@@ -13,8 +25,8 @@
 //! [`DRAIN_GRACE`]) for the results of its in-flight tasks, then closes.
 //!
 //! What it does not do: authenticate (the TLS layer did, see
-//! [`crate::tls`]), interpret task inputs or outputs beyond parsing JSON,
-//! or reassign work when a session ends (`// Roadmap:` leases).
+//! [`crate::tls`]), decide what happens to work (the state does), or
+//! interpret task inputs or outputs beyond parsing JSON.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +35,8 @@ use pb::orchestrator_message::Kind as Down;
 use pb::worker_message::Kind as Up;
 use private_worker_proto::v1 as pb;
 use private_worker_proto::v1::worker_gateway_server::WorkerGateway;
+use private_worker_proto::{MAX_MANIFEST_ENTRIES, check_id};
+use prost::Message as _;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,9 +46,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::api::{ManifestEntryView, StoredAudit, StoredResult};
+use crate::durable::journal::Durable;
 use crate::registry::Registry;
 use crate::state::{
-    NewSession, Reported, ResultEffect, SharedState, now_rfc3339, outcome_name, step_status_for,
+    NewSession, Outgoing, Reported, ResultEffect, SharedState, now_rfc3339, outcome_name,
+    step_status_for,
 };
 use crate::store::Store;
 use crate::tls::WorkerConnInfo;
@@ -43,12 +59,24 @@ use crate::tls::WorkerConnInfo;
 /// closing on orchestrator shutdown.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
-/// Largest gRPC message accepted or sent.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest gRPC message accepted or sent (the contract's 4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = private_worker_proto::MAX_MESSAGE_BYTES;
+
+/// How long a new stream may take to send `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most results of one stream being stored at once; beyond it the stream
 /// is not read until one finishes.
 pub const MAX_RESULTS_IN_PROGRESS: usize = 1024;
+
+/// How long a result waits for its state change to be durable before the
+/// worker is told `ResultRefused` (it sends the result again).
+pub const RESULT_DURABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// The `ResultRefused.reason` when the result files cannot be written.
+pub const REFUSED_RESULT_STORE: &str = "result store unavailable";
+/// The `ResultRefused.reason` when the state store does not commit.
+pub const REFUSED_STATE_STORE: &str = "state store unavailable";
 
 /// The service; cheap to clone (everything is shared).
 #[derive(Clone)]
@@ -58,6 +86,7 @@ pub struct Gateway {
 
 struct Inner {
     state: SharedState,
+    durable: Durable,
     registry: Arc<Registry>,
     store: Arc<Store>,
     heartbeat: Duration,
@@ -65,10 +94,12 @@ struct Inner {
 }
 
 impl Gateway {
-    /// A gateway over shared state, registry and store. Sessions watch
+    /// A gateway over shared state, registry and store. Sessions wait on
+    /// `durable` before sending what depends on a state change, and watch
     /// `shutdown` to drain.
     pub fn new(
         state: SharedState,
+        durable: Durable,
         registry: Arc<Registry>,
         store: Arc<Store>,
         heartbeat: Duration,
@@ -77,6 +108,7 @@ impl Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 state,
+                durable,
                 registry,
                 store,
                 heartbeat,
@@ -122,6 +154,80 @@ fn message(kind: Down) -> pb::OrchestratorMessage {
     pb::OrchestratorMessage { kind: Some(kind) }
 }
 
+/// A value from the wire, safe to log: escaped and cut to 64 characters.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX).collect();
+        format!("{head:?}... ({} bytes)", value.len())
+    }
+}
+
+/// Checks a `Hello` against the contract's limits; the error names the
+/// field and the rule (never the value).
+///
+/// # Errors
+/// The `INVALID_ARGUMENT` message.
+pub fn check_hello(hello: &pb::Hello) -> Result<(), String> {
+    check_id(&hello.instance_id).map_err(|why| format!("Hello.instance_id {why}"))?;
+    if hello.manifest.len() > MAX_MANIFEST_ENTRIES {
+        return Err(format!(
+            "Hello.manifest has {} entries; at most {MAX_MANIFEST_ENTRIES} are allowed",
+            hello.manifest.len()
+        ));
+    }
+    for (i, entry) in hello.manifest.iter().enumerate() {
+        check_id(&entry.name).map_err(|why| format!("Hello.manifest[{i}].name {why}"))?;
+        check_id(&entry.version).map_err(|why| format!("Hello.manifest[{i}].version {why}"))?;
+    }
+    Ok(())
+}
+
+/// Whether a text is a lower-case hex SHA-256 (64 hex digits).
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The `Welcome`, with as many manifest problems as fit the message limit
+/// (the rest summed up in one last entry).
+fn welcome_within_limit(mut welcome: pb::Welcome) -> pb::Welcome {
+    // Leave room for the envelope and the summary entry.
+    let budget = MAX_MESSAGE_BYTES - 4096;
+    if welcome.encoded_len() <= budget {
+        return welcome;
+    }
+    let problems = std::mem::take(&mut welcome.manifest_problems);
+    let total = problems.len();
+    let mut used = welcome.encoded_len();
+    for p in problems {
+        let size = p.encoded_len() + 8;
+        if used + size > budget {
+            break;
+        }
+        used += size;
+        welcome.manifest_problems.push(p);
+    }
+    let left = total - welcome.manifest_problems.len();
+    welcome.manifest_problems.push(pb::ManifestProblem {
+        name: "*".into(),
+        version: "*".into(),
+        reason: format!("{left} more manifest problems not listed (message size limit)"),
+    });
+    welcome
+}
+
+/// What becomes of one received result.
+enum Verdict {
+    /// Stored and applied durably: send `ResultAck`.
+    Ack(pb::TaskRef),
+    /// Could not be stored: send `ResultRefused`.
+    Refused(pb::TaskRef, &'static str),
+    /// Malformed: nothing to answer.
+    Ignore,
+}
+
 impl Inner {
     async fn run_session(
         self: Arc<Self>,
@@ -130,7 +236,7 @@ impl Inner {
         mut inbound: Streaming<pb::WorkerMessage>,
         out: mpsc::Sender<Reply>,
     ) {
-        let hello = match tokio::time::timeout(self.heartbeat * 3, inbound.message()).await {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::WorkerMessage {
                 kind: Some(Up::Hello(hello)),
             }))) => hello,
@@ -149,27 +255,42 @@ impl Inner {
             }
             Ok(Err(status)) => {
                 tracing::info!(%status, "stream failed before Hello");
+                let _ = out.send(Err(oversized(&status).unwrap_or(status))).await;
                 return;
             }
             Err(_) => {
                 tracing::warn!("no Hello in time; ending the stream");
                 let _ = out
-                    .send(Err(Status::deadline_exceeded("no Hello received")))
+                    .send(Err(Status::deadline_exceeded(format!(
+                        "no Hello received within {HELLO_TIMEOUT:?}"
+                    ))))
                     .await;
                 return;
             }
         };
+        if let Err(why) = check_hello(&hello) {
+            tracing::warn!(reason = %why, "Hello breaks the contract; refusing the worker");
+            let _ = out.send(Err(Status::invalid_argument(why))).await;
+            return;
+        }
         let manifest: Vec<ManifestEntryView> = hello
             .manifest
             .iter()
             .map(|m| {
-                let problem =
+                let problem = if is_sha256_hex(&m.input_schema_sha256) {
                     self.registry
-                        .check_manifest_entry(&m.name, &m.version, &m.input_schema_sha256);
+                        .check_manifest_entry(&m.name, &m.version, &m.input_schema_sha256)
+                } else {
+                    Some("input_schema_sha256 is not a hex SHA-256 (64 hex digits)".into())
+                };
                 ManifestEntryView {
                     name: m.name.clone(),
                     version: m.version.clone(),
-                    input_schema_sha256: m.input_schema_sha256.clone(),
+                    input_schema_sha256: if is_sha256_hex(&m.input_schema_sha256) {
+                        m.input_schema_sha256.clone()
+                    } else {
+                        String::new()
+                    },
                     dispatchable: problem.is_none(),
                     problem,
                 }
@@ -188,42 +309,43 @@ impl Inner {
         for p in &problems {
             tracing::warn!(task = %p.name, version = %p.version, reason = %p.reason, "manifest entry will not receive work");
         }
-        let welcome = pb::Welcome {
+        let welcome = welcome_within_limit(pb::Welcome {
             session_id: session_id.clone(),
             worker_identity: conn.identity.clone(),
             heartbeat_interval: prost_types::Duration::try_from(self.heartbeat).ok(),
             manifest_problems: problems,
-        };
+        });
         if out.send(Ok(message(Down::Welcome(welcome)))).await.is_err() {
             return;
         }
         tracing::info!(
             remote_addr = %conn.remote_addr,
-            worker_version = %hello.worker_version,
+            worker_version = %shown(&hello.worker_version),
             instance_id = %hello.instance_id,
             credit = hello.max_in_flight,
             manifest = hello.manifest.len(),
             pending_results = hello.pending_results.len(),
+            running = hello.running.len(),
             "session established"
         );
-        for pending in &hello.pending_results {
-            tracing::info!(task_id = %pending.task_id, attempt = pending.attempt, "worker will re-send a pending result");
+        let mut held = std::collections::BTreeSet::new();
+        for task in hello.running.iter().chain(&hello.pending_results) {
+            if let Err(why) = check_id(&task.task_id) {
+                tracing::warn!(task_id = %shown(&task.task_id), why, "Hello lists a task id that breaks the contract; ignored");
+                continue;
+            }
+            held.insert((task.task_id.clone(), task.attempt));
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.lock().register_session(NewSession {
             session_id: session_id.clone(),
             identity: conn.identity.clone(),
             remote_addr: conn.remote_addr,
-            worker_version: hello.worker_version.clone(),
+            worker_version: hello.worker_version.chars().take(256).collect(),
             instance_id: hello.instance_id.clone(),
             manifest,
             credit: hello.max_in_flight,
-            held: hello
-                .running
-                .iter()
-                .chain(&hello.pending_results)
-                .map(|t| (t.task_id.clone(), t.attempt))
-                .collect(),
+            held,
             tx,
         });
 
@@ -232,7 +354,7 @@ impl Inner {
             .await;
         let orphaned = self.lock().unregister_session(&session_id);
         for (task_id, attempt) in &orphaned {
-            tracing::warn!(task_id = %task_id, attempt, "session ended with the task assigned and no result; settled when the worker dials again");
+            tracing::warn!(task_id = %task_id, attempt, "session ended with the task assigned and no result; settled when the worker dials again or its lease lapses");
         }
         tracing::info!(reason = %end, "session ended");
     }
@@ -245,12 +367,30 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Waits until state change `seq` is durable; `false` when the
+    /// orchestrator shuts down first.
+    async fn durable(&self, seq: u64) -> bool {
+        let mut warned = false;
+        loop {
+            if self.durable.wait(seq, Duration::from_secs(1)).await.is_ok() {
+                return true;
+            }
+            if self.shutdown.is_cancelled() {
+                return false;
+            }
+            if !warned {
+                warned = true;
+                tracing::warn!(seq, "waiting for the state store to commit before sending");
+            }
+        }
+    }
+
     async fn pump(
         self: &Arc<Self>,
         session_id: &str,
         conn: &WorkerConnInfo,
         inbound: &mut Streaming<pb::WorkerMessage>,
-        rx: &mut mpsc::UnboundedReceiver<pb::OrchestratorMessage>,
+        rx: &mut mpsc::UnboundedReceiver<Outgoing>,
         out: &mpsc::Sender<Reply>,
     ) -> String {
         let mut last_sent = Instant::now();
@@ -282,22 +422,45 @@ impl Inner {
                     last_received = Instant::now();
                     match received {
                         Ok(Some(pb::WorkerMessage { kind: Some(kind) })) => {
+                            self.lock().touch(&conn.identity, last_received);
                             match self.handle(session_id, conn, kind, out, &results_in_progress).await {
                                 Ok(true) => last_sent = Instant::now(),
                                 Ok(false) => {}
                                 Err(reason) => return reason,
                             }
                         }
-                        Ok(Some(_)) => tracing::debug!("ignoring an empty message"),
+                        Ok(Some(_)) => {
+                            self.lock().touch(&conn.identity, last_received);
+                            tracing::debug!("ignoring an empty message");
+                        }
                         Ok(None) => return "worker closed the stream".into(),
-                        Err(status) => return format!("stream error: {status}"),
+                        Err(status) => {
+                            if let Some(exhausted) = oversized(&status) {
+                                let reason = exhausted.message().to_string();
+                                let _ = out.send(Err(exhausted)).await;
+                                return reason;
+                            }
+                            return format!("stream error: {status}");
+                        }
                     }
                 }
                 Some(down) = rx.recv() => {
-                    if out.send(Ok(down)).await.is_err() {
-                        return "worker gone".into();
+                    match down {
+                        Outgoing::Send { after, message } => {
+                            if !self.durable(after).await {
+                                return "orchestrator shutting down".into();
+                            }
+                            if out.send(Ok(*message)).await.is_err() {
+                                return "worker gone".into();
+                            }
+                            last_sent = Instant::now();
+                        }
+                        Outgoing::Close(status) => {
+                            let reason = format!("closed: {}", status.message());
+                            let _ = out.send(Err(*status)).await;
+                            return reason;
+                        }
                     }
-                    last_sent = Instant::now();
                 }
                 _ = tick.tick() => {
                     let silent = last_received.elapsed();
@@ -334,12 +497,16 @@ impl Inner {
                 tracing::debug!(grant = credit.grant, "credit granted");
                 self.lock().grant_credit(session_id, credit.grant);
             }
-            Up::Accept(accept) => {
-                if let Some(task) = accept.task {
+            Up::Accept(accept) => match accept.task {
+                Some(task) if check_id(&task.task_id).is_ok() => {
                     tracing::info!(task_id = %task.task_id, attempt = task.attempt, "worker accepted the task");
                     self.lock().mark_accepted(&task.task_id, task.attempt);
                 }
-            }
+                Some(task) => {
+                    tracing::warn!(task_id = %shown(&task.task_id), "Accept for a task id that breaks the contract; ignored");
+                }
+                None => tracing::warn!("Accept without a task reference; ignored"),
+            },
             Up::Result(result) => {
                 // The store commits in groups: results of one stream are
                 // taken concurrently so that they share a commit instead of
@@ -355,9 +522,20 @@ impl Inner {
                 let (session_id, conn, out) = (session_id.to_string(), conn.clone(), out.clone());
                 tokio::spawn(
                     async move {
-                        if let Some(ack) = gateway.take_result(&session_id, &conn, result).await {
-                            let ack = message(Down::ResultAck(pb::ResultAck { task: Some(ack) }));
-                            let _ = out.send(Ok(ack)).await;
+                        let reply = match gateway.take_result(&session_id, &conn, result).await {
+                            Verdict::Ack(task) => {
+                                Some(Down::ResultAck(pb::ResultAck { task: Some(task) }))
+                            }
+                            Verdict::Refused(task, reason) => {
+                                Some(Down::ResultRefused(pb::ResultRefused {
+                                    task: Some(task),
+                                    reason: reason.into(),
+                                }))
+                            }
+                            Verdict::Ignore => None,
+                        };
+                        if let Some(reply) = reply {
+                            let _ = out.send(Ok(message(reply))).await;
                         }
                         drop(permit);
                     }
@@ -366,31 +544,40 @@ impl Inner {
             }
             Up::Heartbeat(beat) => tracing::trace!(in_flight = beat.in_flight, "heartbeat"),
             Up::Draining(draining) => {
-                tracing::info!(reason = %draining.reason, "worker is draining; no more assignments to it");
+                tracing::info!(reason = %shown(&draining.reason), "worker is draining; no more assignments to it");
                 self.lock().set_draining(session_id);
             }
         }
         Ok(false)
     }
 
-    /// Stores and applies a result; returns the reference to acknowledge,
-    /// or `None` when it must not be acknowledged (store failure: the
-    /// worker keeps it and re-sends).
+    /// Stores and applies a result; says whether to acknowledge or refuse
+    /// it.
     async fn take_result(
         &self,
         session_id: &str,
         conn: &WorkerConnInfo,
         result: pb::TaskResult,
-    ) -> Option<pb::TaskRef> {
+    ) -> Verdict {
         let Some(task) = result.task.clone() else {
             tracing::warn!("result without a task reference; ignored");
-            return None;
+            return Verdict::Ignore;
         };
+        if let Err(why) = check_id(&task.task_id) {
+            tracing::warn!(task_id = %shown(&task.task_id), why, "result for a task id that breaks the contract; ignored");
+            return Verdict::Ignore;
+        }
         let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unspecified);
         let plan_id = self
             .lock()
             .plan_of(&task.task_id)
-            .or_else(|| result.audit.as_ref().map(|a| a.plan_id.clone()))
+            .or_else(|| {
+                result
+                    .audit
+                    .as_ref()
+                    .map(|a| a.plan_id.clone())
+                    .filter(|p| check_id(p).is_ok())
+            })
             .unwrap_or_default();
         let span = tracing::info_span!("result", plan_id = %plan_id, task_id = %task.task_id, attempt = task.attempt);
         let _entered = span.enter();
@@ -438,26 +625,31 @@ impl Inner {
         }
         match self.store.append_once(stored.clone(), audit.clone()).await {
             Err(e) => {
-                tracing::error!(error = %e, "cannot store the result; not acknowledging it (the worker will re-send)");
-                return None;
+                tracing::error!(error = %e, "cannot store the result; refusing it (the worker sends it again)");
+                return Verdict::Refused(task, REFUSED_RESULT_STORE);
             }
             Ok(false) => {
-                tracing::info!("duplicate result; acknowledged again, not stored twice");
-                return Some(task);
+                // Applied again below: after an orchestrator crash the
+                // result may be stored while its effect on the plan is not.
+                tracing::info!("duplicate result; not stored twice");
             }
             Ok(true) => {}
         }
-        let effect = self.lock().apply_result(
-            &conn.identity,
-            &task.task_id,
-            task.attempt,
-            Reported {
-                status: step_status_for(outcome),
-                output,
-                error_code: stored.error_code.clone(),
-                error_message: stored.error_message.clone(),
-            },
-        );
+        let (effect, seq) = {
+            let mut state = self.lock();
+            let effect = state.apply_result(
+                &conn.identity,
+                &task.task_id,
+                task.attempt,
+                Reported {
+                    status: step_status_for(outcome),
+                    output,
+                    error_code: stored.error_code.clone(),
+                    error_message: stored.error_message.clone(),
+                },
+            );
+            (effect, state.last_change())
+        };
         match effect {
             ResultEffect::Applied { plan_status, .. } => {
                 tracing::info!(
@@ -467,14 +659,33 @@ impl Inner {
                 );
             }
             ResultEffect::Ignored(why) => {
-                tracing::warn!(why = %why, "result stored but not applied")
+                tracing::info!(why = %why, "result stored, not applied")
             }
-            ResultEffect::UnknownTask => tracing::warn!(
-                "result for a task this orchestrator does not know (restarted?); stored"
-            ),
+            ResultEffect::UnknownTask => {
+                tracing::warn!("result for a task this orchestrator does not know; stored")
+            }
         }
-        Some(task)
+        if self.durable.wait(seq, RESULT_DURABLE_WAIT).await.is_err() {
+            tracing::error!(
+                "the state store did not commit in time; refusing the result (the worker sends it again)"
+            );
+            return Verdict::Refused(task, REFUSED_STATE_STORE);
+        }
+        Verdict::Ack(task)
     }
+}
+
+/// The contract's status for a message over the size limit, when `status`
+/// is tonic's decode error for one.
+fn oversized(status: &Status) -> Option<Status> {
+    (status.code() == tonic::Code::OutOfRange && status.message().contains("too large")).then(
+        || {
+            Status::resource_exhausted(format!(
+                "message exceeds the contract's limit of 4 MiB ({MAX_MESSAGE_BYTES} bytes): {}",
+                status.message()
+            ))
+        },
+    )
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

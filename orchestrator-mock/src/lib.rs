@@ -4,15 +4,22 @@
 //! requires mutual TLS and takes each worker's identity from its client
 //! certificate, validates plans against a task registry, waits for
 //! approval, queues and dispatches steps in order to workers whose
-//! manifest lists them (within the credit they granted), and stores every
-//! result and audit record before acknowledging it. Tests, the demo and CI
-//! pipelines rely on it behaving like the real thing.
+//! manifest lists them (within the credit they granted), leases each
+//! attempt to its worker identity, and stores every result and audit
+//! record before acknowledging it. Its state (plans, steps, attempts, the
+//! queue) is durable: a kill -9 and a restart on the same `data_dir` loses
+//! nothing that was acknowledged, approved or assigned. Tests, the demo and
+//! CI pipelines rely on it behaving like the real thing.
 //!
 //! # Layout
 //! - [`config`]: the TOML config, parsed and validated in one place.
 //! - [`registry`]: the task registry file; plan and manifest validation.
 //! - [`api`]: the admin API's JSON types (shared by server and client).
-//! - [`state`]: plans, steps, queue, sessions and dispatch (one mutex).
+//! - [`state`]: plans, steps, attempts, queue, leases, sessions, cancel and
+//!   dispatch (one mutex).
+//! - [`durable`]: the durable state: records, the [`durable::PlanStore`]
+//!   trait, its redb backend and the group-commit journal.
+//! - [`lease`]: the task that settles lapsed leases.
 //! - [`store`]: append-only JSON lines files for results and audit records.
 //! - [`tls`]: rustls server config, the accept loop, the wire capture.
 //! - [`gateway`]: the tonic `WorkerGateway` service, one stream per worker.
@@ -21,9 +28,9 @@
 //! - [`cli`]: the `orchestrator-mock` command line.
 //!
 //! # What it does not do (yet)
-//! Persist plans across restarts, lease and reassign tasks whose worker
-//! vanished, sign approvals, or authenticate admin API callers. See the
-//! `// Roadmap:` comments where each would go.
+//! Sign approvals, authenticate admin API callers, or share its queue
+//! between several instances (the [`durable::PlanStore`] trait is shaped
+//! for a PostgreSQL backend that would).
 //!
 //! # Example
 //! ```no_run
@@ -40,7 +47,9 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod durable;
 pub mod gateway;
+pub mod lease;
 pub mod registry;
 pub mod state;
 pub mod store;
@@ -77,6 +86,12 @@ pub enum StartError {
     /// The data directory cannot be used; check permissions.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The state store cannot be opened or read; check `data_dir`.
+    #[error(transparent)]
+    State(#[from] durable::DurableError),
+    /// The state journal's writer thread could not start.
+    #[error("cannot start the state journal: {0}")]
+    Journal(std::io::Error),
     /// The wire capture directory cannot be created.
     #[error("wire_capture_dir {path}: {source}")]
     WireCapture {
@@ -105,6 +120,7 @@ pub struct OrchestratorHandle {
     admin_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    journal: durable::journal::JournalHandle,
 }
 
 impl OrchestratorHandle {
@@ -131,12 +147,16 @@ impl OrchestratorHandle {
                 abort.abort();
             }
         }
+        // Commit what is waiting and let go of the state file.
+        let journal = self.journal;
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         tracing::info!("orchestrator stopped");
     }
 }
 
-/// Loads the registry, TLS files and store, binds both listeners (port 0
-/// allowed) and starts serving; returns once both are listening.
+/// Loads the registry, TLS files and stores, restores the plans of
+/// `data_dir`, binds both listeners (port 0 allowed) and starts serving;
+/// returns once both are listening.
 ///
 /// # Errors
 /// [`StartError`] naming the file or address at fault.
@@ -149,6 +169,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     let registry = Arc::new(registry::Registry::load(&config.registry)?);
     let tls_config = tls::server_config(&config.tls)?;
     let store = Arc::new(store::Store::open(&config.data_dir, config.sync_writes)?);
+    let (state, durable, journal) = open_state(&config, &store)?;
     if let Some(dir) = &config.wire_capture_dir {
         std::fs::create_dir_all(dir).map_err(|source| StartError::WireCapture {
             path: dir.clone(),
@@ -171,8 +192,11 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     let admin_addr = local(&admin_listener, "admin_listen", config.admin_listen)?;
 
     let shutdown = CancellationToken::new();
-    let state: state::SharedState =
-        Arc::new(Mutex::new(state::State::new(config.insecure_skip_checks)));
+    let sweeper = tokio::spawn(lease::run_sweeper(
+        state.clone(),
+        lease::sweep_period(config.lease_timeout),
+        shutdown.clone(),
+    ));
 
     // Worker gateway: our TLS accept loop feeds tonic.
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
@@ -185,6 +209,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     ));
     let service = gateway::Gateway::new(
         state.clone(),
+        durable.clone(),
         registry.clone(),
         store.clone(),
         config.heartbeat_interval,
@@ -208,6 +233,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     // Admin API.
     let router = admin::router(admin::AdminState {
         state,
+        durable,
         registry: registry.clone(),
         store,
         skip_checks: config.insecure_skip_checks,
@@ -227,14 +253,69 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         admin = %admin_addr,
         tasks = registry.len(),
         heartbeat = ?config.heartbeat_interval,
+        lease_timeout = ?config.lease_timeout,
         "orchestrator-mock listening"
     );
     Ok(OrchestratorHandle {
         grpc_addr,
         admin_addr,
         shutdown,
-        tasks: vec![accept, grpc, admin],
+        tasks: vec![accept, grpc, admin, sweeper],
+        journal,
     })
+}
+
+/// Opens the state store of `data_dir`, restores its plans, and applies
+/// stored results whose effect on their plan was not durable yet (a crash
+/// between the two commits).
+fn open_state(
+    config: &Config,
+    store: &store::Store,
+) -> Result<
+    (
+        state::SharedState,
+        durable::journal::Durable,
+        durable::journal::JournalHandle,
+    ),
+    StartError,
+> {
+    use durable::PlanStore as _;
+    let plans = durable::redb_store::RedbStore::open(&config.data_dir, config.sync_writes)?;
+    let records = plans.load()?;
+    let (sender, durable, journal) =
+        durable::journal::spawn(Box::new(plans)).map_err(StartError::Journal)?;
+    let mut state =
+        state::State::with_journal(config.insecure_skip_checks, config.lease_timeout, sender);
+    state.restore(records);
+    let mut applied = 0;
+    for result in store.all_results()? {
+        let Ok(status) =
+            serde_json::from_value::<api::StepStatus>(serde_json::Value::String(result.outcome))
+        else {
+            continue;
+        };
+        let effect = state.apply_result(
+            &result.worker_identity,
+            &result.task_id,
+            result.attempt,
+            state::Reported {
+                status,
+                output: result.output,
+                error_code: result.error_code,
+                error_message: result.error_message,
+            },
+        );
+        if matches!(effect, state::ResultEffect::Applied { .. }) {
+            applied += 1;
+        }
+    }
+    if applied > 0 {
+        tracing::warn!(
+            applied,
+            "applied stored results whose effect was lost in a crash"
+        );
+    }
+    Ok((Arc::new(Mutex::new(state)), durable, journal))
 }
 
 /// Runs until `shutdown` is cancelled, then shuts down gracefully.

@@ -7,8 +7,12 @@
 //! ```json
 //! { "tasks": [ { "name": "crm.create_ticket", "version": "1",
 //!                "description": "...", "input_schema": { "type": "object" },
-//!                "idempotent": false } ] }
+//!                "idempotent": false, "timeout_secs": 30 } ] }
 //! ```
+//!
+//! `timeout_secs` (optional, > 0) sets `Assignment.deadline` to the
+//! assignment time plus that many seconds when the plan step has no
+//! deadline of its own.
 //!
 //! Every schema is compiled at load, so a bad schema stops the start with
 //! an error naming the task. This module does not decide what a worker
@@ -66,6 +70,8 @@ struct TaskFile {
     input_schema: Value,
     #[serde(default)]
     idempotent: bool,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
 }
 
 /// One registered task with its compiled input schema.
@@ -94,6 +100,8 @@ pub struct ResolvedStep {
     pub inputs: Value,
     /// Registry's idempotency flag (false when unregistered).
     pub idempotent: bool,
+    /// Registry's task timeout in seconds, if any.
+    pub timeout_secs: Option<u64>,
 }
 
 /// Why one manifest entry will not receive work.
@@ -165,6 +173,10 @@ impl Registry {
                     continue;
                 }
             };
+            if t.timeout_secs == Some(0) {
+                problems.push(format!("{label}: timeout_secs must be greater than zero"));
+                continue;
+            }
             let key = (t.name.clone(), t.version.clone());
             if tasks.contains_key(&key) {
                 problems.push(format!("{label}: registered twice"));
@@ -177,6 +189,7 @@ impl Registry {
                 description: t.description,
                 input_schema: t.input_schema,
                 idempotent: t.idempotent,
+                timeout_secs: t.timeout_secs,
             };
             tasks.insert(key, RegisteredTask { view, validator });
         }
@@ -267,6 +280,7 @@ impl Registry {
                     version: task.view.version.clone(),
                     inputs: step.inputs.clone(),
                     idempotent: task.view.idempotent,
+                    timeout_secs: task.view.timeout_secs,
                 });
             }
         }
@@ -306,6 +320,7 @@ impl Registry {
                         .unwrap_or_else(|| UNCHECKED_DEFAULT_VERSION.to_string()),
                     inputs: step.inputs.clone(),
                     idempotent: registered.is_some_and(|t| t.view.idempotent),
+                    timeout_secs: registered.and_then(|t| t.view.timeout_secs),
                 }
             })
             .collect())

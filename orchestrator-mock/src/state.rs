@@ -1,35 +1,79 @@
-//! Plans, steps, the queue and the connected sessions: the orchestrator's
-//! in-memory state machine, behind one mutex.
+//! Plans, steps, attempts, the queue, leases and the connected sessions:
+//! the orchestrator's state machine, behind one mutex.
 //!
-//! Every mutation (approve, a result, a new session, more credit, ...)
-//! ends with [`State::dispatch`], which hands queued steps to sessions that
-//! may take them and pushes the `Assignment`s onto each session's outbound
-//! channel, all under the same lock: there is no window in which two
-//! dispatchers could spend the same credit.
+//! Every mutation (approve, a result, a new session, more credit, a cancel,
+//! a lapsed lease, ...) ends with [`State::dispatch`], which hands queued
+//! steps to sessions that may take them, all under the same lock: there is
+//! no window in which two dispatchers could spend the same credit.
+//!
+//! Durability: every change to a plan is recorded in the state journal
+//! ([`crate::durable::journal`]) under the lock, with a sequence number.
+//! Messages for a session go out through [`Outgoing::Send`] carrying the
+//! sequence number they depend on; the session sends them only once that
+//! number is durable, so an `Assignment` is never sent before its attempt
+//! is on disk. Callers that answer someone (the admin API, a `ResultAck`)
+//! wait for [`State::last_change`] the same way.
 //!
 //! Rules enforced here:
 //! - steps of a plan run in order: step i+1 is queued only after step i
 //!   succeeded; any other outcome fails the plan and skips the rest;
 //! - an assignment is sent only to a session with credit > 0, that is not
 //!   draining, and whose manifest lists the task's (name, version) with a
-//!   matching schema hash (unless `insecure_skip_checks`).
+//!   matching schema hash (unless `insecure_skip_checks`);
+//! - leases: every assigned attempt is leased to its worker identity, the
+//!   lease is renewed by every message from that identity ([`State::touch`])
+//!   and lapses after `lease_timeout` of silence ([`State::expire_leases`]):
+//!   never-accepted attempts are assigned again, accepted ones end
+//!   `outcome_unknown` unless the task is idempotent (then assigned again);
+//! - one live session per identity: a newer one closes the older stream
+//!   with `ABORTED`;
+//! - cancel: queued steps end `cancelled` at once, an assigned one gets a
+//!   `Cancel` and ends with the worker's result; the plan ends `cancelled`.
 //!
-//! What it does not do: persist plans (they are lost on restart), lease or
-//! reassign tasks, or talk to the network. The gateway owns the streams and
-//! the store owns the files.
+//! What it does not do: talk to the network or the disk. The gateway owns
+//! the streams, the journal owns the state store, [`crate::store`] owns the
+//! result files.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use private_worker_proto::v1 as pb;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::api::{ManifestEntryView, PlanStatus, PlanView, StepStatus, StepView, WorkerView};
+use crate::api::{
+    AttemptView, HeldAttempt, IdentityView, ManifestEntryView, PlanStatus, PlanView, StepStatus,
+    StepView, WorkerView,
+};
+use crate::durable::journal::JournalSender;
+use crate::durable::{Change, PlanRecord, StepRecord};
 use crate::registry::ResolvedStep;
 
+/// The lease time used by [`State::new`] (tests): 30 s.
+pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The status that closes a stream replaced by a newer one of the same
+/// worker identity.
+pub const SUPERSEDED: &str = "superseded by a newer stream of the same worker identity";
+
+/// What the state asks a session's stream to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Send `message` once state change `after` is durable.
+    Send {
+        /// The journal sequence number the message depends on.
+        after: u64,
+        /// The message.
+        message: Box<pb::OrchestratorMessage>,
+    },
+    /// End the stream with this status.
+    Close(Box<tonic::Status>),
+}
+
 /// The channel a session's stream task reads its outgoing messages from.
-pub type Outbound = mpsc::UnboundedSender<pb::OrchestratorMessage>;
+pub type Outbound = mpsc::UnboundedSender<Outgoing>;
 
 /// Why an admin operation on the state was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +81,9 @@ pub enum StateError {
     /// No plan has this id (HTTP 404); check the id.
     #[error("no plan with id {0:?}")]
     PlanNotFound(String),
+    /// The plan has no step with this index (HTTP 404).
+    #[error("plan {0:?} has no step {1}")]
+    StepNotFound(String, usize),
     /// The plan is not in a state that allows the operation (HTTP 409),
     /// e.g. approving twice or rejecting a finished plan.
     #[error("{0}")]
@@ -56,7 +103,7 @@ pub enum ResultEffect {
     /// The result does not match the step's current assignment (an old
     /// attempt, a finished step, or another worker); stored, not applied.
     Ignored(String),
-    /// No task with this id is known (e.g. the orchestrator restarted).
+    /// No task with this id is known.
     UnknownTask,
 }
 
@@ -93,7 +140,7 @@ pub struct NewSession {
     /// Attempts the worker says it still holds: `Hello.running` and
     /// `Hello.pending_results`.
     pub held: BTreeSet<(String, u32)>,
-    /// Where assignments for this session go.
+    /// Where messages for this session go.
     pub tx: Outbound,
 }
 
@@ -116,87 +163,139 @@ impl Session {
     }
 }
 
-struct Step {
-    view: StepView,
-    idempotent: bool,
-    /// The session the latest attempt was sent on.
-    session_id: Option<String>,
-    /// Whether the worker sent `Accept` for the latest attempt.
-    accepted: bool,
+/// One worker identity's lease.
+struct Lease {
+    last_seen: Instant,
+    last_seen_at: String,
+    expires: Instant,
+    lapsed: bool,
 }
 
-impl Step {
-    /// Marks the step queued (with the time) and appends it to `queue`.
-    fn enqueue(&mut self, queue: &mut VecDeque<String>) {
-        self.view.status = StepStatus::Queued;
-        self.view.queued_at = Some(now_rfc3339());
-        queue.push_back(self.view.task_id.clone());
-    }
-}
-
-struct Plan {
-    id: String,
-    name: Option<String>,
-    status: PlanStatus,
-    created_at: String,
-    steps: Vec<Step>,
-}
-
-impl Plan {
-    /// The plan failed at step `index`: every later step is skipped.
-    fn fail_after(&mut self, index: usize) {
-        self.status = PlanStatus::Failed;
-        for later in self.steps.iter_mut().skip(index + 1) {
-            later.view.status = StepStatus::Skipped;
-        }
-    }
-
-    fn view(&self) -> PlanView {
-        PlanView {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            status: self.status,
-            created_at: self.created_at.clone(),
-            steps: self.steps.iter().map(|s| s.view.clone()).collect(),
-        }
-    }
-}
-
-/// The whole in-memory state. Callers hold it in a mutex
-/// ([`SharedState`]) and keep each lock short: no `.await` while locked.
+/// The whole state. Callers hold it in a mutex ([`SharedState`]) and keep
+/// each lock short: no `.await` while locked.
 pub struct State {
     skip_checks: bool,
-    plans: HashMap<String, Plan>,
+    lease_timeout: Duration,
+    plans: HashMap<String, PlanRecord>,
     /// task_id -> (plan id, step index)
     tasks: HashMap<String, (String, usize)>,
     /// Queued task ids, oldest first.
     queue: VecDeque<String>,
+    next_queue_seq: u64,
     sessions: BTreeMap<String, Session>,
+    /// Assigned task ids -> the session the current attempt was sent on
+    /// (`None` after a restart, until its worker dials again).
+    assigned: HashMap<String, Option<String>>,
+    leases: BTreeMap<String, Lease>,
+    journal: JournalSender,
 }
 
 /// The state as the gateway and the admin API share it.
 pub type SharedState = std::sync::Arc<std::sync::Mutex<State>>;
 
 impl State {
-    /// An empty state. `skip_checks` dispatches to any connected worker,
-    /// ignoring manifests (`insecure_skip_checks`).
+    /// An empty state with an in-memory journal and
+    /// [`DEFAULT_LEASE_TIMEOUT`], for tests. `skip_checks` dispatches to
+    /// any connected worker, ignoring manifests (`insecure_skip_checks`).
     pub fn new(skip_checks: bool) -> State {
+        State::with_journal(
+            skip_checks,
+            DEFAULT_LEASE_TIMEOUT,
+            crate::durable::journal::in_memory().0,
+        )
+    }
+
+    /// An empty state recording its changes in `journal`.
+    pub fn with_journal(
+        skip_checks: bool,
+        lease_timeout: Duration,
+        journal: JournalSender,
+    ) -> State {
         State {
             skip_checks,
+            lease_timeout,
             plans: HashMap::new(),
             tasks: HashMap::new(),
             queue: VecDeque::new(),
+            next_queue_seq: 1,
             sessions: BTreeMap::new(),
+            assigned: HashMap::new(),
+            leases: BTreeMap::new(),
+            journal,
         }
     }
 
-    /// Stores a validated plan as `pending_approval`.
+    /// Rebuilds the state from stored plans after a restart: queued steps
+    /// go back in the queue in their order, and every attempt still
+    /// assigned is leased to its worker identity from now (so its worker's
+    /// reconnect `Hello` settles it, or the lease lapses).
+    pub fn restore(&mut self, records: Vec<PlanRecord>) {
+        let now = Instant::now();
+        let mut queued = Vec::new();
+        for plan in records {
+            for (index, step) in plan.steps.iter().enumerate() {
+                self.tasks
+                    .insert(step.view.task_id.clone(), (plan.id.clone(), index));
+                self.next_queue_seq = self.next_queue_seq.max(step.queue_seq + 1);
+                match step.view.status {
+                    StepStatus::Queued => queued.push((step.queue_seq, step.view.task_id.clone())),
+                    StepStatus::Assigned => {
+                        self.assigned.insert(step.view.task_id.clone(), None);
+                        if let Some(worker) = &step.view.worker {
+                            self.leases.entry(worker.clone()).or_insert_with(|| Lease {
+                                last_seen: now,
+                                last_seen_at: now_rfc3339(),
+                                expires: now + self.lease_timeout,
+                                lapsed: false,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.plans.insert(plan.id.clone(), plan);
+        }
+        queued.sort();
+        self.queue = queued.into_iter().map(|(_, id)| id).collect();
+        tracing::info!(
+            plans = self.plans.len(),
+            queued = self.queue.len(),
+            assigned = self.assigned.len(),
+            "state restored"
+        );
+    }
+
+    /// The journal sequence number of the latest change: wait for it to be
+    /// durable before telling anyone about what just changed.
+    pub fn last_change(&self) -> u64 {
+        self.journal.last()
+    }
+
+    fn save(&mut self, plan_id: &str) -> u64 {
+        match self.plans.get(plan_id) {
+            Some(plan) => self.journal.record(Change::PutPlan(Box::new(plan.clone()))),
+            None => self.journal.last(),
+        }
+    }
+
+    /// Stores a validated plan as `pending_approval`. `deadlines` holds
+    /// each step's deadline (RFC 3339), aligned with `steps`.
     pub fn submit(&mut self, name: Option<String>, steps: Vec<ResolvedStep>) -> PlanView {
+        self.submit_with_deadlines(name, steps, Vec::new())
+    }
+
+    /// [`State::submit`] with a deadline per step (missing entries: none).
+    pub fn submit_with_deadlines(
+        &mut self,
+        name: Option<String>,
+        steps: Vec<ResolvedStep>,
+        deadlines: Vec<Option<String>>,
+    ) -> PlanView {
         let id = new_id();
-        let steps: Vec<Step> = steps
+        let steps: Vec<StepRecord> = steps
             .into_iter()
             .enumerate()
-            .map(|(i, s)| Step {
+            .map(|(i, s)| StepRecord {
                 view: StepView {
                     index: u32::try_from(i).unwrap_or(u32::MAX),
                     task_id: new_id(),
@@ -211,27 +310,31 @@ impl State {
                     output: None,
                     queued_at: None,
                     finished_at: None,
+                    attempts: Vec::new(),
                 },
                 idempotent: s.idempotent,
-                session_id: None,
                 accepted: false,
+                queue_seq: 0,
+                deadline: deadlines.get(i).cloned().flatten(),
+                timeout_secs: s.timeout_secs,
             })
             .collect();
         for (i, step) in steps.iter().enumerate() {
             self.tasks
                 .insert(step.view.task_id.clone(), (id.clone(), i));
         }
-        let plan = Plan {
+        let plan = PlanRecord {
             id: id.clone(),
             name,
             status: PlanStatus::PendingApproval,
             created_at: now_rfc3339(),
             steps,
+            cancel_from: None,
         };
-        let view = plan.view();
-        tracing::info!(plan_id = %id, steps = view.steps.len(), "plan submitted; waiting for approval");
-        self.plans.insert(id, plan);
-        view
+        tracing::info!(plan_id = %id, steps = plan.steps.len(), "plan submitted; waiting for approval");
+        self.plans.insert(id.clone(), plan);
+        self.save(&id);
+        self.view_of(&id).unwrap_or_else(|| unreachable_view(&id))
     }
 
     /// The plan with this id.
@@ -239,10 +342,34 @@ impl State {
     /// # Errors
     /// [`StateError::PlanNotFound`].
     pub fn plan(&self, id: &str) -> Result<PlanView, StateError> {
-        self.plans
-            .get(id)
-            .map(Plan::view)
+        self.view_of(id)
             .ok_or_else(|| StateError::PlanNotFound(id.to_string()))
+    }
+
+    fn view_of(&self, id: &str) -> Option<PlanView> {
+        let plan = self.plans.get(id)?;
+        let mut steps: Vec<StepView> = plan.steps.iter().map(|s| s.view.clone()).collect();
+        for step in &mut steps {
+            if step.status != StepStatus::Assigned {
+                continue;
+            }
+            let expiry = step
+                .worker
+                .as_ref()
+                .and_then(|w| self.leases.get(w))
+                .map(|l| wall_time_of(l.expires));
+            if let Some(current) = step.attempts.last_mut() {
+                current.lease_expires_at = expiry;
+            }
+        }
+        Some(PlanView {
+            id: plan.id.clone(),
+            name: plan.name.clone(),
+            status: plan.status,
+            created_at: plan.created_at.clone(),
+            steps,
+            cancel_requested: plan.cancel_from.is_some() && !plan.status.is_finished(),
+        })
     }
 
     /// Approves a pending plan: its first step is queued and dispatched.
@@ -251,12 +378,10 @@ impl State {
     /// [`StateError::PlanNotFound`], or [`StateError::Conflict`] when the
     /// plan is not pending approval.
     pub fn approve(&mut self, id: &str) -> Result<PlanView, StateError> {
-        let plan = Self::pending_plan(&mut self.plans, id, "approved")?;
-        plan.status = PlanStatus::Approved;
+        Self::pending_plan(&mut self.plans, id, "approved")?.status = PlanStatus::Approved;
         tracing::info!(plan_id = %id, "plan approved");
-        if let Some(first) = plan.steps.first_mut() {
-            first.enqueue(&mut self.queue);
-        }
+        self.advance_to(id, 0);
+        self.save(id);
         self.dispatch();
         self.plan(id)
     }
@@ -264,10 +389,10 @@ impl State {
     /// The plan `id`, which must be pending approval to be `decision`
     /// ("approved" or "rejected").
     fn pending_plan<'a>(
-        plans: &'a mut HashMap<String, Plan>,
+        plans: &'a mut HashMap<String, PlanRecord>,
         id: &str,
         decision: &str,
-    ) -> Result<&'a mut Plan, StateError> {
+    ) -> Result<&'a mut PlanRecord, StateError> {
         let plan = plans
             .get_mut(id)
             .ok_or_else(|| StateError::PlanNotFound(id.to_string()))?;
@@ -292,7 +417,109 @@ impl State {
             step.view.status = StepStatus::Skipped;
         }
         tracing::info!(plan_id = %id, reason, "plan rejected");
-        Ok(plan.view())
+        self.save(id);
+        self.plan(id)
+    }
+
+    /// Cancels a plan from step `from` on (0 for the whole plan): a step
+    /// not yet assigned ends `cancelled` at once and the plan ends
+    /// `cancelled`; an assigned one gets a `Cancel` sent to its worker and
+    /// the plan ends `cancelled` when its result arrives (the step keeps
+    /// what the worker reported). A later step is cancelled when the plan
+    /// reaches it.
+    ///
+    /// # Errors
+    /// [`StateError::PlanNotFound`], [`StateError::StepNotFound`], or
+    /// [`StateError::Conflict`] when the plan or step already finished.
+    pub fn cancel(&mut self, id: &str, from: usize, reason: &str) -> Result<PlanView, StateError> {
+        let plan = self
+            .plans
+            .get_mut(id)
+            .ok_or_else(|| StateError::PlanNotFound(id.to_string()))?;
+        if plan.status.is_finished() {
+            return Err(StateError::Conflict(format!(
+                "plan {id} is {}: a finished plan cannot be cancelled",
+                status_name(plan.status)
+            )));
+        }
+        let step = plan
+            .steps
+            .get(from)
+            .ok_or_else(|| StateError::StepNotFound(id.to_string(), from))?;
+        if !matches!(
+            step.view.status,
+            StepStatus::Waiting | StepStatus::Queued | StepStatus::Assigned
+        ) {
+            return Err(StateError::Conflict(format!(
+                "step {from} of plan {id} is {:?}: only a waiting, queued or assigned step can be cancelled",
+                step.view.status
+            )));
+        }
+        plan.cancel_from = Some(plan.cancel_from.map_or(from, |f| f.min(from)));
+        tracing::info!(plan_id = %id, from, reason, "cancel requested");
+        // The step that is active now (waiting only while pending approval).
+        let active = plan.steps.iter().position(|s| {
+            matches!(
+                s.view.status,
+                StepStatus::Waiting | StepStatus::Queued | StepStatus::Assigned
+            )
+        });
+        match active {
+            Some(index) if index >= from => match plan.steps[index].view.status {
+                StepStatus::Assigned => {
+                    let (task_id, attempt) = (
+                        plan.steps[index].view.task_id.clone(),
+                        plan.steps[index].view.attempt,
+                    );
+                    self.save(id);
+                    self.send_cancel(&task_id, attempt, reason);
+                }
+                _ => {
+                    let plan = self
+                        .plans
+                        .get_mut(id)
+                        .ok_or_else(|| StateError::PlanNotFound(id.to_string()))?;
+                    cancel_step(plan, index, reason);
+                    self.save(id);
+                }
+            },
+            _ => {
+                self.save(id);
+            }
+        }
+        self.dispatch();
+        self.plan(id)
+    }
+
+    /// Sends `Cancel` for an attempt to the session holding it, if any is
+    /// connected (otherwise it goes when the worker dials again and still
+    /// holds the attempt).
+    fn send_cancel(&mut self, task_id: &str, attempt: u32, reason: &str) {
+        let after = self.journal.last();
+        let Some(Some(session_id)) = self.assigned.get(task_id) else {
+            tracing::info!(
+                task_id,
+                attempt,
+                "holder not connected; Cancel goes when it dials again"
+            );
+            return;
+        };
+        if let Some(session) = self.sessions.get(session_id) {
+            let message = pb::OrchestratorMessage {
+                kind: Some(pb::orchestrator_message::Kind::Cancel(pb::Cancel {
+                    task: Some(pb::TaskRef {
+                        task_id: task_id.to_string(),
+                        attempt,
+                    }),
+                    reason: reason.to_string(),
+                })),
+            };
+            tracing::info!(task_id, attempt, session_id = %session_id, "sending Cancel");
+            let _ = session.info.tx.send(Outgoing::Send {
+                after,
+                message: Box::new(message),
+            });
+        }
     }
 
     /// The plan a task belongs to.
@@ -300,22 +527,186 @@ impl State {
         self.tasks.get(task_id).map(|(p, _)| p.clone())
     }
 
+    /// Whether a task id is known.
+    pub fn knows_task(&self, task_id: &str) -> bool {
+        self.tasks.contains_key(task_id)
+    }
+
+    /// Queues step `index` of plan `plan_id` (the plan reached it), unless
+    /// a cancel covers it: then it ends `cancelled` with the plan. Does not
+    /// save or dispatch.
+    fn advance_to(&mut self, plan_id: &str, index: usize) {
+        let Some(plan) = self.plans.get_mut(plan_id) else {
+            return;
+        };
+        if index >= plan.steps.len() {
+            plan.status = PlanStatus::Succeeded;
+            tracing::info!(plan_id = %plan_id, "plan succeeded");
+            return;
+        }
+        if plan.cancel_from.is_some_and(|f| f <= index) {
+            cancel_step(plan, index, "cancelled before it started");
+            return;
+        }
+        let step = &mut plan.steps[index];
+        step.view.status = StepStatus::Queued;
+        step.view.queued_at = Some(now_rfc3339());
+        step.queue_seq = self.next_queue_seq;
+        self.next_queue_seq += 1;
+        self.queue.push_back(step.view.task_id.clone());
+    }
+
+    /// Renews `identity`'s lease: every message from a worker calls this.
+    pub fn touch(&mut self, identity: &str, now: Instant) {
+        let expires = now + self.lease_timeout;
+        match self.leases.get_mut(identity) {
+            Some(lease) => {
+                // Only format the wall time when it moved noticeably.
+                if now.duration_since(lease.last_seen) >= Duration::from_millis(100) {
+                    lease.last_seen_at = now_rfc3339();
+                }
+                lease.last_seen = now;
+                lease.expires = expires;
+                lease.lapsed = false;
+            }
+            None => {
+                self.leases.insert(
+                    identity.to_string(),
+                    Lease {
+                        last_seen: now,
+                        last_seen_at: now_rfc3339(),
+                        expires,
+                        lapsed: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Settles the attempts of every identity whose lease lapsed by `now`:
+    /// never-accepted ones are assigned again (a new attempt, to any
+    /// worker listing the task), accepted ones end `outcome_unknown`
+    /// unless the task is idempotent (then assigned again). A session of
+    /// that identity still open is closed. Returns the identities that
+    /// lapsed holding attempts.
+    pub fn expire_leases(&mut self, now: Instant) -> Vec<String> {
+        let lapsed: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| !l.lapsed && l.expires <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut settled = Vec::new();
+        for identity in lapsed {
+            let held = self.held_by(&identity);
+            if held.is_empty() {
+                continue;
+            }
+            if let Some(lease) = self.leases.get_mut(&identity) {
+                lease.lapsed = true;
+            }
+            tracing::warn!(worker = %identity, attempts = held.len(), timeout = ?self.lease_timeout, "lease lapsed: nothing heard from this worker identity; settling its attempts");
+            for (task_id, _) in held {
+                self.settle_lost(&task_id, "lease lapsed");
+            }
+            let sessions: Vec<String> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.info.identity == identity)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for session_id in sessions {
+                if let Some(s) = self.sessions.remove(&session_id) {
+                    let _ = s.info.tx.send(Outgoing::Close(Box::new(tonic::Status::unavailable(
+                        "lease lapsed: nothing received from this worker identity within the lease time",
+                    ))));
+                }
+            }
+            settled.push(identity);
+        }
+        if !settled.is_empty() {
+            self.dispatch();
+        }
+        settled
+    }
+
+    /// Task ids (with plan ids) currently assigned to `identity`.
+    fn held_by(&self, identity: &str) -> Vec<(String, String)> {
+        let mut held: Vec<(String, String)> = self
+            .assigned
+            .keys()
+            .filter_map(|task_id| {
+                let (plan_id, index) = self.tasks.get(task_id)?;
+                let step = self.plans.get(plan_id)?.steps.get(*index)?;
+                (step.view.worker.as_deref() == Some(identity))
+                    .then(|| (task_id.clone(), plan_id.clone()))
+            })
+            .collect();
+        held.sort();
+        held
+    }
+
+    /// An assigned attempt whose worker no longer holds it (lease lapsed,
+    /// or its worker dialled again without listing it): assign it again
+    /// when it was never accepted or is idempotent, else end it
+    /// `outcome_unknown`. Saves the plan.
+    fn settle_lost(&mut self, task_id: &str, why: &str) {
+        let Some((plan_id, index)) = self.tasks.get(task_id).cloned() else {
+            return;
+        };
+        let Some(plan) = self.plans.get_mut(&plan_id) else {
+            return;
+        };
+        let step = &mut plan.steps[index];
+        if step.view.status != StepStatus::Assigned {
+            return;
+        }
+        self.assigned.remove(task_id);
+        for s in self.sessions.values_mut() {
+            s.in_flight
+                .remove(&(task_id.to_string(), step.view.attempt));
+        }
+        let attempt = step.view.attempt;
+        if !step.accepted || step.idempotent {
+            tracing::warn!(plan_id = %plan_id, task_id, attempt, accepted = step.accepted, why, "the worker does not hold this attempt; assigning it again");
+            if let Some(a) = step.view.attempts.last_mut() {
+                a.outcome = Some("reassigned".into());
+                a.note = Some(why.to_string());
+                a.finished_at = Some(now_rfc3339());
+            }
+            self.advance_to(&plan_id, index);
+        } else {
+            tracing::warn!(plan_id = %plan_id, task_id, attempt, why, "the worker lost an accepted attempt; its outcome is unknown");
+            let message = format!(
+                "{why} while the worker held this accepted attempt; it is not retried because the task is not idempotent"
+            );
+            finish_step(
+                plan,
+                index,
+                StepStatus::OutcomeUnknown,
+                None,
+                Some("outcome_unknown".into()),
+                Some(message),
+            );
+            if let Some(a) = plan.steps[index].view.attempts.last_mut() {
+                a.note = Some(why.to_string());
+            }
+        }
+        self.save(&plan_id);
+    }
+
     /// Registers a session after its `Hello`, reconciles the attempts
     /// earlier sessions of the same worker left assigned, and dispatches.
     ///
     /// An older session of the same worker identity is stale once a new one
-    /// arrives (one process per identity): it is dropped first. Then every attempt assigned to this identity on a session that
-    /// no longer exists is settled against what the worker says it holds:
-    /// held attempts move to the new session; attempts the worker never
-    /// accepted never arrived and are queued again (a new attempt);
-    /// accepted attempts it no longer holds have an unknown outcome and are
-    /// queued again only when the task is idempotent.
+    /// arrives (one process per identity): its stream is closed with
+    /// `ABORTED` ([`SUPERSEDED`]). Then every attempt assigned to this
+    /// identity on a session that no longer exists is settled against what
+    /// the worker says it holds: held attempts move to the new session (a
+    /// cancel asked for meanwhile is sent now); the others are settled as
+    /// lost ([`State::expire_leases`] explains how).
     pub fn register_session(&mut self, session: NewSession) {
         let id = session.session_id.clone();
-        // One live process per worker identity (each worker has its own
-        // certificate): a new session makes any older one of the same
-        // identity stale, whether the same process dialled again or a
-        // restarted one did before the old stream timed out.
         let stale: Vec<String> = self
             .sessions
             .iter()
@@ -323,45 +714,45 @@ impl State {
             .map(|(id, _)| id.clone())
             .collect();
         for old in stale {
-            tracing::info!(session_id = %old, "dropping a stale session of the same worker");
-            self.sessions.remove(&old);
-        }
-        let mut adopted = BTreeSet::new();
-        let mut failed_plans = Vec::new();
-        for (plan_id, plan) in &mut self.plans {
-            for (index, step) in plan.steps.iter_mut().enumerate() {
-                let orphaned = step.view.status == StepStatus::Assigned
-                    && step.view.worker.as_deref() == Some(session.identity.as_str())
-                    && step
-                        .session_id
-                        .as_ref()
-                        .is_none_or(|s| !self.sessions.contains_key(s));
-                if !orphaned {
-                    continue;
-                }
-                let key = (step.view.task_id.clone(), step.view.attempt);
-                if session.held.contains(&key) {
-                    step.session_id = Some(id.clone());
-                    adopted.insert(key);
-                } else if !step.accepted || step.idempotent {
-                    tracing::warn!(plan_id = %plan_id, task_id = %key.0, attempt = key.1, accepted = step.accepted, "the worker does not hold this attempt; queueing it again");
-                    step.enqueue(&mut self.queue);
-                } else {
-                    tracing::warn!(plan_id = %plan_id, task_id = %key.0, attempt = key.1, "the worker lost an accepted attempt; its outcome is unknown");
-                    step.view.status = StepStatus::OutcomeUnknown;
-                    step.view.finished_at = Some(now_rfc3339());
-                    step.view.error_code = Some("outcome_unknown".into());
-                    step.view.error_message = Some(
-                        "the worker restarted while running this attempt; it is not retried because the task is not idempotent"
-                            .into(),
-                    );
-                    failed_plans.push((plan_id.clone(), index));
-                }
+            tracing::info!(session_id = %old, "closing a stale session of the same worker: {SUPERSEDED}");
+            if let Some(s) = self.sessions.remove(&old) {
+                let _ = s
+                    .info
+                    .tx
+                    .send(Outgoing::Close(Box::new(tonic::Status::aborted(
+                        SUPERSEDED,
+                    ))));
             }
         }
-        for (plan_id, index) in failed_plans {
-            if let Some(plan) = self.plans.get_mut(&plan_id) {
-                plan.fail_after(index);
+        self.touch(&session.identity, Instant::now());
+        let mut adopted = BTreeSet::new();
+        let mut to_cancel = Vec::new();
+        for (task_id, _) in self.held_by(&session.identity) {
+            let orphaned = self
+                .assigned
+                .get(&task_id)
+                .and_then(Option::as_ref)
+                .is_none_or(|s| !self.sessions.contains_key(s));
+            if !orphaned {
+                continue;
+            }
+            let Some((plan_id, index)) = self.tasks.get(&task_id).cloned() else {
+                continue;
+            };
+            let Some(plan) = self.plans.get(&plan_id) else {
+                continue;
+            };
+            let attempt = plan.steps[index].view.attempt;
+            let key = (task_id.clone(), attempt);
+            if session.held.contains(&key) {
+                self.assigned.insert(task_id.clone(), Some(id.clone()));
+                if plan.cancel_from.is_some_and(|f| f <= index) {
+                    to_cancel.push(key.clone());
+                }
+                adopted.insert(key);
+            } else {
+                let why = "the worker dialled again without listing it";
+                self.settle_lost(&task_id, why);
             }
         }
         let credit = session.credit;
@@ -375,19 +766,33 @@ impl State {
                 connected_since: now_rfc3339(),
             },
         );
+        for (task_id, attempt) in to_cancel {
+            self.send_cancel(&task_id, attempt, "plan cancelled");
+        }
         self.dispatch();
     }
 
     /// Notes that the worker accepted an attempt (it holds it from now on).
     pub fn mark_accepted(&mut self, task_id: &str, attempt: u32) {
-        if let Some((plan_id, index)) = self.tasks.get(task_id).cloned()
-            && let Some(step) = self
-                .plans
-                .get_mut(&plan_id)
-                .and_then(|p| p.steps.get_mut(index))
-            && step.view.attempt == attempt
+        let Some((plan_id, index)) = self.tasks.get(task_id).cloned() else {
+            return;
+        };
+        let Some(step) = self
+            .plans
+            .get_mut(&plan_id)
+            .and_then(|p| p.steps.get_mut(index))
+        else {
+            return;
+        };
+        if step.view.attempt == attempt
+            && step.view.status == StepStatus::Assigned
+            && !step.accepted
         {
             step.accepted = true;
+            if let Some(a) = step.view.attempts.last_mut() {
+                a.accepted = true;
+            }
+            self.save(&plan_id);
         }
     }
 
@@ -414,12 +819,9 @@ impl State {
     }
 
     /// Removes a session; returns the attempts it held without a result.
+    /// They stay assigned (leased to the worker identity) until the worker
+    /// dials again or its lease lapses.
     pub fn unregister_session(&mut self, session_id: &str) -> Vec<(String, u32)> {
-        // An attempt whose session ends without a result stays `assigned`
-        // until the same worker dials again: `register_session` then settles
-        // it against the worker's `Hello`. Roadmap: leases, so that an
-        // attempt held by a worker that never comes back is reassigned
-        // (only when idempotent or provably not started) after it lapses.
         self.sessions
             .remove(session_id)
             .map(|s| s.in_flight.into_iter().collect())
@@ -468,24 +870,19 @@ impl State {
         for s in self.sessions.values_mut() {
             s.in_flight.remove(&key);
         }
-        step.view.status = status;
-        step.view.finished_at = Some(now_rfc3339());
-        step.view.output = output;
-        step.view.error_code = error_code;
-        step.view.error_message = error_message;
-        if status == StepStatus::Succeeded {
-            match plan.steps.get_mut(index + 1) {
-                Some(next) => next.enqueue(&mut self.queue),
-                None => {
-                    plan.status = PlanStatus::Succeeded;
-                    tracing::info!(plan_id = %plan_id, "plan succeeded");
-                }
-            }
-        } else {
-            plan.fail_after(index);
+        self.assigned.remove(task_id);
+        let advance = finish_step(plan, index, status, output, error_code, error_message);
+        if advance {
+            self.advance_to(&plan_id, index + 1);
+        }
+        let plan_status = self
+            .plans
+            .get(&plan_id)
+            .map_or(PlanStatus::Failed, |p| p.status);
+        if plan_status == PlanStatus::Failed {
             tracing::warn!(plan_id = %plan_id, task_id, step = index, ?status, "plan failed");
         }
-        let plan_status = plan.status;
+        self.save(&plan_id);
         self.dispatch();
         ResultEffect::Applied {
             plan_id,
@@ -510,13 +907,39 @@ impl State {
             if step.view.status != StepStatus::Queued {
                 continue;
             }
+            if step
+                .deadline
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .is_some_and(|d| d <= time::OffsetDateTime::now_utc())
+            {
+                if let Some(plan) = self.plans.get_mut(&plan_id) {
+                    let deadline = plan.steps[index].deadline.clone().unwrap_or_default();
+                    tracing::warn!(plan_id = %plan_id, task_id = %task_id, %deadline, "deadline passed before a worker took the step");
+                    finish_step(
+                        plan,
+                        index,
+                        StepStatus::TimedOut,
+                        None,
+                        Some("deadline_passed".into()),
+                        Some(format!(
+                            "the step's deadline {deadline} passed before a worker took it"
+                        )),
+                    );
+                }
+                self.save(&plan_id);
+                continue;
+            }
             let (task, version) = (step.view.task.clone(), step.view.version.clone());
             // The least busy eligible session; ties go to the oldest id.
             let chosen = self
                 .sessions
                 .iter()
                 .filter(|(_, s)| {
-                    !s.draining && s.credit > 0 && s.can_run(&task, &version, self.skip_checks)
+                    !s.draining
+                        && s.credit > 0
+                        && !s.info.tx.is_closed()
+                        && s.can_run(&task, &version, self.skip_checks)
                 })
                 .min_by_key(|(_, s)| s.in_flight.len())
                 .map(|(id, _)| id.clone());
@@ -524,28 +947,48 @@ impl State {
                 still_queued.push_back(task_id);
                 continue;
             };
-            if self.assign(&plan_id, index, &session_id) {
-                sent += 1;
-            } else {
-                still_queued.push_back(task_id);
-            }
+            self.assign(&plan_id, index, &session_id);
+            sent += 1;
         }
         self.queue = still_queued;
         sent
     }
 
-    fn assign(&mut self, plan_id: &str, index: usize, session_id: &str) -> bool {
+    fn assign(&mut self, plan_id: &str, index: usize, session_id: &str) {
         let (Some(plan), Some(session)) = (
             self.plans.get_mut(plan_id),
             self.sessions.get_mut(session_id),
         ) else {
-            return false;
+            return;
         };
         let Some(step) = plan.steps.get_mut(index) else {
-            return false;
+            return;
         };
         let attempt = step.view.attempt + 1;
+        let now = time::OffsetDateTime::now_utc();
+        let deadline = match (&step.deadline, step.timeout_secs) {
+            (Some(d), _) => parse_rfc3339(d),
+            (None, Some(secs)) => {
+                Some(now + time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2)))
+            }
+            (None, None) => None,
+        };
         let inputs_json = serde_json::to_string(&step.view.inputs).unwrap_or_else(|_| "{}".into());
+        step.view.attempt = attempt;
+        step.view.status = StepStatus::Assigned;
+        step.view.worker = Some(session.info.identity.clone());
+        step.accepted = false;
+        step.view.attempts.push(AttemptView {
+            attempt,
+            worker: session.info.identity.clone(),
+            accepted: false,
+            assigned_at: format_rfc3339(now),
+            deadline: deadline.map(format_rfc3339),
+            outcome: None,
+            note: None,
+            finished_at: None,
+            lease_expires_at: None,
+        });
         let message = pb::OrchestratorMessage {
             kind: Some(pb::orchestrator_message::Kind::Assignment(pb::Assignment {
                 task_id: step.view.task_id.clone(),
@@ -555,24 +998,14 @@ impl State {
                 task_name: step.view.task.clone(),
                 task_version: step.view.version.clone(),
                 inputs_json,
-                deadline: None,
+                deadline: deadline.map(|d| prost_types::Timestamp {
+                    seconds: d.unix_timestamp(),
+                    nanos: i32::try_from(d.nanosecond()).unwrap_or(0),
+                }),
                 approval: None,
                 idempotent: step.idempotent,
             })),
         };
-        if session.info.tx.send(message).is_err() {
-            // The session's stream task is gone; it unregisters itself.
-            tracing::debug!(
-                session_id,
-                "session closed before dispatch; keeping the task queued"
-            );
-            return false;
-        }
-        step.view.attempt = attempt;
-        step.view.status = StepStatus::Assigned;
-        step.view.worker = Some(session.info.identity.clone());
-        step.session_id = Some(session_id.to_string());
-        step.accepted = false;
         session.credit -= 1;
         session
             .in_flight
@@ -580,9 +1013,10 @@ impl State {
         if plan.status == PlanStatus::Approved {
             plan.status = PlanStatus::Running;
         }
+        let task_id = step.view.task_id.clone();
         tracing::info!(
             plan_id,
-            task_id = %step.view.task_id,
+            task_id = %task_id,
             attempt,
             task = %step.view.task,
             session_id,
@@ -590,27 +1024,142 @@ impl State {
             credit_left = session.credit,
             "task assigned"
         );
-        true
+        let identity = session.info.identity.clone();
+        let tx = session.info.tx.clone();
+        self.assigned.insert(task_id, Some(session_id.to_string()));
+        if !self.leases.contains_key(&identity) {
+            self.touch(&identity, Instant::now());
+        }
+        // Durable before sent: the stream waits for this change.
+        let after = self.save(plan_id);
+        let _ = tx.send(Outgoing::Send {
+            after,
+            message: Box::new(message),
+        });
+    }
+
+    fn lease_view(&self, identity: &str) -> (Option<String>, Option<String>) {
+        self.leases.get(identity).map_or((None, None), |l| {
+            (Some(l.last_seen_at.clone()), Some(wall_time_of(l.expires)))
+        })
+    }
+
+    fn held_view(&self, identity: &str) -> Vec<HeldAttempt> {
+        self.held_by(identity)
+            .into_iter()
+            .filter_map(|(task_id, plan_id)| {
+                let (_, index) = self.tasks.get(&task_id)?;
+                let step = self.plans.get(&plan_id)?.steps.get(*index)?;
+                Some(HeldAttempt {
+                    plan_id,
+                    task_id,
+                    attempt: step.view.attempt,
+                    accepted: step.accepted,
+                })
+            })
+            .collect()
     }
 
     /// Every connected session.
     pub fn workers(&self) -> Vec<WorkerView> {
         self.sessions
             .values()
-            .map(|s| WorkerView {
-                identity: s.info.identity.clone(),
-                session_id: s.info.session_id.clone(),
-                remote_addr: s.info.remote_addr.to_string(),
-                worker_version: s.info.worker_version.clone(),
-                instance_id: s.info.instance_id.clone(),
-                manifest: s.info.manifest.clone(),
-                credit: s.credit,
-                in_flight: u32::try_from(s.in_flight.len()).unwrap_or(u32::MAX),
-                draining: s.draining,
-                connected_since: s.connected_since.clone(),
+            .map(|s| {
+                let (last_seen, lease_expires_at) = self.lease_view(&s.info.identity);
+                WorkerView {
+                    identity: s.info.identity.clone(),
+                    session_id: s.info.session_id.clone(),
+                    remote_addr: s.info.remote_addr.to_string(),
+                    worker_version: s.info.worker_version.clone(),
+                    instance_id: s.info.instance_id.clone(),
+                    manifest: s.info.manifest.clone(),
+                    credit: s.credit,
+                    in_flight: u32::try_from(s.in_flight.len()).unwrap_or(u32::MAX),
+                    draining: s.draining,
+                    connected_since: s.connected_since.clone(),
+                    last_seen,
+                    lease_expires_at,
+                    held: self.held_view(&s.info.identity),
+                }
             })
             .collect()
     }
+
+    /// Every worker identity heard from since start (or holding an attempt
+    /// restored at start), connected or not, with its lease.
+    pub fn identities(&self) -> Vec<IdentityView> {
+        self.leases
+            .iter()
+            .map(|(identity, lease)| {
+                let session = self
+                    .sessions
+                    .values()
+                    .find(|s| &s.info.identity == identity);
+                IdentityView {
+                    identity: identity.clone(),
+                    connected: session.is_some(),
+                    session_id: session.map(|s| s.info.session_id.clone()),
+                    last_seen: lease.last_seen_at.clone(),
+                    lease_expires_at: wall_time_of(lease.expires),
+                    lease_lapsed: lease.lapsed || lease.expires <= Instant::now(),
+                    held: self.held_view(identity),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Ends step `index` with `status`. Returns whether the plan moves on to
+/// the next step (the step succeeded and no cancel covers it); otherwise
+/// the plan ends (`cancelled` when a cancel covers the step, else
+/// `failed`) and every later step is skipped.
+fn finish_step(
+    plan: &mut PlanRecord,
+    index: usize,
+    status: StepStatus,
+    output: Option<Value>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+) -> bool {
+    let step = &mut plan.steps[index];
+    let now = now_rfc3339();
+    step.view.status = status;
+    step.view.finished_at = Some(now.clone());
+    step.view.output = output;
+    step.view.error_code = error_code;
+    step.view.error_message = error_message;
+    if let Some(a) = step.view.attempts.last_mut()
+        && a.outcome.is_none()
+    {
+        a.outcome = Some(step_status_name(status));
+        a.finished_at = Some(now);
+    }
+    let cancelled = plan.cancel_from.is_some_and(|f| f <= index);
+    if status == StepStatus::Succeeded && !cancelled {
+        return true;
+    }
+    plan.status = if cancelled {
+        PlanStatus::Cancelled
+    } else {
+        PlanStatus::Failed
+    };
+    for later in plan.steps.iter_mut().skip(index + 1) {
+        later.view.status = StepStatus::Skipped;
+    }
+    tracing::info!(plan_id = %plan.id, status = %status_name(plan.status), "plan ended");
+    false
+}
+
+/// A step no worker holds ends `cancelled`, and so does its plan.
+fn cancel_step(plan: &mut PlanRecord, index: usize, reason: &str) {
+    finish_step(
+        plan,
+        index,
+        StepStatus::Cancelled,
+        None,
+        Some("cancelled".into()),
+        Some(reason.to_string()),
+    );
 }
 
 /// The step status a worker's outcome leads to (unknown values count as
@@ -645,15 +1194,53 @@ fn status_name(status: PlanStatus) -> String {
         .unwrap_or_else(|| format!("{status:?}"))
 }
 
+fn step_status_name(status: StepStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{status:?}"))
+}
+
+fn unreachable_view(id: &str) -> PlanView {
+    PlanView {
+        id: id.to_string(),
+        name: None,
+        status: PlanStatus::Failed,
+        created_at: String::new(),
+        steps: Vec::new(),
+        cancel_requested: false,
+    }
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
 /// The current time as RFC 3339 (UTC).
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+    format_rfc3339(time::OffsetDateTime::now_utc())
+}
+
+fn format_rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 time.
+pub fn parse_rfc3339(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The wall-clock time of a (tokio) instant, RFC 3339.
+fn wall_time_of(at: Instant) -> String {
+    let now = Instant::now();
+    let wall = time::OffsetDateTime::now_utc();
+    let t = if at >= now {
+        wall + at.duration_since(now)
+    } else {
+        wall - now.duration_since(at)
+    };
+    format_rfc3339(t)
 }
 
 #[cfg(test)]
@@ -667,6 +1254,7 @@ mod tests {
             version: "1".into(),
             inputs: json!({"n": task}),
             idempotent: false,
+            timeout_secs: None,
         }
     }
 
@@ -688,7 +1276,7 @@ mod tests {
         id: &str,
         tasks: &[&str],
         credit: u32,
-    ) -> mpsc::UnboundedReceiver<pb::OrchestratorMessage> {
+    ) -> mpsc::UnboundedReceiver<Outgoing> {
         connect_as(state, id, id, "i", tasks, credit, &[])
     }
 
@@ -702,7 +1290,7 @@ mod tests {
         tasks: &[&str],
         credit: u32,
         held: &[(&str, u32)],
-    ) -> mpsc::UnboundedReceiver<pb::OrchestratorMessage> {
+    ) -> mpsc::UnboundedReceiver<Outgoing> {
         let (tx, rx) = mpsc::unbounded_channel();
         state.register_session(NewSession {
             session_id: id.into(),
@@ -812,16 +1400,26 @@ mod tests {
         assert_eq!(state.workers().len(), 1, "the stale session is gone");
     }
 
-    fn assignments(
-        rx: &mut mpsc::UnboundedReceiver<pb::OrchestratorMessage>,
-    ) -> Vec<pb::Assignment> {
+    /// Everything sent to a session so far.
+    fn sent(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<Outgoing> {
         let mut out = Vec::new();
         while let Ok(m) = rx.try_recv() {
-            if let Some(pb::orchestrator_message::Kind::Assignment(a)) = m.kind {
-                out.push(a);
-            }
+            out.push(m);
         }
         out
+    }
+
+    fn assignments(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<pb::Assignment> {
+        sent(rx)
+            .into_iter()
+            .filter_map(|m| match m {
+                Outgoing::Send { message, .. } => match message.kind {
+                    Some(pb::orchestrator_message::Kind::Assignment(a)) => Some(a),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
     }
 
     fn finish(

@@ -10,9 +10,15 @@
 //! Results are de-duplicated by (task_id, attempt, worker identity), including across
 //! restarts: the keys already in `results.jsonl` are loaded at open.
 //!
+//! Crash-torn tails: a kill -9 or power cut during a commit can leave half
+//! a line at the end of a file (that batch was never acknowledged). At open
+//! a last line without its newline is cut back when it is not a whole
+//! record (and completed with its newline when it is), and the log says so;
+//! a bad line anywhere else still refuses the start.
+//!
 //! What it does not do: rewrite, compact or index the files. Reads scan the
-//! file, which is fine for a mock; plans themselves live in memory
-//! (`// Roadmap:` durable plan state).
+//! file, which is fine for a mock. Plans and their state live in the state
+//! store ([`crate::durable`]).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -96,6 +102,8 @@ impl Store {
             move |source| StoreError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        repair_tail::<StoredResult>(&dir.join(RESULTS_FILE))?;
+        repair_tail::<StoredAudit>(&dir.join(AUDIT_FILE))?;
         let open = |name: &str| {
             let path = dir.join(name);
             OpenOptions::new()
@@ -169,6 +177,16 @@ impl Store {
             .into_iter()
             .filter(|r| r.plan_id == plan_id)
             .collect())
+    }
+
+    /// Every stored result, in arrival order (read once at start to apply
+    /// results whose effect on their plan was not yet durable).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the file cannot be read or holds a bad line.
+    pub fn all_results(&self) -> Result<Vec<StoredResult>, StoreError> {
+        let _guard = self.files.lock();
+        read_lines::<StoredResult>(&self.dir.join(RESULTS_FILE))
     }
 
     /// Every stored audit record of a plan, in arrival order.
@@ -328,6 +346,52 @@ fn write_and_sync(
     Ok(())
 }
 
+/// Cuts a torn last line (no newline, not a whole record) off `path`, or
+/// completes a whole last record with its newline. Returns how many bytes
+/// were cut.
+fn repair_tail<T: DeserializeOwned>(path: &Path) -> Result<u64, StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    if bytes.last().is_none_or(|b| *b == b'\n') {
+        return Ok(0);
+    }
+    let start = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let tail = &bytes[start..];
+    let mut file = OpenOptions::new().write(true).open(path).map_err(io)?;
+    if serde_json::from_slice::<T>(tail).is_ok() {
+        tracing::warn!(file = %path.display(), "the last record had no newline (crash during a commit); completed it");
+        file.seek_end_and_write(b"\n").map_err(io)?;
+        file.sync_data().map_err(io)?;
+        return Ok(0);
+    }
+    let cut = u64::try_from(tail.len()).unwrap_or(u64::MAX);
+    tracing::warn!(file = %path.display(), bytes = cut, line = bytes[..start].iter().filter(|b| **b == b'\n').count() + 1, "cut a torn last line (a crash during a commit; that batch was never acknowledged, workers send it again)");
+    file.set_len(u64::try_from(start).unwrap_or(u64::MAX))
+        .map_err(io)?;
+    file.sync_data().map_err(io)?;
+    Ok(cut)
+}
+
+/// Appends at the end of a file opened for writing.
+trait SeekEndAndWrite {
+    fn seek_end_and_write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+impl SeekEndAndWrite for File {
+    fn seek_end_and_write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.seek(std::io::SeekFrom::End(0))?;
+        self.write_all(bytes)
+    }
+}
+
 fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, StoreError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -395,6 +459,45 @@ mod tests {
         assert_eq!(store.results("p").unwrap().len(), 2);
         let text = std::fs::read_to_string(dir.path().join(RESULTS_FILE)).unwrap();
         assert_eq!(text.lines().count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_cut_back_at_open_and_a_break_elsewhere_refuses_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        assert!(store.append_once(result("p", "t1", 1), None).await.unwrap());
+        assert!(store.append_once(result("p", "t2", 1), None).await.unwrap());
+        drop(store);
+        let path = dir.path().join(RESULTS_FILE);
+        let whole = std::fs::read(&path).unwrap();
+        // A kill -9 in the middle of the next commit.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"plan_id":"p","task_id":"t3","att"#);
+        std::fs::write(&path, &torn).unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the torn line is gone"
+        );
+        assert_eq!(store.results("p").unwrap().len(), 2);
+        assert!(store.append_once(result("p", "t3", 1), None).await.unwrap());
+        assert_eq!(store.results("p").unwrap().len(), 3);
+        drop(store);
+
+        // A whole last record whose newline was lost is kept.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.trim_end()).unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(store.results("p").unwrap().len(), 3);
+        drop(store);
+
+        // A broken line that is not the last one is not a crash tail.
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[1] = "{not json";
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let err = Store::open(dir.path(), true).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

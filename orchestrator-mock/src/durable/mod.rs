@@ -1,0 +1,201 @@
+//! Durable orchestrator state: the records that must survive a kill -9,
+//! the one trait a backend implements ([`PlanStore`]), and the group
+//! committer in front of it ([`journal`]).
+//!
+//! What is stored: every plan as one [`PlanRecord`] holding its steps, each
+//! step's attempts (who holds the current one, accepted or not, how each
+//! earlier one ended), its place in the queue (`queue_seq`) and its cancel
+//! and deadline settings. Leases are per worker identity and are *derived*:
+//! the holder of an attempt is durable, the lease expiry is not, because
+//! after a restart every attempt still assigned is leased to its holder
+//! from the restart time (the contract's rule). Results and audit records
+//! live in the append-only files of [`crate::store`], which the admin API
+//! lists; the plan record only carries what a result did to its step.
+//!
+//! Backends: [`redb_store::RedbStore`] (the default, one file in
+//! `data_dir`) and [`MemoryStore`] (tests; it can be told to fail).
+//! A PostgreSQL backend maps a [`Change`] batch onto one SQL transaction of
+//! upserts (plans, steps, attempts as rows); see ARCHITECTURE.md,
+//! "Durable state".
+//!
+//! What it does not do: decide anything. The state machine in
+//! [`crate::state`] decides; this module only keeps what it decided.
+
+pub mod journal;
+pub mod redb_store;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{PlanStatus, StepView};
+
+/// Why the durable store failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DurableError {
+    /// The store could not be opened (permissions, a corrupt file, another
+    /// process holding it); fix `data_dir` and start again.
+    #[error("state store {path}: {message}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A commit failed (disk full, I/O error); nothing of the batch is
+    /// stored. The journal retries it; callers waiting for it keep waiting.
+    #[error("state store commit failed: {0}")]
+    Commit(String),
+    /// A stored record could not be decoded; the file was written by an
+    /// incompatible version or damaged. Refuses to start.
+    #[error("state store holds a bad record {key:?}: {message}")]
+    Decode {
+        /// The record's key.
+        key: String,
+        /// The decode error.
+        message: String,
+    },
+}
+
+/// One plan as stored: everything needed to continue it after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    /// Plan id.
+    pub id: String,
+    /// Name given at submission.
+    pub name: Option<String>,
+    /// Current status.
+    pub status: PlanStatus,
+    /// Submission time, RFC 3339.
+    pub created_at: String,
+    /// The steps, in order.
+    pub steps: Vec<StepRecord>,
+    /// Index of the first step a cancel applies to, when one was asked
+    /// for: that step and every later one never start again.
+    #[serde(default)]
+    pub cancel_from: Option<usize>,
+}
+
+/// One step as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// What the admin API shows (status, attempt, holder, attempts, ...).
+    pub view: StepView,
+    /// The registry's idempotency flag.
+    pub idempotent: bool,
+    /// Whether the worker sent `Accept` for the current attempt.
+    pub accepted: bool,
+    /// Position in the queue while queued (smaller goes first).
+    #[serde(default)]
+    pub queue_seq: u64,
+    /// The step's own deadline (RFC 3339), from the plan request.
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// The registry task's timeout in seconds, used for the deadline when
+    /// the step has none.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// One change for the store to make durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Insert or replace a plan record (with all its steps and attempts).
+    PutPlan(Box<PlanRecord>),
+}
+
+impl Change {
+    /// The key the change writes; later changes to the same key in one
+    /// batch replace earlier ones.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::PutPlan(p) => &p.id,
+        }
+    }
+}
+
+/// A backend for the orchestrator's durable state.
+///
+/// Shaped for several backends: [`PlanStore::commit`] takes a whole batch
+/// (every change waiting when the previous commit ended) and must make it
+/// durable atomically, so one transaction per batch is the whole contract.
+/// Implementations are called from one writer thread at a time.
+pub trait PlanStore: Send + Sync + 'static {
+    /// Every stored plan, to rebuild the state at start.
+    ///
+    /// # Errors
+    /// [`DurableError::Decode`] for a bad record, [`DurableError::Commit`]
+    /// for a read failure.
+    fn load(&self) -> Result<Vec<PlanRecord>, DurableError>;
+
+    /// Makes every change durable, all or nothing, before returning.
+    ///
+    /// # Errors
+    /// [`DurableError::Commit`] when nothing of the batch was stored.
+    fn commit(&self, changes: &[Change]) -> Result<(), DurableError>;
+}
+
+/// A store in memory, for tests: survives nothing, and can be told to fail
+/// the next commits (to play a full disk).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    plans: Mutex<BTreeMap<String, PlanRecord>>,
+    fail_next: AtomicUsize,
+    commits: AtomicUsize,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// The next `n` commits fail with [`DurableError::Commit`].
+    pub fn fail_next_commits(&self, n: usize) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// How many commits succeeded.
+    pub fn commits(&self) -> usize {
+        self.commits.load(Ordering::SeqCst)
+    }
+}
+
+impl PlanStore for MemoryStore {
+    fn load(&self) -> Result<Vec<PlanRecord>, DurableError> {
+        let plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(plans.values().cloned().collect())
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<(), DurableError> {
+        if self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(DurableError::Commit("injected failure (disk full)".into()));
+        }
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        for change in changes {
+            match change {
+                Change::PutPlan(p) => {
+                    plans.insert(p.id.clone(), (**p).clone());
+                }
+            }
+        }
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl<T: PlanStore> PlanStore for std::sync::Arc<T> {
+    fn load(&self) -> Result<Vec<PlanRecord>, DurableError> {
+        (**self).load()
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<(), DurableError> {
+        (**self).commit(changes)
+    }
+}
