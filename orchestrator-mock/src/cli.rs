@@ -1,6 +1,6 @@
 //! The `orchestrator-mock` command line: `serve`, `check`, and admin
-//! subcommands (`plan ...`, `workers`, `tasks`) that call the admin API
-//! through [`crate::client`].
+//! subcommands (`plan ...`, `workers`, `identities`, `tasks`) that call the
+//! admin API through [`crate::client`].
 //!
 //! Output is for people (pretty JSON, one problem per line); `--json`
 //! prints compact JSON for scripts. Exit codes: 0 success, 1 failure,
@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{PlanRequest, PlanStatus};
+use crate::api::{PlanStatus, PlanSubmission};
 use crate::client::{AdminClient, ClientError};
 use crate::config::{Config, ConfigError};
 
@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Plans: submit, show, approve, reject, results, audit, wait.
+    /// Plans: submit, show, approve, reject, cancel, results, audit, wait.
     Plan {
         /// Admin connection.
         #[command(flatten)]
@@ -65,6 +65,13 @@ pub enum Command {
     },
     /// List connected workers.
     Workers {
+        /// Admin connection.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List every worker identity known (connected or not) with its lease
+    /// and the attempts it holds.
+    Identities {
         /// Admin connection.
         #[command(flatten)]
         admin: AdminArgs,
@@ -93,7 +100,8 @@ pub struct AdminArgs {
 pub enum PlanCommand {
     /// Submit a plan from a JSON file (`-` for stdin).
     Submit {
-        /// The plan JSON: `{"name": ..., "steps": [{"task": ..., "inputs": {...}}]}`.
+        /// The plan JSON: `{"name": ..., "steps": [{"task": ..., "inputs": {...},
+        /// "deadline": "2026-05-01T12:00:00Z"}]}` (deadline optional).
         file: PathBuf,
     },
     /// Show a plan.
@@ -112,6 +120,17 @@ pub enum PlanCommand {
         id: String,
         /// Why.
         #[arg(long, default_value = "rejected from the CLI")]
+        reason: String,
+    },
+    /// Cancel a plan (or, with `--step`, the plan from that step on).
+    Cancel {
+        /// Plan id.
+        id: String,
+        /// Cancel from this step index on; earlier steps still run.
+        #[arg(long)]
+        step: Option<usize>,
+        /// Why (sent to the worker in `Cancel.reason`).
+        #[arg(long, default_value = "cancelled from the CLI")]
         reason: String,
     },
     /// Stored results of a plan.
@@ -172,6 +191,11 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         Command::Workers { admin } => {
             let workers = AdminClient::new(&admin.admin_url).workers().await?;
             print(&admin, &workers)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Identities { admin } => {
+            let identities = AdminClient::new(&admin.admin_url).identities().await?;
+            print(&admin, &identities)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tasks { admin } => {
@@ -273,12 +297,12 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
                 path: file.clone(),
                 message: e.to_string(),
             })?;
-            let request: PlanRequest =
+            let request: PlanSubmission =
                 serde_json::from_str(&text).map_err(|e| CliError::Input {
                     path: file.clone(),
                     message: format!("not a plan: {e}"),
                 })?;
-            match client.submit_plan(&request).await {
+            match client.submit(&request).await {
                 Ok(view) => print(admin, &view)?,
                 Err(e) if !e.problems().is_empty() => {
                     eprintln!("plan refused:");
@@ -293,6 +317,13 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
         PlanCommand::Show { id } => print(admin, &client.plan(&id).await?)?,
         PlanCommand::Approve { id } => print(admin, &client.approve(&id).await?)?,
         PlanCommand::Reject { id, reason } => print(admin, &client.reject(&id, &reason).await?)?,
+        PlanCommand::Cancel { id, step, reason } => {
+            let view = match step {
+                Some(index) => client.cancel_step(&id, index, &reason).await?,
+                None => client.cancel_plan(&id, &reason).await?,
+            };
+            print(admin, &view)?;
+        }
         PlanCommand::Results { id } => print(admin, &client.results(&id).await?)?,
         PlanCommand::Audit { id } => print(admin, &client.audit(&id).await?)?,
         PlanCommand::Wait { id, timeout } => {
@@ -326,6 +357,23 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn plan_cancel_takes_an_optional_step_and_a_reason() {
+        let cli =
+            Cli::try_parse_from(["orchestrator-mock", "plan", "cancel", "abc", "--step", "2"])
+                .unwrap();
+        match cli.command {
+            Command::Plan {
+                command: PlanCommand::Cancel { id, step, reason },
+                ..
+            } => {
+                assert_eq!((id.as_str(), step), ("abc", Some(2)));
+                assert_eq!(reason, "cancelled from the CLI");
+            }
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     #[test]

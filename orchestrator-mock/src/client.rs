@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    ErrorBody, PlanRequest, PlanView, Problem, RejectRequest, StoredAudit, StoredResult, TaskView,
-    WorkerView,
+    CancelRequest, ErrorBody, IdentityView, PlanRequest, PlanSubmission, PlanView, Problem,
+    RejectRequest, StoredAudit, StoredResult, TaskView, WorkerView,
 };
 
 /// How often [`AdminClient::wait_for_plan`] polls.
@@ -117,6 +117,63 @@ impl AdminClient {
             .await
     }
 
+    /// Submits a plan whose steps may carry deadlines.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `problems` when the plan is refused
+    /// (including a deadline that is not RFC 3339 or already passed).
+    pub async fn submit(&self, plan: &PlanSubmission) -> Result<PlanView, ClientError> {
+        self.send(self.http.post(self.url("/v1/plans")).json(plan))
+            .await
+    }
+
+    /// Cancels a plan: queued work ends at once, a running step gets a
+    /// `Cancel` and the plan ends `cancelled` when its result arrives.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]: 404 unknown id, 409 already finished.
+    pub async fn cancel_plan(&self, id: &str, reason: &str) -> Result<PlanView, ClientError> {
+        let body = CancelRequest {
+            reason: Some(reason.to_string()),
+        };
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/plans/{id}/cancel")))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Cancels a plan from step `index` on (earlier steps still run).
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]: 404 unknown id or step, 409 step finished.
+    pub async fn cancel_step(
+        &self,
+        id: &str,
+        index: usize,
+        reason: &str,
+    ) -> Result<PlanView, ClientError> {
+        let body = CancelRequest {
+            reason: Some(reason.to_string()),
+        };
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/plans/{id}/steps/{index}/cancel")))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Every worker identity known, connected or not, with its lease and
+    /// the attempts it holds.
+    ///
+    /// # Errors
+    /// Transport or decode errors.
+    pub async fn identities(&self) -> Result<Vec<IdentityView>, ClientError> {
+        self.send(self.http.get(self.url("/v1/identities"))).await
+    }
+
     /// Reads a plan.
     ///
     /// # Errors
@@ -169,7 +226,8 @@ impl AdminClient {
             .await
     }
 
-    /// Polls a plan until it is finished (succeeded, failed or rejected).
+    /// Polls a plan until it is finished (succeeded, failed, rejected or
+    /// cancelled).
     ///
     /// # Errors
     /// [`ClientError::Timeout`] after `timeout`, or any error of [`Self::plan`].

@@ -1672,4 +1672,285 @@ mod tests {
         finish(&mut state, "w1", &a, StepStatus::Succeeded);
         assert_eq!(state.plan(&plan.id).unwrap().status, PlanStatus::Succeeded);
     }
+
+    fn cancels(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<pb::Cancel> {
+        sent(rx)
+            .into_iter()
+            .filter_map(|m| match m {
+                Outgoing::Send { message, .. } => match message.kind {
+                    Some(pb::orchestrator_message::Kind::Cancel(c)) => Some(c),
+                    _ => None,
+                },
+                Outgoing::Close(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cancelling_a_plan_ends_a_queued_step_at_once_and_queues_nothing_more() {
+        let mut state = State::new(false);
+        let plan = state.submit(None, vec![step("a"), step("b")]);
+        state.approve(&plan.id).unwrap();
+        assert_eq!(
+            state.plan(&plan.id).unwrap().steps[0].status,
+            StepStatus::Queued
+        );
+        let view = state.cancel(&plan.id, 0, "changed my mind").unwrap();
+        assert_eq!(view.status, PlanStatus::Cancelled);
+        assert_eq!(view.steps[0].status, StepStatus::Cancelled);
+        assert_eq!(
+            view.steps[0].error_message.as_deref(),
+            Some("changed my mind")
+        );
+        assert_eq!(view.steps[1].status, StepStatus::Skipped);
+        let mut rx = connect(&mut state, "w1", &["a", "b"], 4);
+        assert!(
+            assignments(&mut rx).is_empty(),
+            "nothing of it is dispatched"
+        );
+        assert!(matches!(
+            state.cancel(&plan.id, 0, "again"),
+            Err(StateError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn cancelling_an_assigned_step_sends_cancel_and_the_plan_ends_cancelled_with_the_workers_outcome()
+     {
+        let mut state = State::new(false);
+        let mut rx = connect(&mut state, "w1", &["a", "b"], 4);
+        let plan = state.submit(None, vec![step("a"), step("b")]);
+        state.approve(&plan.id).unwrap();
+        let a = assignments(&mut rx).remove(0);
+        let view = state.cancel(&plan.id, 0, "stop").unwrap();
+        assert!(view.cancel_requested);
+        assert_eq!(view.status, PlanStatus::Running, "it waits for the worker");
+        let sent = cancels(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].task.as_ref().unwrap().task_id, a.task_id);
+        assert_eq!(sent[0].reason, "stop");
+        // The call had already gone out: the worker cannot tell.
+        finish(&mut state, "w1", &a, StepStatus::OutcomeUnknown);
+        let view = state.plan(&plan.id).unwrap();
+        assert_eq!(view.status, PlanStatus::Cancelled);
+        assert_eq!(view.steps[0].status, StepStatus::OutcomeUnknown);
+        assert_eq!(view.steps[1].status, StepStatus::Skipped);
+        assert!(assignments(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn cancelling_a_later_step_lets_the_earlier_ones_run_and_stops_the_plan_there() {
+        let mut state = State::new(false);
+        let mut rx = connect(&mut state, "w1", &["a", "b"], 4);
+        let plan = state.submit(None, vec![step("a"), step("b")]);
+        state.approve(&plan.id).unwrap();
+        let a = assignments(&mut rx).remove(0);
+        state.cancel(&plan.id, 1, "not the second").unwrap();
+        assert!(cancels(&mut rx).is_empty(), "step 0 keeps running");
+        finish(&mut state, "w1", &a, StepStatus::Succeeded);
+        let view = state.plan(&plan.id).unwrap();
+        assert_eq!(view.status, PlanStatus::Cancelled);
+        assert_eq!(view.steps[0].status, StepStatus::Succeeded);
+        assert_eq!(view.steps[1].status, StepStatus::Cancelled);
+        assert!(assignments(&mut rx).is_empty());
+        assert_eq!(
+            state.cancel(&plan.id, 5, "x"),
+            Err(StateError::Conflict(format!(
+                "plan {} is cancelled: a finished plan cannot be cancelled",
+                plan.id
+            )))
+        );
+    }
+
+    #[test]
+    fn a_cancel_for_a_disconnected_holder_goes_out_when_it_dials_back_still_holding_the_attempt() {
+        let mut state = State::new(false);
+        let mut old = connect_as(&mut state, "s1", "w", "i", &["a"], 4, &[]);
+        let plan = state.submit(None, vec![step("a")]);
+        state.approve(&plan.id).unwrap();
+        let a = assignments(&mut old).remove(0);
+        state.mark_accepted(&a.task_id, a.attempt);
+        state.unregister_session("s1");
+        state.cancel(&plan.id, 0, "stop").unwrap();
+        let mut new = connect_as(&mut state, "s2", "w", "i", &["a"], 4, &[(&a.task_id, 1)]);
+        assert_eq!(cancels(&mut new).len(), 1);
+    }
+
+    #[test]
+    fn the_assignment_deadline_comes_from_the_step_or_else_the_registry_timeout() {
+        let mut state = State::new(false);
+        let mut rx = connect(&mut state, "w1", &["a"], 8);
+        let mut timed = step("a");
+        timed.timeout_secs = Some(60);
+        let before = time::OffsetDateTime::now_utc().unix_timestamp();
+        let p1 = state.submit(None, vec![timed.clone()]);
+        state.approve(&p1.id).unwrap();
+        let a = assignments(&mut rx).remove(0);
+        let deadline = a.deadline.expect("the registry timeout sets a deadline");
+        assert!(
+            (before + 59..=before + 62).contains(&deadline.seconds),
+            "{deadline:?}"
+        );
+
+        let p2 = state.submit_with_deadlines(
+            None,
+            vec![timed],
+            vec![Some("2999-01-01T00:00:00Z".into())],
+        );
+        state.approve(&p2.id).unwrap();
+        let b = assignments(&mut rx).remove(0);
+        assert_eq!(
+            b.deadline.unwrap().seconds,
+            32_472_144_000,
+            "the step's deadline wins"
+        );
+        assert_eq!(
+            state.plan(&p2.id).unwrap().steps[0].attempts[0]
+                .deadline
+                .as_deref(),
+            Some("2999-01-01T00:00:00Z")
+        );
+
+        let p3 = state.submit(None, vec![step("a")]);
+        state.approve(&p3.id).unwrap();
+        assert_eq!(assignments(&mut rx).remove(0).deadline, None);
+    }
+
+    #[test]
+    fn a_step_whose_deadline_passed_before_a_worker_took_it_ends_timed_out_without_running() {
+        let mut state = State::new(false);
+        let plan = state.submit_with_deadlines(
+            None,
+            vec![step("a"), step("b")],
+            vec![Some("2000-01-01T00:00:00Z".into())],
+        );
+        state.approve(&plan.id).unwrap();
+        let mut rx = connect(&mut state, "w1", &["a", "b"], 8);
+        assert!(assignments(&mut rx).is_empty());
+        let view = state.plan(&plan.id).unwrap();
+        assert_eq!(view.steps[0].status, StepStatus::TimedOut);
+        assert_eq!(view.steps[0].error_code.as_deref(), Some("deadline_passed"));
+        assert_eq!(view.status, PlanStatus::Failed);
+    }
+
+    #[test]
+    fn a_newer_session_of_the_same_identity_closes_the_older_stream_with_aborted() {
+        let mut state = State::new(false);
+        let mut old = connect_as(&mut state, "s1", "w", "i", &["a"], 4, &[]);
+        let _new = connect_as(&mut state, "s2", "w", "i", &["a"], 4, &[]);
+        let closed: Vec<tonic::Status> = sent(&mut old)
+            .into_iter()
+            .filter_map(|m| match m {
+                Outgoing::Close(status) => Some(*status),
+                Outgoing::Send { .. } => None,
+            })
+            .collect();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].code(), tonic::Code::Aborted);
+        assert_eq!(closed[0].message(), SUPERSEDED);
+    }
+
+    #[test]
+    fn an_assignment_waits_for_the_journal_entry_that_records_it() {
+        let (journal, _durable) = crate::durable::journal::in_memory();
+        let mut state = State::with_journal(false, DEFAULT_LEASE_TIMEOUT, journal);
+        let mut rx = connect(&mut state, "w1", &["a"], 4);
+        let plan = state.submit(None, vec![step("a")]);
+        let before = state.last_change();
+        state.approve(&plan.id).unwrap();
+        let after = match rx.try_recv().unwrap() {
+            Outgoing::Send { after, .. } => after,
+            Outgoing::Close(_) => panic!("closed"),
+        };
+        assert!(after > before, "the assignment depends on a later change");
+        assert_eq!(after, state.last_change());
+    }
+
+    #[test]
+    fn a_restored_state_continues_every_plan_and_settles_assigned_attempts_when_the_worker_dials_back()
+     {
+        let store = std::sync::Arc::new(crate::durable::MemoryStore::new());
+        let records = {
+            let (journal, durable, handle) =
+                crate::durable::journal::spawn(Box::new(store.clone())).unwrap();
+            let mut state = State::with_journal(false, DEFAULT_LEASE_TIMEOUT, journal);
+            let mut rx = connect_as(&mut state, "s1", "w", "i", &["a", "b"], 1, &[]);
+            let held = state.submit(None, vec![step("a"), step("b")]);
+            let lost = state.submit(None, vec![step("a")]);
+            let queued = state.submit(None, vec![step("b")]);
+            let pending = state.submit(None, vec![step("a")]);
+            state.approve(&held.id).unwrap();
+            let a = assignments(&mut rx).remove(0);
+            state.mark_accepted(&a.task_id, a.attempt);
+            state.grant_credit("s1", 1);
+            state.approve(&lost.id).unwrap();
+            let l = assignments(&mut rx).remove(0);
+            state.approve(&queued.id).unwrap();
+            let last = state.last_change();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime
+                .block_on(durable.wait(last, Duration::from_secs(10)))
+                .unwrap();
+            handle.close();
+            use crate::durable::PlanStore as _;
+            (
+                store.load().unwrap(),
+                held.id,
+                lost.id,
+                queued.id,
+                pending.id,
+                a,
+                l,
+            )
+        };
+        let (records, held, lost, queued, pending, a, l) = records;
+        // A new process on the same store.
+        let mut state = State::new(false);
+        state.restore(records);
+        assert_eq!(
+            state.plan(&pending).unwrap().status,
+            PlanStatus::PendingApproval
+        );
+        assert_eq!(
+            state.plan(&queued).unwrap().steps[0].status,
+            StepStatus::Queued
+        );
+        let identities = state.identities();
+        assert_eq!(identities.len(), 1, "the holder is leased from the restart");
+        assert!(!identities[0].connected);
+        assert_eq!(identities[0].held.len(), 2);
+        // The worker dials back holding the accepted attempt only.
+        let mut rx = connect_as(
+            &mut state,
+            "s2",
+            "w",
+            "i",
+            &["a", "b"],
+            4,
+            &[(&a.task_id, 1)],
+        );
+        let sent = assignments(&mut rx);
+        let ids: Vec<(&str, u32)> = sent
+            .iter()
+            .map(|s| (s.task_id.as_str(), s.attempt))
+            .collect();
+        assert!(
+            ids.contains(&(l.task_id.as_str(), 2)),
+            "the never-accepted one again: {ids:?}"
+        );
+        assert_eq!(ids.len(), 2, "and the queued plan: {ids:?}");
+        assert!(
+            !ids.contains(&(a.task_id.as_str(), 2)),
+            "the held one is not repeated"
+        );
+        finish(&mut state, "w", &a, StepStatus::Succeeded);
+        assert_eq!(
+            state.plan(&held).unwrap().steps[1].status,
+            StepStatus::Assigned
+        );
+        assert_eq!(state.plan(&lost).unwrap().steps[0].attempt, 2);
+    }
 }

@@ -354,11 +354,14 @@ fn repair_tail<T: DeserializeOwned>(path: &Path) -> Result<u64, StoreError> {
         path: path.to_path_buf(),
         source,
     };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    match std::fs::metadata(path) {
+        // Only a regular file can have a torn tail (and be read whole).
+        Ok(m) if !m.is_file() => return Ok(0),
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io(e)),
-    };
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
     if bytes.last().is_none_or(|b| *b == b'\n') {
         return Ok(0);
     }

@@ -34,8 +34,14 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(|_| {}).await
+    }
+
+    /// Starts after `prepare` ran on the directory (which holds `data/`).
+    async fn start_with(prepare: impl FnOnce(&Path)) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let (ca, text) = common::write_setup(dir.path());
+        prepare(dir.path());
         let config = Config::from_toml_str(&text, dir.path()).unwrap();
         let handle = orchestrator_mock::spawn(config.clone()).await.unwrap();
         let admin = AdminClient::new(&handle.admin_url());
@@ -562,4 +568,224 @@ async fn the_admin_api_reports_problems_conflicts_unknown_plans_and_bad_json() {
         tasks[0].input_schema_sha256,
         orchestrator_mock::canonical_sha256(&schema_one())
     );
+}
+
+fn hello_holding(instance: &str, running: Vec<pb::TaskRef>) -> Up {
+    match hello(4) {
+        Up::Hello(mut h) => {
+            h.instance_id = instance.into();
+            h.running = running;
+            Up::Hello(h)
+        }
+        _ => unreachable!(),
+    }
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_restarted_on_the_same_data_dir_continues_its_plans_and_settles_held_attempts()
+ {
+    let mut env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    worker.send(hello(4)).await;
+    assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
+    let submitted = env
+        .admin
+        .submit_plan(&plan(&[
+            ("crm.create_ticket", json!({"title": "a"})),
+            ("crm.get_ticket", json!({"id": "1"})),
+        ]))
+        .await
+        .unwrap();
+    let waiting = env
+        .admin
+        .submit_plan(&plan(&[("crm.get_ticket", json!({}))]))
+        .await
+        .unwrap();
+    env.admin.approve(&submitted.id).await.unwrap();
+    let first = worker.expect_assignment().await;
+    worker
+        .send(Up::Accept(pb::Accept {
+            task: Some(pb::TaskRef {
+                task_id: first.task_id.clone(),
+                attempt: first.attempt,
+            }),
+        }))
+        .await;
+    wait_until("the accept is recorded", || async {
+        env.admin.plan(&submitted.id).await.unwrap().steps[0].attempts[0].accepted
+    })
+    .await;
+    // The worker's connection drops, then the orchestrator stops.
+    drop(worker);
+    env.handle.take().unwrap().shutdown().await;
+
+    let restarted = orchestrator_mock::spawn(env.config.clone()).await.unwrap();
+    let admin = AdminClient::new(&restarted.admin_url());
+    let view = admin.plan(&submitted.id).await.unwrap();
+    assert_eq!(view.status, PlanStatus::Running);
+    assert_eq!(view.steps[0].status, StepStatus::Assigned);
+    let attempt = &view.steps[0].attempts[0];
+    assert_eq!(
+        (attempt.worker.as_str(), attempt.accepted),
+        (IDENTITY, true)
+    );
+    assert!(
+        attempt.lease_expires_at.is_some(),
+        "leased from the restart"
+    );
+    assert_eq!(
+        admin.plan(&waiting.id).await.unwrap().status,
+        PlanStatus::PendingApproval
+    );
+    let identities = admin.identities().await.unwrap();
+    assert_eq!(identities.len(), 1);
+    assert!(!identities[0].connected);
+    assert_eq!(identities[0].held[0].task_id, first.task_id);
+
+    // The worker dials back, still running the attempt, and reports it.
+    env.handle = Some(restarted);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    let held = pb::TaskRef {
+        task_id: first.task_id.clone(),
+        attempt: 1,
+    };
+    worker
+        .send(hello_holding("instance-1", vec![held.clone()]))
+        .await;
+    assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
+    worker
+        .send(result_for(
+            &first,
+            pb::Outcome::Succeeded,
+            json!({"id": "T-1"}),
+        ))
+        .await;
+    assert_eq!(worker.expect_ack().await, held);
+    let second = worker.expect_assignment().await;
+    assert_eq!(second.task_name, "crm.get_ticket");
+    worker
+        .send(result_for(&second, pb::Outcome::Succeeded, json!({})))
+        .await;
+    worker.expect_ack().await;
+    let done = admin.wait_for_plan(&submitted.id, WAIT).await.unwrap();
+    assert_eq!(done.status, PlanStatus::Succeeded);
+    assert_eq!(
+        done.steps[0].attempts.len(),
+        1,
+        "the held attempt was not repeated"
+    );
+    env.handle.take().unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_stream_of_the_same_identity_ends_the_older_one_with_aborted() {
+    let env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut old = env.session(&cert, &key).await.unwrap();
+    old.send(hello(4)).await;
+    assert!(matches!(old.next().await, Ok(Some(Down::Welcome(_)))));
+    let mut new = env.session(&cert, &key).await.unwrap();
+    new.send(hello(4)).await;
+    assert!(matches!(new.next().await, Ok(Some(Down::Welcome(_)))));
+    let status = old.next().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(status.message().contains("superseded"), "{status:?}");
+    assert_eq!(env.admin.workers().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_cannot_be_stored_gets_result_refused_on_the_same_stream() {
+    // The audit file is on a full disk.
+    let env = Env::start_with(|dir| {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.join("data/audit.jsonl")).unwrap();
+    })
+    .await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    worker.send(hello(4)).await;
+    assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
+    let submitted = env
+        .admin
+        .submit_plan(&plan(&[("crm.create_ticket", json!({"title": "a"}))]))
+        .await
+        .unwrap();
+    env.admin.approve(&submitted.id).await.unwrap();
+    let a = worker.expect_assignment().await;
+    for _ in 0..2 {
+        worker
+            .send(result_for(&a, pb::Outcome::Succeeded, json!({})))
+            .await;
+        match worker.next().await {
+            Ok(Some(Down::ResultRefused(r))) => {
+                assert_eq!(r.task.unwrap().task_id, a.task_id);
+                assert_eq!(r.reason, "result store unavailable");
+            }
+            other => panic!("expected ResultRefused, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        env.admin.plan(&submitted.id).await.unwrap().steps[0].status,
+        StepStatus::Assigned,
+        "an unstored result changes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_that_breaks_the_contract_is_refused_with_invalid_argument_naming_the_field() {
+    let env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    worker
+        .send(hello_holding("bad id with spaces", vec![]))
+        .await;
+    let status = worker.next().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("Hello.instance_id"), "{status:?}");
+
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    let Up::Hello(mut big) = hello(4) else {
+        unreachable!()
+    };
+    big.manifest = (0..1025)
+        .map(|i| pb::ManifestEntry {
+            name: format!("t{i}"),
+            version: "1".into(),
+            input_schema_sha256: "0".repeat(64),
+        })
+        .collect();
+    worker.send(Up::Hello(big)).await;
+    let status = worker.next().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("1025 entries"), "{status:?}");
+    assert!(env.admin.workers().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_4_mib_ends_the_stream_with_resource_exhausted_naming_the_limit() {
+    let env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    worker.send(hello(4)).await;
+    assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
+    worker
+        .send(Up::Draining(pb::Draining {
+            reason: "x".repeat(5 * 1024 * 1024),
+        }))
+        .await;
+    let status = worker.next().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("4 MiB"), "{status:?}");
 }
