@@ -327,8 +327,8 @@ async fn audit(
     Ok(Json(stored))
 }
 
-/// 404 for a plan neither in memory nor in the store (plans are in memory
-/// only, but stored records outlive a restart and stay readable).
+/// 404 for a plan neither in the state nor in the result files (results
+/// of a plan from a data_dir that predates the state store stay readable).
 fn known(app: &AdminState, id: &str, nothing_stored: bool) -> Result<(), ApiError> {
     match app.lock().plan(id) {
         Err(e) if nothing_stored => Err(e.into()),
