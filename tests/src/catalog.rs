@@ -33,6 +33,14 @@ pub struct SampleTask {
     pub allowed_on_worker: bool,
 }
 
+impl SampleTask {
+    /// Whether both sides declare the task idempotent: reads are, writes
+    /// are not.
+    pub fn idempotent(&self) -> bool {
+        self.method == "GET"
+    }
+}
+
 /// Every sample task.
 pub fn tasks() -> Vec<SampleTask> {
     let ticket_id = json!({"type": "string", "pattern": "^T-[0-9]{1,9}$"});
@@ -122,6 +130,21 @@ pub fn tasks() -> Vec<SampleTask> {
             allowed_on_worker: true,
         },
         SampleTask {
+            name: "diag.slow_write",
+            version: "1",
+            description: "Diagnostic: a write the internal API takes its time over (not idempotent)",
+            input_schema: json!({
+                "type": "object",
+                "required": ["ms"],
+                "additionalProperties": false,
+                "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 60000}}
+            }),
+            method: "POST",
+            path: "/slow/{ms}",
+            body: None,
+            allowed_on_worker: true,
+        },
+        SampleTask {
             name: "crm.delete_customer",
             version: "1",
             description: "Delete a customer and all their data (registered, but no worker here allows it)",
@@ -148,7 +171,7 @@ pub fn registry_json() -> String {
                 "version": t.version,
                 "description": t.description,
                 "input_schema": t.input_schema,
-                "idempotent": t.method == "GET",
+                "idempotent": t.idempotent(),
             })
         })
         .collect();
@@ -193,10 +216,11 @@ pub fn worker_config_toml(setup: &WorkerSetup<'_>) -> String {
     for task in tasks().into_iter().filter(|t| t.allowed_on_worker) {
         let schema = toml::Value::try_from(&task.input_schema).expect("schema is TOML-able");
         out.push_str(&format!(
-            "\n[tasks.\"{name}\"]\nversion = \"{version}\"\ntimeout = \"10s\"\ninput_schema = {schema}\n\n\
+            "\n[tasks.\"{name}\"]\nversion = \"{version}\"\ntimeout = \"10s\"\nidempotent = {idempotent}\ninput_schema = {schema}\n\n\
              [tasks.\"{name}\".http]\nmethod = \"{method}\"\nurl = {url}\nauth = {{ type = \"bearer\", secret = \"env://{TOKEN_ENV}\" }}\n",
             name = task.name,
             version = task.version,
+            idempotent = task.idempotent(),
             method = task.method,
             url = quote(&format!("{}{}", setup.api_base, task.path)),
         ));

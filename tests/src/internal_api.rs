@@ -9,7 +9,7 @@
 //! - `POST /tickets/{id}/comments` `{text}` -> 201.
 //! - `POST /echo` -> 200 echoing the request headers and body back
 //!   (including the credential: the worker must redact it).
-//! - `GET /slow/{ms}` -> 200 after a delay.
+//! - `GET /slow/{ms}` and `POST /slow/{ms}` -> 200 after a delay.
 //!
 //! It is a test double, not a CRM: state lives in memory.
 
@@ -71,7 +71,7 @@ impl InternalApi {
             .route("/tickets/{id}", get(get_ticket))
             .route("/tickets/{id}/comments", post(add_comment))
             .route("/echo", post(echo))
-            .route("/slow/{ms}", get(slow))
+            .route("/slow/{ms}", get(slow).post(slow))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 record_and_authorize,

@@ -9,6 +9,8 @@
 //! - [`procs`]: building and running the real binaries as child processes,
 //!   with their output captured to files.
 //! - [`proxy`]: a TCP proxy whose connections a test can cut.
+//! - [`scripted`]: a scripted orchestrator (the contract's server side with
+//!   the test in control) to play a broken or hostile orchestrator.
 //! - [`sockets`]: what sockets a process holds, read from /proc.
 //! - [`fake_vault`]: a fake Azure Key Vault and token endpoint over HTTPS,
 //!   close enough to the service for the real SDK (a test double).
@@ -23,4 +25,5 @@ pub mod internal_api;
 pub mod pki;
 pub mod procs;
 pub mod proxy;
+pub mod scripted;
 pub mod sockets;
