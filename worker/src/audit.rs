@@ -135,6 +135,7 @@ impl AuditLog {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let (last_sequence, last_hash) = if path.exists() {
+            repair_torn_tail(path)?;
             verify_file(path)?
         } else {
             (0, GENESIS_HASH.to_string())
@@ -299,6 +300,62 @@ impl AuditWriter {
     }
 }
 
+/// Longest tail read back at start when looking for a torn last record
+/// (a record is well under this: outputs and inputs are capped at 1 MiB).
+const MAX_TAIL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A kill -9 or power cut during a write can leave the last record half
+/// written (no final newline). Such a record was never synced, so it was
+/// never sent or acknowledged: cut it back and say so. A complete last
+/// record that only lacks its newline gets the newline. Anything else
+/// (a bad line before the last) is left for [`verify_file`] to refuse.
+fn repair_torn_tail(path: &Path) -> Result<(), AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let start = len.saturating_sub(MAX_TAIL_BYTES);
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).map_err(io)?;
+    if tail.is_empty() || tail.ends_with(b"\n") {
+        return Ok(());
+    }
+    let Some(line_start) = tail
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .or((start == 0).then_some(0))
+    else {
+        return Ok(());
+    };
+    let last = &tail[line_start..];
+    if serde_json::from_slice::<AuditRecord>(last).is_ok() {
+        file.write_all(b"\n")
+            .and_then(|()| file.sync_data())
+            .map_err(io)?;
+        tracing::warn!(log = %path.display(), "the audit log's last record had no newline (the worker stopped mid-write); added it");
+    } else {
+        let keep = start + line_start as u64;
+        file.set_len(keep)
+            .and_then(|()| file.sync_data())
+            .map_err(io)?;
+        tracing::warn!(
+            log = %path.display(),
+            cut_bytes = len - keep,
+            "the audit log ended in a torn record (the worker stopped mid-write); cut it back: it was never synced, sent or acknowledged"
+        );
+    }
+    Ok(())
+}
+
 /// Checks every record of a log: each parses, is numbered in order, points
 /// to its predecessor's hash and carries its own correct hash. Returns the
 /// last sequence number and hash.
@@ -404,10 +461,57 @@ mod tests {
 
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("\"a\"", "\"z\"", 1)).unwrap();
+        assert!(
+            AuditLog::open(&path).is_err(),
+            "a broken chain is refused at start"
+        );
         let err = verify_file(&path).unwrap_err().to_string();
         assert!(
             err.contains("line 1") && err.contains("record_hash"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_back_at_start_and_a_break_elsewhere_is_still_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(record("a")).unwrap();
+        let second = log.append(record("b")).unwrap();
+        drop(log);
+        let whole = std::fs::read(&path).unwrap();
+
+        // Half of a third record, as a kill -9 mid-write leaves it.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"task_id":"c","attempt":1,"plan_"#);
+        std::fs::write(&path, &torn).unwrap();
+        let mut log = AuditLog::open(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "only the torn bytes are cut"
+        );
+        let third = log.append(record("c")).unwrap();
+        assert_eq!(
+            (third.sequence, third.prev_hash.as_str()),
+            (3, second.record_hash.as_str())
+        );
+        drop(log);
+        assert_eq!(verify_file(&path).unwrap().0, 3);
+
+        // A complete last record missing only its newline is kept.
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 1]).unwrap();
+        AuditLog::open(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), text);
+
+        // A torn record that is not the last one is refused, as before.
+        let mut broken = whole[..whole.len() / 2].to_vec();
+        broken.push(b'\n');
+        broken.extend_from_slice(&whole);
+        std::fs::write(&path, &broken).unwrap();
+        let error = AuditLog::open(&path).unwrap_err().to_string();
+        assert!(error.contains("line 1"), "{error}");
     }
 }
