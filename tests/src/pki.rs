@@ -26,6 +26,8 @@ pub struct Pki {
     pub worker_key: PathBuf,
     /// The worker's identity (its URI SAN).
     pub worker_identity: String,
+    /// Further workers of the same PKI: (identity, certificate, key).
+    pub other_workers: Vec<(String, PathBuf, PathBuf)>,
 }
 
 impl Pki {
@@ -34,10 +36,20 @@ impl Pki {
     /// # Panics
     /// When the certs-tool library fails (a test set-up bug).
     pub fn create(dir: &Path, worker_id: &str) -> Pki {
+        Pki::create_for(dir, &[worker_id])
+    }
+
+    /// Writes a dev bundle with one certificate per id in `worker_ids` (at
+    /// least one); the first is [`Pki::worker_cert`], the rest
+    /// [`Pki::other_workers`].
+    ///
+    /// # Panics
+    /// When the certs-tool library fails (a test set-up bug).
+    pub fn create_for(dir: &Path, worker_ids: &[&str]) -> Pki {
         let bundle = write_dev_bundle(&DevOptions {
             out_dir: dir.to_path_buf(),
             trust_domain: TRUST_DOMAIN.to_string(),
-            worker_ids: vec![worker_id.to_string()],
+            worker_ids: worker_ids.iter().map(|id| id.to_string()).collect(),
             server_dns: vec!["localhost".into(), ORCHESTRATOR_NAME.into()],
             server_ips: vec!["127.0.0.1".parse().unwrap()],
             validity_days: 7,
@@ -51,6 +63,7 @@ impl Pki {
             worker_cert: cert,
             worker_key: key,
             worker_identity: identity,
+            other_workers: bundle.workers[1..].to_vec(),
         }
     }
 }

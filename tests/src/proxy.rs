@@ -1,11 +1,14 @@
-//! A TCP proxy on 127.0.0.1:0 whose connections a test can cut at will,
-//! standing for a flaky network path or a load balancer that drops streams.
-//! It forwards bytes unchanged (TLS passes through end to end).
+//! A TCP proxy on 127.0.0.1:0 whose connections a test can cut or stall
+//! at will, standing for a flaky network path or a load balancer that
+//! drops or freezes streams. It forwards bytes unchanged (TLS passes
+//! through end to end).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -14,7 +17,29 @@ pub struct CuttableProxy {
     addr: SocketAddr,
     cut: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
+    stalled: Arc<AtomicBool>,
     stop: tokio_util::sync::CancellationToken,
+}
+
+/// Copies `from` to `to`, holding bytes back while `stalled` is set.
+async fn forward(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    stalled: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl CuttableProxy {
@@ -27,8 +52,10 @@ impl CuttableProxy {
         let addr = listener.local_addr()?;
         let (cut, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
+        let stalled = Arc::new(AtomicBool::new(false));
         let stop = tokio_util::sync::CancellationToken::new();
         let (cut_tx, count, stopped) = (cut.clone(), accepted.clone(), stop.clone());
+        let stall = stalled.clone();
         tokio::spawn(async move {
             loop {
                 let (mut inbound, _) = tokio::select! {
@@ -41,12 +68,16 @@ impl CuttableProxy {
                 count.fetch_add(1, Ordering::SeqCst);
                 let mut cut_rx = cut_tx.subscribe();
                 let stopped = stopped.clone();
+                let stall = stall.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    let (in_read, in_write) = inbound.split();
+                    let (out_read, out_write) = outbound.split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = forward(in_read, out_write, stall.clone()) => {}
+                        _ = forward(out_read, in_write, stall) => {}
                         _ = cut_rx.changed() => {}
                         _ = stopped.cancelled() => {}
                     }
@@ -57,6 +88,7 @@ impl CuttableProxy {
             addr,
             cut,
             accepted,
+            stalled,
             stop,
         })
     }
@@ -69,6 +101,17 @@ impl CuttableProxy {
     /// Drops every connection open now (new ones are accepted again).
     pub fn cut_all(&self) {
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Holds back every byte in both directions (connections stay open)
+    /// until [`CuttableProxy::resume`].
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets bytes flow again after [`CuttableProxy::stall`].
+    pub fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
     }
 
     /// How many connections were accepted so far.

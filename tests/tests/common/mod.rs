@@ -23,6 +23,13 @@ pub struct Options {
     pub insecure_skip_checks: bool,
     /// Capture every byte the orchestrator receives.
     pub wire_capture: bool,
+    /// Worker identities besides `worker-1` (`worker-2`, ...), in
+    /// `pki.other_workers`.
+    pub extra_workers: usize,
+    /// Orchestrator heartbeat interval (default 5 s).
+    pub heartbeat: Option<Duration>,
+    /// Orchestrator lease timeout (default three heartbeats).
+    pub lease_timeout: Option<Duration>,
 }
 
 /// One test's world.
@@ -49,7 +56,11 @@ pub fn unique_secret() -> String {
 impl Env {
     pub async fn start(options: Options) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::create(&dir.path().join("pki"), "worker-1");
+        let ids: Vec<String> = (1..=1 + options.extra_workers)
+            .map(|i| format!("worker-{i}"))
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let pki = Pki::create_for(&dir.path().join("pki"), &ids);
         let token = unique_secret();
         let api = InternalApi::start("127.0.0.1:0".parse().unwrap(), &token)
             .await
@@ -66,8 +77,15 @@ impl Env {
             insecure_skip_checks: options.insecure_skip_checks,
             wire_capture_dir: options.wire_capture.then(|| dir.path().join("wire")),
         });
-        let orchestrator_config =
+        let mut orchestrator_config =
             orchestrator_mock::Config::from_toml_str(&text, dir.path()).unwrap();
+        if let Some(heartbeat) = options.heartbeat {
+            orchestrator_config.heartbeat_interval = heartbeat;
+            orchestrator_config.lease_timeout = heartbeat * 3;
+        }
+        if let Some(lease) = options.lease_timeout {
+            orchestrator_config.lease_timeout = lease;
+        }
         let orchestrator = orchestrator_mock::spawn(orchestrator_config.clone())
             .await
             .unwrap();
@@ -109,6 +127,23 @@ impl Env {
             max_in_flight: 8,
         });
         let path = self.path(&format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Writes the config of worker `name` with the given certificate and
+    /// key, dialing `address` instead of the in-process orchestrator.
+    pub fn write_worker_config_at(
+        &self,
+        name: &str,
+        cert: &Path,
+        key: &Path,
+        address: std::net::SocketAddr,
+    ) -> PathBuf {
+        let path = self.write_worker_config(name, cert, key, ORCHESTRATOR_NAME);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&self.grpc_addr.to_string(), &address.to_string());
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -171,6 +206,78 @@ impl Env {
     pub fn orchestrator_data(&self) -> Vec<u8> {
         read_tree(&self.orchestrator_config.data_dir)
     }
+}
+
+/// The orchestrator-mock binary as a separate process (so it can be
+/// killed with SIGKILL), on its own data directory.
+pub struct OrchestratorProcess {
+    pub process: Process,
+    pub grpc_addr: std::net::SocketAddr,
+    pub admin: AdminClient,
+}
+
+impl OrchestratorProcess {
+    /// Starts `orchestrator-mock serve` with the env's PKI and registry on
+    /// `data_dir`, its gRPC listener on `grpc_port` (0: any), and waits for
+    /// its ready line.
+    pub fn start(env: &Env, data_dir: &Path, grpc_port: u16, name: &str) -> OrchestratorProcess {
+        let text = catalog::orchestrator_config_toml(&OrchestratorSetup {
+            ca_cert: &env.pki.ca_cert,
+            cert: &env.pki.orchestrator_cert,
+            key: &env.pki.orchestrator_key,
+            registry: &env.path("registry.json"),
+            data_dir,
+            insecure_skip_checks: false,
+            wire_capture_dir: None,
+        })
+        .replace(
+            "127.0.0.1:0\"\nadmin",
+            &format!("127.0.0.1:{grpc_port}\"\nadmin"),
+        )
+        .replace("heartbeat_interval = \"5s\"", "heartbeat_interval = \"1s\"");
+        let config = env.path(&format!("{name}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let mut process = Process::start(
+            name,
+            &binary("orchestrator-mock"),
+            &["serve", "--config", config.to_str().unwrap()],
+            &[("RUST_LOG", "info")],
+            &env.path(&format!("{name}.log")),
+        );
+        let line = process.wait_for("orchestrator-mock ready", WAIT);
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .to_string()
+        };
+        OrchestratorProcess {
+            process,
+            grpc_addr: field("grpc=").parse().unwrap(),
+            admin: AdminClient::new(&field("admin=")),
+        }
+    }
+}
+
+/// Approves `plans` and waits until every one has finished.
+pub async fn wait_all(
+    admin: &AdminClient,
+    ids: &[String],
+) -> Vec<orchestrator_mock::api::PlanView> {
+    let mut done = Vec::with_capacity(ids.len());
+    for id in ids {
+        done.push(admin.wait_for_plan(id, WAIT * 4).await.unwrap());
+    }
+    done
+}
+
+/// How many tickets the internal API was asked to create with `title`.
+pub fn tickets_titled(api: &InternalApi, title: &str) -> usize {
+    let needle = format!("\"title\":\"{title}\"");
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.uri == "/tickets" && r.body.contains(&needle))
+        .count()
 }
 
 pub fn plan_request(steps: &[(&str, Value)]) -> orchestrator_mock::api::PlanRequest {
