@@ -203,6 +203,14 @@ impl ScriptedOrchestrator {
             .is_some_and(|tx| tx.send(Ok(message(kind))).is_ok())
     }
 
+    /// Ends the newest stream with `status`.
+    pub fn end_stream(&self, status: tonic::Status) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(tx) = inner.current.take() {
+            let _ = tx.send(Err(status));
+        }
+    }
+
     /// Every `Hello` received, oldest first.
     pub fn hellos(&self) -> Vec<pb::Hello> {
         self.inner.lock().unwrap().hellos.clone()

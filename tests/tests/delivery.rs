@@ -421,3 +421,38 @@ async fn sigterm_during_a_long_task_lets_it_finish_and_deliver_its_result_then_e
     assert_eq!(results.len(), 1);
     assert_eq!(results[0].outcome(), pb::Outcome::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_status_drains_like_sigterm_then_the_worker_exits_non_zero() {
+    let (env, orchestrator, config) = scripted(ResultPolicy::Acknowledge).await;
+    let mut worker = env.start_worker_with(&config, "worker");
+    orchestrator
+        .wait_until("a Hello", WAIT, |o| o.streams() == 1)
+        .await;
+    orchestrator.send(assignment(
+        "T-running",
+        1,
+        "diag.slow_write",
+        json!({"ms": 1_500}),
+    ));
+    wait_for_requests(&env, "/slow/1500", 1).await;
+    orchestrator.end_stream(tonic::Status::invalid_argument("Hello refused"));
+    let (code, output) = tokio::task::spawn_blocking(move || {
+        let code = worker.wait_exit(WAIT);
+        (code, worker.output())
+    })
+    .await
+    .unwrap();
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}\n{output}");
+    let audit = std::fs::read_to_string(env.path("worker-audit.jsonl")).unwrap();
+    let record = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["task_id"] == "T-running")
+        .unwrap_or_else(|| panic!("no audit record for the running call\n{output}"));
+    assert_eq!(
+        record["outcome"], "succeeded",
+        "the call finished within the grace"
+    );
+    assert_eq!(orchestrator.streams(), 1, "a fatal status is not retried");
+}
