@@ -309,11 +309,13 @@ impl Inner {
         for p in &problems {
             tracing::warn!(task = %p.name, version = %p.version, reason = %p.reason, "manifest entry will not receive work");
         }
+        let lease_timeout = self.lock().lease_timeout();
         let welcome = welcome_within_limit(pb::Welcome {
             session_id: session_id.clone(),
             worker_identity: conn.identity.clone(),
             heartbeat_interval: prost_types::Duration::try_from(self.heartbeat).ok(),
             manifest_problems: problems,
+            lease_timeout: prost_types::Duration::try_from(lease_timeout).ok(),
         });
         if out.send(Ok(message(Down::Welcome(welcome)))).await.is_err() {
             return;

@@ -1060,6 +1060,12 @@ impl State {
             .collect()
     }
 
+    /// How long a worker identity may stay silent before its lease lapses
+    /// (sent to workers in `Welcome.lease_timeout`).
+    pub fn lease_timeout(&self) -> Duration {
+        self.lease_timeout
+    }
+
     /// Every connected session.
     pub fn workers(&self) -> Vec<WorkerView> {
         self.sessions

@@ -22,6 +22,9 @@ use private_worker_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// The lease announced in `Welcome` unless a test sets another.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
 /// How the scripted orchestrator answers results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultPolicy {
@@ -45,6 +48,7 @@ struct Gateway {
     inner: Arc<Mutex<Inner>>,
     policy: Arc<Mutex<ResultPolicy>>,
     heartbeat: Duration,
+    lease: Arc<Mutex<Duration>>,
 }
 
 type Out = Pin<Box<dyn Stream<Item = Result<pb::OrchestratorMessage, tonic::Status>> + Send>>;
@@ -66,6 +70,7 @@ impl WorkerGateway for Gateway {
         let inner = self.inner.clone();
         let policy = self.policy.clone();
         let heartbeat = self.heartbeat;
+        let lease = *self.lease.lock().unwrap();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(heartbeat);
             loop {
@@ -91,6 +96,7 @@ impl WorkerGateway for Gateway {
                                     worker_identity: "scripted".into(),
                                     heartbeat_interval: heartbeat.try_into().ok(),
                                     manifest_problems: vec![],
+                                    lease_timeout: lease.try_into().ok(),
                                 };
                                 let _ = tx.send(Ok(message(Down::Welcome(welcome))));
                             }
@@ -122,6 +128,7 @@ pub struct ScriptedOrchestrator {
     addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
     policy: Arc<Mutex<ResultPolicy>>,
+    lease: Arc<Mutex<Duration>>,
     stop: CancellationToken,
 }
 
@@ -157,10 +164,12 @@ impl ScriptedOrchestrator {
         ));
         let inner = Arc::new(Mutex::new(Inner::default()));
         let policy = Arc::new(Mutex::new(policy));
+        let lease = Arc::new(Mutex::new(DEFAULT_LEASE));
         let gateway = Gateway {
             inner: inner.clone(),
             policy: policy.clone(),
             heartbeat,
+            lease: lease.clone(),
         };
         let shutdown = stop.clone();
         tokio::spawn(async move {
@@ -180,6 +189,7 @@ impl ScriptedOrchestrator {
             addr,
             inner,
             policy,
+            lease,
             stop,
         }
     }
@@ -187,6 +197,11 @@ impl ScriptedOrchestrator {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Changes the lease announced in the next `Welcome`s.
+    pub fn set_lease(&self, lease: Duration) {
+        *self.lease.lock().unwrap() = lease;
     }
 
     /// Changes how results are answered from now on.

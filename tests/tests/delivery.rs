@@ -456,3 +456,37 @@ async fn a_fatal_status_drains_like_sigterm_then_the_worker_exits_non_zero() {
     );
     assert_eq!(orchestrator.streams(), 1, "a fatal status is not retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_after_its_lease_makes_no_call_for_the_attempts_it_held() {
+    let (env, orchestrator, config) = scripted(ResultPolicy::Acknowledge).await;
+    // A lease of 6 s: calls may start up to 4 s after the last word.
+    orchestrator.set_lease(Duration::from_secs(6));
+    let mut worker = env.start_worker_with(&config, "worker");
+    orchestrator
+        .wait_until("a Hello", WAIT, |o| o.streams() == 1)
+        .await;
+    orchestrator.send(assignment("T-read", 1, "diag.slow", json!({"ms": 20_000})));
+    wait_for_requests(&env, "/slow/20000", 1).await;
+    worker.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let restarted = env.start_worker_with(&config, "worker-restarted");
+    orchestrator
+        .wait_until("the recovered attempt's result", WAIT, |o| {
+            !results_for(o, "T-read").is_empty()
+        })
+        .await;
+    let result = &results_for(&orchestrator, "T-read")[0];
+    assert_eq!(
+        (result.outcome(), result.error_code.as_str()),
+        (pb::Outcome::Cancelled, "lease_lost"),
+        "{result:#?}\n{}",
+        restarted.output()
+    );
+    assert_eq!(
+        requests_to(&env, "/slow/20000"),
+        1,
+        "an idempotent call was repeated after the lease had lapsed"
+    );
+}

@@ -356,6 +356,39 @@ fn repair_torn_tail(path: &Path) -> Result<(), AuditError> {
     Ok(())
 }
 
+/// The records in the last few MiB of the log (at least the last record
+/// written, whatever its size), oldest first. At start, they tell which
+/// attempts the journal still shows unfinished were in fact audited just
+/// before a crash, so they are reported as they ended, not run again.
+///
+/// # Errors
+/// [`AuditError::Io`] when the file cannot be read (a missing file has no
+/// records).
+pub fn recent_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let start = len.saturating_sub(MAX_TAIL_BYTES);
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).map_err(io)?;
+    let lines = tail.split(|b| *b == b'\n');
+    // Past the start of the file, the first piece is the end of a line.
+    let skip = usize::from(start > 0);
+    Ok(lines
+        .skip(skip)
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect())
+}
+
 /// Checks every record of a log: each parses, is numbered in order, points
 /// to its predecessor's hash and carries its own correct hash. Returns the
 /// last sequence number and hash.

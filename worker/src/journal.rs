@@ -3,10 +3,10 @@
 //!
 //! For each task id the journal holds one [`Entry`]: the latest attempt and
 //! how far it got ([`Stage`]: received, started, finished, acknowledged),
-//! whether any attempt of the task id ever *started* (reached the internal
-//! API), the assignment until it finished, the encoded result until the
-//! orchestrator acknowledged it, and a short [`Summary`] of the outcome
-//! after that. The session writes `received` before it sends `Accept`, the
+//! which attempt of the task id last *started* (reached the internal API),
+//! when it was received, the assignment until it finished, and a short
+//! [`Summary`] of the outcome; beside it, in a table of its own, the
+//! encoded result until the orchestrator acknowledged it. The session writes `received` before it sends `Accept`, the
 //! runner writes `started` before it makes the call, and `finished` before
 //! the result goes up; so after a kill -9 the journal says exactly which
 //! results to re-send, which attempts never started (safe to run) and which
@@ -19,18 +19,29 @@
 //! waiting change in one transaction and one sync (group commit), so a
 //! busy worker pays one disk sync per batch, not per task.
 //!
+//! Rules the writer enforces whatever it is asked: a `received` never
+//! replaces a later or equal attempt, nor an attempt whose result waits for
+//! its acknowledgement; `started`, `finished` and `acknowledged` apply only
+//! to the entry's current attempt, in that order.
+//!
 //! Bounds: task ids are at most 128 bytes (the contract's limit, checked
 //! by the session before anything reaches the journal). Entries of
 //! unacknowledged attempts are bounded by the worker's credit (see the
 //! session's ledger); acknowledged entries keep only a summary (at most
-//! [`MAX_SUMMARY_BYTES`] of output and message) and only the most recent
-//! `retain` of them are kept, oldest dropped first.
+//! [`MAX_SUMMARY_BYTES`] of output and of message) and only the most
+//! recent `retain` of them are kept, oldest dropped first: a task id is
+//! remembered (and never run twice) for that many later acknowledgements.
+//!
+//! Durability: with `sync` on (the default) every commit is on disk before
+//! its caller is answered. With `sync` off (benchmarks), commits are made
+//! durable at most once a second, so a crash loses at most the last second.
 //!
 //! What it does not do: decide what to do with an entry (the session and
 //! the runner do), or know the proto types (results are opaque bytes).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -42,6 +53,8 @@ use crate::task::Assignment;
 
 /// Task id -> JSON of its [`Entry`].
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// Task id -> the encoded result of its finished, unacknowledged attempt.
+const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
 /// Acknowledgement order -> task id, to drop the oldest acknowledged entries.
 const ACKNOWLEDGED: TableDefinition<u64, &str> = TableDefinition::new("acknowledged");
 
@@ -51,6 +64,8 @@ pub const MAX_BATCH: usize = 1024;
 pub const MAX_SUMMARY_BYTES: usize = 4096;
 /// How many acknowledged task ids the journal remembers by default.
 pub const DEFAULT_RETAIN: u64 = 20_000;
+/// With `sync` off, how often a commit is made durable anyway.
+const UNSYNCED_DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 /// How far the latest attempt of a task id got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,12 +102,12 @@ pub struct Entry {
     pub attempt: u32,
     /// How far that attempt got.
     pub stage: Stage,
-    /// Whether any attempt of this task id reached `Started`.
-    pub ever_started: bool,
+    /// The latest attempt of this task id that reached `Started`.
+    pub started_attempt: Option<u32>,
+    /// When the latest attempt was received (wall clock).
+    pub received_at: Option<SystemTime>,
     /// The assignment, kept until its attempt finished.
     pub assignment: Option<Assignment>,
-    /// The encoded result, kept until acknowledged.
-    pub result: Option<Vec<u8>>,
     /// The outcome of the latest finished attempt.
     pub summary: Option<Summary>,
     /// Position in the acknowledgement order, once acknowledged.
@@ -143,9 +158,27 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+impl Entry {
+    /// Whether some attempt of this task id may have reached the internal API.
+    pub fn ever_started(&self) -> bool {
+        self.started_attempt.is_some()
+    }
+}
+
+/// An entry not yet acknowledged, as found at start.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// The task id.
+    pub task_id: String,
+    /// Its entry.
+    pub entry: Entry,
+    /// The encoded result, when the attempt finished.
+    pub result: Option<Vec<u8>>,
+}
+
 /// Attempts the journal holds that the orchestrator has not acknowledged,
 /// as found at start.
-pub type Unfinished = Vec<(String, Entry)>;
+pub type Unfinished = Vec<Recovered>;
 
 impl Journal {
     /// Opens (or creates) the journal at `path` and returns every entry not
@@ -172,6 +205,7 @@ impl Journal {
         // Create the tables so that readers never meet a missing one.
         let txn = db.begin_write().map_err(|e| fail(&e))?;
         txn.open_table(ENTRIES).map_err(|e| fail(&e))?;
+        txn.open_table(RESULTS).map_err(|e| fail(&e))?;
         txn.open_table(ACKNOWLEDGED).map_err(|e| fail(&e))?;
         txn.commit().map_err(|e| fail(&e))?;
 
@@ -179,21 +213,31 @@ impl Journal {
         {
             let read = db.begin_read().map_err(|e| fail(&e))?;
             let table = read.open_table(ENTRIES).map_err(|e| fail(&e))?;
+            let results = read.open_table(RESULTS).map_err(|e| fail(&e))?;
             for row in table.iter().map_err(|e| fail(&e))? {
                 let (key, value) = row.map_err(|e| fail(&e))?;
                 let entry: Entry = serde_json::from_slice(value.value()).map_err(|e| fail(&e))?;
                 if entry.stage != Stage::Acknowledged {
-                    unfinished.push((key.value().to_string(), entry));
+                    let result = results
+                        .get(key.value())
+                        .map_err(|e| fail(&e))?
+                        .map(|v| v.value().to_vec());
+                    unfinished.push(Recovered {
+                        task_id: key.value().to_string(),
+                        entry,
+                        result,
+                    });
                 }
             }
         }
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Pending>();
-        let writer = Writer {
+        let mut writer = Writer {
             db: db.clone(),
             path: path.to_path_buf(),
             sync,
             retain: retain.max(1),
+            last_durable: Instant::now(),
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
@@ -259,7 +303,8 @@ impl Journal {
         });
     }
 
-    /// What the journal holds for `task_id`, as committed so far.
+    /// What the journal holds for `task_id`, as committed so far (without
+    /// the result itself).
     ///
     /// # Errors
     /// [`JournalError::Store`] when the file cannot be read.
@@ -297,10 +342,11 @@ struct Writer {
     path: PathBuf,
     sync: bool,
     retain: u64,
+    last_durable: Instant,
 }
 
 impl Writer {
-    fn run(&self, rx: &mpsc::Receiver<Pending>) {
+    fn run(&mut self, rx: &mpsc::Receiver<Pending>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -324,9 +370,10 @@ impl Writer {
         }
     }
 
-    fn commit(&self, changes: Vec<Change>) -> Result<(), String> {
+    fn commit(&mut self, changes: Vec<Change>) -> Result<(), String> {
         let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        let durability = if self.sync {
+        let durable = self.sync || self.last_durable.elapsed() >= UNSYNCED_DURABLE_EVERY;
+        let durability = if durable {
             Durability::Immediate
         } else {
             Durability::None
@@ -334,6 +381,7 @@ impl Writer {
         txn.set_durability(durability).map_err(|e| e.to_string())?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+            let mut results = txn.open_table(RESULTS).map_err(|e| e.to_string())?;
             let mut acknowledged = txn.open_table(ACKNOWLEDGED).map_err(|e| e.to_string())?;
             let mut next_seq = acknowledged
                 .last()
@@ -350,9 +398,22 @@ impl Writer {
                     .get(task_id.as_str())
                     .map_err(|e| e.to_string())?
                     .and_then(|v| serde_json::from_slice(v.value()).ok());
-                let Some(next) = apply(current, change, &mut next_seq) else {
+                let Some((next, result)) = apply(current, change, &mut next_seq) else {
                     continue;
                 };
+                match result {
+                    ResultChange::Keep => {}
+                    ResultChange::Store(bytes) => {
+                        results
+                            .insert(task_id.as_str(), bytes.as_slice())
+                            .map_err(|e| e.to_string())?;
+                    }
+                    ResultChange::Drop => {
+                        results
+                            .remove(task_id.as_str())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
                 if let Some(seq) = next.acknowledged_seq {
                     acknowledged
                         .insert(seq, task_id.as_str())
@@ -383,45 +444,70 @@ impl Writer {
                 }
             }
         }
-        txn.commit().map_err(|e| e.to_string())
+        txn.commit().map_err(|e| e.to_string())?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        Ok(())
     }
 }
 
-/// The entry after `change`, or `None` when the change does not apply (a
-/// stale attempt, or an acknowledgement of something never finished).
-fn apply(current: Option<Entry>, change: Change, next_seq: &mut u64) -> Option<Entry> {
+/// What a change does to the stored result.
+enum ResultChange {
+    Keep,
+    Store(Vec<u8>),
+    Drop,
+}
+
+/// The entry after `change` and what happens to the stored result, or
+/// `None` when the change does not apply (see the rules in the module docs).
+fn apply(
+    current: Option<Entry>,
+    change: Change,
+    next_seq: &mut u64,
+) -> Option<(Entry, ResultChange)> {
     match (current, change) {
-        (current, Change::Received(assignment)) => Some(Entry {
-            attempt: assignment.attempt,
-            stage: Stage::Received,
-            ever_started: current.as_ref().is_some_and(|e| e.ever_started),
-            summary: current.and_then(|e| e.summary),
-            assignment: Some(assignment),
-            result: None,
-            acknowledged_seq: None,
-        }),
-        (Some(mut entry), Change::Started(_, attempt)) if entry.attempt == attempt => {
+        (Some(entry), Change::Received(assignment))
+            if assignment.attempt <= entry.attempt || entry.stage == Stage::Finished =>
+        {
+            tracing::warn!(task_id = %assignment.task_id, attempt = assignment.attempt, current = entry.attempt, stage = ?entry.stage, "journal: not replacing the current attempt");
+            None
+        }
+        (current, Change::Received(assignment)) => Some((
+            Entry {
+                attempt: assignment.attempt,
+                stage: Stage::Received,
+                started_attempt: current.as_ref().and_then(|e| e.started_attempt),
+                received_at: Some(SystemTime::now()),
+                summary: current.and_then(|e| e.summary),
+                assignment: Some(assignment),
+                acknowledged_seq: None,
+            },
+            ResultChange::Drop,
+        )),
+        (Some(mut entry), Change::Started(_, attempt))
+            if entry.attempt == attempt && entry.stage == Stage::Received =>
+        {
             entry.stage = Stage::Started;
-            entry.ever_started = true;
-            Some(entry)
+            entry.started_attempt = Some(attempt);
+            Some((entry, ResultChange::Keep))
         }
         (Some(mut entry), Change::Finished(_, attempt, result, summary))
-            if entry.attempt == attempt =>
+            if entry.attempt == attempt
+                && matches!(entry.stage, Stage::Received | Stage::Started) =>
         {
             entry.stage = Stage::Finished;
             entry.assignment = None;
-            entry.result = Some(result);
             entry.summary = Some(summary);
-            Some(entry)
+            Some((entry, ResultChange::Store(result)))
         }
         (Some(mut entry), Change::Acknowledged(_, attempt))
             if entry.attempt == attempt && entry.stage == Stage::Finished =>
         {
             entry.stage = Stage::Acknowledged;
-            entry.result = None;
             entry.acknowledged_seq = Some(*next_seq);
             *next_seq += 1;
-            Some(entry)
+            Some((entry, ResultChange::Drop))
         }
         _ => None,
     }
@@ -496,10 +582,10 @@ mod tests {
             journal.received(assignment("later", 1)).await.unwrap();
         }
         let (journal, mut unfinished) = reopen(&path);
-        unfinished.sort_by(|a, b| a.0.cmp(&b.0));
+        unfinished.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         let stages: Vec<(&str, Stage)> = unfinished
             .iter()
-            .map(|(id, e)| (id.as_str(), e.stage))
+            .map(|r| (r.task_id.as_str(), r.entry.stage))
             .collect();
         assert_eq!(
             stages,
@@ -510,16 +596,19 @@ mod tests {
                 ("started", Stage::Started),
             ]
         );
-        let finished = &unfinished[0].1;
+        let finished = &unfinished[0];
         assert_eq!(finished.result.as_deref(), Some(&b"result"[..]));
-        assert!(finished.ever_started && finished.assignment.is_none());
+        assert!(finished.entry.ever_started() && finished.entry.assignment.is_none());
+        assert!(unfinished[1].result.is_none() && unfinished[1].entry.received_at.is_some());
         let acked = journal.lookup("acked").unwrap().unwrap();
         assert_eq!(acked.stage, Stage::Acknowledged);
+        assert_eq!(acked.summary.unwrap().outcome, Outcome::Succeeded);
+        drop(journal);
+        let (_, unfinished) = reopen(&path);
         assert!(
-            acked.result.is_none(),
+            unfinished.iter().all(|r| r.task_id != "acked"),
             "an acknowledged result is forgotten"
         );
-        assert_eq!(acked.summary.unwrap().outcome, Outcome::Succeeded);
     }
 
     #[tokio::test]
@@ -531,13 +620,33 @@ mod tests {
         journal.received(assignment("t", 2)).await.unwrap();
         let entry = journal.lookup("t").unwrap().unwrap();
         assert_eq!((entry.attempt, entry.stage), (2, Stage::Received));
-        assert!(entry.ever_started);
+        assert_eq!(entry.started_attempt, Some(1));
         // A stale attempt's change does not touch the newer one.
         journal
             .finished("t", 1, vec![1], summary(Outcome::Failed))
             .await
             .unwrap();
         assert_eq!(journal.lookup("t").unwrap().unwrap().stage, Stage::Received);
+    }
+
+    #[tokio::test]
+    async fn a_received_never_replaces_a_later_attempt_or_an_unacknowledged_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(&dir.path().join("j.redb"), true, 10).unwrap();
+        journal.received(assignment("t", 2)).await.unwrap();
+        journal.received(assignment("t", 1)).await.unwrap();
+        journal.received(assignment("t", 2)).await.unwrap();
+        assert_eq!(journal.lookup("t").unwrap().unwrap().attempt, 2);
+        journal
+            .finished("t", 2, vec![7], summary(Outcome::Succeeded))
+            .await
+            .unwrap();
+        journal.received(assignment("t", 3)).await.unwrap();
+        let entry = journal.lookup("t").unwrap().unwrap();
+        assert_eq!((entry.attempt, entry.stage), (2, Stage::Finished));
+        // Started only follows received, and only for the current attempt.
+        journal.started("t", 2).await.unwrap();
+        assert_eq!(journal.lookup("t").unwrap().unwrap().started_attempt, None);
     }
 
     #[tokio::test]

@@ -97,8 +97,12 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
         path: config.audit_log.clone(),
         source,
     })?;
-    let (journal, recovered) =
+    let (journal, unfinished) =
         journal::Journal::open(&config.journal, config.audit_fsync, config.journal_retain)?;
+    let recovery = session::Recovery {
+        unfinished,
+        audited: audit::recent_records(&config.audit_log)?,
+    };
     let allowlist = Arc::new(task::Allowlist::new(&config).map_err(StartError::Schema)?);
     let runner = task::Runner::new(
         allowlist,
@@ -115,7 +119,7 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
         max_in_flight = config.max_in_flight,
         "worker starting"
     );
-    Ok(Worker::new(config, tls, runner, recovered))
+    Ok(Worker::new(config, tls, runner, recovery))
 }
 
 /// Runs the worker until `shutdown` is cancelled (then drains) or a fatal

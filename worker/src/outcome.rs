@@ -56,6 +56,10 @@ pub enum ErrorCode {
     DeadlinePassed,
     /// Cancelled before the call was sent.
     CancelledBeforeCall,
+    /// Not started: the worker had not heard from the orchestrator for
+    /// longer than its lease, so the attempt may belong to another worker
+    /// now. Nothing was sent.
+    LeaseLost,
     /// The call did not finish within its timeout or deadline.
     Timeout,
     /// The call failed after it may have been sent.
@@ -85,6 +89,7 @@ impl ErrorCode {
             ErrorCode::HttpStatus => "http_status",
             ErrorCode::DeadlinePassed => "deadline_passed",
             ErrorCode::CancelledBeforeCall => "cancelled_before_call",
+            ErrorCode::LeaseLost => "lease_lost",
             ErrorCode::Timeout => "timeout",
             ErrorCode::RequestFailed => "request_failed",
             ErrorCode::Cancelled => "cancelled",
@@ -108,7 +113,7 @@ impl ErrorCode {
                 Outcome::Failed
             }
             ErrorCode::DeadlinePassed => Outcome::TimedOut,
-            ErrorCode::CancelledBeforeCall => Outcome::Cancelled,
+            ErrorCode::CancelledBeforeCall | ErrorCode::LeaseLost => Outcome::Cancelled,
             ErrorCode::Timeout
             | ErrorCode::RequestFailed
             | ErrorCode::Cancelled

@@ -198,6 +198,32 @@ pub enum RecordError {
     Journal(#[from] JournalError),
 }
 
+/// The latest instant at which a call may still start: the session moves it
+/// forward each time it hears from the orchestrator (to the end of the
+/// worker's lease, less a margin), so a worker cut off for longer than its
+/// lease makes no new call for an attempt the orchestrator may have given
+/// to another worker. Closed until the first `Welcome`. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct StartGate(Arc<std::sync::Mutex<Option<SystemTime>>>);
+
+impl StartGate {
+    /// Lets calls start until `until`.
+    pub fn open_until(&self, until: SystemTime) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
+    }
+
+    /// Whether a call may start now.
+    pub fn is_open(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|until| SystemTime::now() <= until)
+    }
+}
+
 /// Most bytes of output kept in a result and its audit record; a larger
 /// output is replaced by a marker with its size and SHA-256, so a result
 /// always fits the contract's 4 MiB message limit.
@@ -264,9 +290,9 @@ impl Runner {
     }
 
     /// Takes one assignment to its end. Nothing runs unless the local checks
-    /// pass; the start is journaled before the call; a cancelled token ends
-    /// the attempt `Cancelled` when the call was not yet sent, else
-    /// `OutcomeUnknown` (`cancelled`).
+    /// pass and `gate` is open; the start is journaled before the call; a
+    /// cancelled token ends the attempt `Cancelled` when the call was not
+    /// yet sent, else `OutcomeUnknown` (`cancelled`).
     ///
     /// # Errors
     /// [`RecordError`] when the journal or the audit record cannot be
@@ -275,6 +301,7 @@ impl Runner {
         &self,
         assignment: Assignment,
         cancel: CancellationToken,
+        gate: &StartGate,
     ) -> Result<TaskReport, RecordError> {
         let received_at = SystemTime::now();
         let (task, inputs) = match self.allowlist.check(&assignment) {
@@ -327,6 +354,16 @@ impl Runner {
                 .finish(assignment, received_at, None, Execution::failed(error))
                 .await;
         };
+        if !gate.is_open() {
+            let error = TaskError::new(
+                ErrorCode::LeaseLost,
+                "no word from the orchestrator for longer than this worker's lease, so the task \
+                 may belong to another worker now; the call was not sent",
+            );
+            return self
+                .finish(assignment, received_at, None, Execution::failed(error))
+                .await;
+        }
         if cancel.is_cancelled() {
             let execution = cancelled_before_call("before the start");
             return self.finish(assignment, received_at, None, execution).await;
@@ -335,6 +372,11 @@ impl Runner {
         self.journal
             .started(&assignment.task_id, assignment.attempt)
             .await?;
+        if cancel.is_cancelled() {
+            // The execution below was never polled: nothing was sent.
+            let execution = cancelled_before_call("while its start was recorded");
+            return self.finish(assignment, received_at, None, execution).await;
+        }
         let started_at = SystemTime::now();
         let execute = async {
             match &task.config.executor {

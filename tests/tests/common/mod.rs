@@ -234,7 +234,10 @@ impl OrchestratorProcess {
             "127.0.0.1:0\"\nadmin",
             &format!("127.0.0.1:{grpc_port}\"\nadmin"),
         )
-        .replace("heartbeat_interval = \"5s\"", "heartbeat_interval = \"1s\"");
+        .replace(
+            "heartbeat_interval = \"5s\"",
+            "heartbeat_interval = \"1s\"\nlease_timeout = \"30s\"",
+        );
         let config = env.path(&format!("{name}.toml"));
         std::fs::write(&config, text).unwrap();
         let mut process = Process::start(

@@ -47,6 +47,8 @@ struct Unacknowledged {
     holds_slot: bool,
     refusals: u32,
     resend_at: Option<Instant>,
+    /// The stream it was last sent on (see [`Ledger::mark_sent`]).
+    sent_on: Option<u64>,
 }
 
 /// What a drain should do next.
@@ -125,12 +127,19 @@ impl Ledger {
         self.running.contains_key(key)
     }
 
-    /// Another attempt of the same task id that is still running, if any.
-    pub fn running_attempt_of(&self, task_id: &str) -> Option<u32> {
+    /// An attempt of `task_id` this worker still holds (running, or with
+    /// its result waiting for an acknowledgement), if any.
+    pub fn held_attempt_of(&self, task_id: &str) -> Option<u32> {
         self.running
             .keys()
+            .chain(self.outbox.keys())
             .find(|(id, _)| id == task_id)
             .map(|(_, attempt)| *attempt)
+    }
+
+    /// Drops a running attempt that could not be recorded.
+    pub fn forget(&mut self, key: &AttemptKey) {
+        self.running.remove(key);
     }
 
     /// The unacknowledged result of this attempt, if it has one.
@@ -149,8 +158,18 @@ impl Ledger {
                 holds_slot,
                 refusals: 0,
                 resend_at: None,
+                sent_on: None,
             },
         );
+    }
+
+    /// Records that this result was sent on stream `generation`; returns
+    /// whether it had been already (then it need not be sent again: a
+    /// re-delivered assignment must not queue copy after copy).
+    pub fn mark_sent(&mut self, key: &AttemptKey, generation: u64) -> bool {
+        self.outbox
+            .get_mut(key)
+            .is_some_and(|u| u.sent_on.replace(generation) == Some(generation))
     }
 
     /// Forgets an acknowledged result. Returns whether a slot was freed
@@ -177,25 +196,28 @@ impl Ledger {
         self.outbox.values().filter_map(|u| u.resend_at).min()
     }
 
-    /// Results whose re-send is due at `now` (their timers are cleared).
-    pub fn take_due(&mut self, now: Instant) -> Vec<pb::TaskResult> {
+    /// Results whose re-send is due at `now` (their timers are cleared),
+    /// marked sent on stream `generation`.
+    pub fn take_due(&mut self, now: Instant, generation: u64) -> Vec<pb::TaskResult> {
         self.outbox
             .values_mut()
             .filter(|u| u.resend_at.is_some_and(|at| at <= now))
             .map(|u| {
                 u.resend_at = None;
+                u.sent_on = Some(generation);
                 u.result.clone()
             })
             .collect()
     }
 
-    /// Every unacknowledged result, for a new stream (pending timers are
-    /// cleared: a new stream may reach a store that works).
-    pub fn all_unacknowledged(&mut self) -> Vec<pb::TaskResult> {
+    /// Every unacknowledged result, for a new stream `generation` (pending
+    /// timers are cleared: a new stream may reach a store that works).
+    pub fn all_unacknowledged(&mut self, generation: u64) -> Vec<pb::TaskResult> {
         self.outbox
             .values_mut()
             .map(|u| {
                 u.resend_at = None;
+                u.sent_on = Some(generation);
                 u.result.clone()
             })
             .collect()
@@ -336,9 +358,9 @@ mod tests {
         let start = Instant::now();
         ledger.refused(&key("a"), start);
         assert_eq!(ledger.next_resend(), Some(start + FIRST_RESEND_DELAY));
-        assert!(ledger.take_due(start).is_empty());
+        assert!(ledger.take_due(start, 1).is_empty());
         tokio::time::advance(FIRST_RESEND_DELAY).await;
-        assert_eq!(ledger.take_due(Instant::now()).len(), 1);
+        assert_eq!(ledger.take_due(Instant::now(), 1).len(), 1);
         assert_eq!(ledger.next_resend(), None);
         ledger.refused(&key("a"), Instant::now());
         assert_eq!(
@@ -352,6 +374,25 @@ mod tests {
             ledger.next_resend(),
             Some(Instant::now() + MAX_RESEND_DELAY)
         );
+    }
+
+    #[test]
+    fn a_result_is_sent_at_most_once_per_stream_and_another_attempt_of_its_task_id_is_seen() {
+        let mut ledger = Ledger::new(2);
+        ledger.hold(key("a"), true);
+        assert_eq!(ledger.held_attempt_of("a"), Some(1));
+        ledger.finish(key("a"), result("a"));
+        assert_eq!(
+            ledger.held_attempt_of("a"),
+            Some(1),
+            "a waiting result is held too"
+        );
+        assert_eq!(ledger.all_unacknowledged(1).len(), 1);
+        assert!(ledger.mark_sent(&key("a"), 1), "already sent on stream 1");
+        assert!(!ledger.mark_sent(&key("a"), 2), "not yet on stream 2");
+        assert!(ledger.mark_sent(&key("a"), 2));
+        ledger.acknowledge(&key("a"));
+        assert_eq!(ledger.held_attempt_of("a"), None);
     }
 
     #[tokio::test(start_paused = true)]

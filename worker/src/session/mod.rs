@@ -29,7 +29,8 @@ mod ledger;
 mod stream;
 pub mod wire;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use private_worker_proto::v1 as pb;
@@ -38,12 +39,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::audit::AuditError;
+use crate::audit::{AuditError, AuditRecord};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::journal::{Entry, JournalError, Stage, Unfinished};
+use crate::journal::{JournalError, Recovered, Stage, Unfinished};
 use crate::outcome::{ErrorCode, TaskError};
-use crate::task::{Assignment, RecordError, Runner};
+use crate::task::{Assignment, RecordError, Runner, StartGate};
 use crate::tls::{ClientTls, DialError};
 
 pub use ledger::{DrainStep, FINAL_WAIT, Ledger, MAX_REFUSALS_HELD};
@@ -89,6 +90,10 @@ pub enum SessionError {
     /// The local journal could not be written: the worker must stop.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A bug inside the worker (a panic in an attempt's bookkeeping): stop
+    /// after draining, so the restart recovers from the journal.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<RecordError> for SessionError {
@@ -126,7 +131,9 @@ pub fn classify(error: &SessionError) -> Disposition {
             tonic::Code::InvalidArgument => Disposition::Fatal,
             _ => Disposition::Retry,
         },
-        SessionError::Audit(_) | SessionError::Journal(_) => Disposition::Fatal,
+        SessionError::Audit(_) | SessionError::Journal(_) | SessionError::Internal(_) => {
+            Disposition::Fatal
+        }
         SessionError::Dial(_)
         | SessionError::DrainedByOrchestrator
         | SessionError::Closed
@@ -146,9 +153,9 @@ pub enum FatalError {
 
 /// What an attempt's task does once it owns the attempt.
 enum Work {
-    /// Run it (check, credential, call).
+    /// Run it (check, credential, call), if the start gate is open.
     Run(CancellationToken),
-    /// Answer without running (a refusal).
+    /// Answer without running (a refusal, or a start too late).
     Answer(TaskError),
     /// Answer a later attempt of a task id that already ran here.
     Repeat {
@@ -159,19 +166,48 @@ enum Work {
     Interrupted,
 }
 
-/// How the attempt's task starts.
+/// How the attempt is recorded.
 enum Intake {
-    /// New on this stream: journal `received`, then send `Accept` here.
+    /// New on this stream: journal `received`, then send `Accept` here;
+    /// journal `finished` at the end.
     Journal(mpsc::UnboundedSender<pb::WorkerMessage>),
-    /// Owned already (recovered from the journal), or a refusal that must
-    /// not replace the journal entry of an attempt still running.
-    Owned,
+    /// Already in the journal (recovered at start): journal `finished`.
+    Recovered,
+    /// A refusal: nothing is journaled and no `Accept` is sent (after a
+    /// crash the orchestrator sees an attempt never accepted and assigns it
+    /// again); the result lives in memory only, bounded by the ledger.
+    Unjournaled,
 }
 
 /// A finished attempt on its way back to the session.
 struct Done {
     key: AttemptKey,
     result: Result<pb::TaskResult, SessionError>,
+}
+
+/// What the journal and the audit log held at start.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Attempts not yet acknowledged, from the journal.
+    pub unfinished: Unfinished,
+    /// The last records of the audit log (see [`crate::audit::recent_records`]).
+    pub audited: Vec<AuditRecord>,
+}
+
+/// A recovered attempt that may start only once the first `Welcome` says
+/// how long the lease is.
+struct Deferred {
+    assignment: Assignment,
+    received_at: Option<SystemTime>,
+    cancel: CancellationToken,
+}
+
+/// How a wait while disconnected ended.
+enum Waited {
+    /// Time to dial again.
+    Dial,
+    /// The drain is over: stop.
+    Stopped,
 }
 
 /// The worker: TLS identity, runner, and the state that outlives streams.
@@ -183,13 +219,19 @@ pub struct Worker {
     ledger: Ledger,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
-    recovered: Unfinished,
+    recovery: Recovery,
+    deferred: Vec<Deferred>,
+    gate: StartGate,
+    /// The first failure to record an attempt: the worker drains, then stops.
+    failure: Option<SessionError>,
+    /// Counts streams, so a result is sent at most once per stream.
+    stream_generation: u64,
 }
 
 impl Worker {
-    /// Builds a worker from its parts; `recovered` is what the journal held
-    /// unacknowledged at start (see [`crate::journal::Journal::open`]).
-    pub fn new(config: Config, tls: ClientTls, runner: Runner, recovered: Unfinished) -> Self {
+    /// Builds a worker from its parts; `recovery` is what the journal and
+    /// the audit log held at start.
+    pub fn new(config: Config, tls: ClientTls, runner: Runner, recovery: Recovery) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Worker {
             ledger: Ledger::new(config.max_in_flight),
@@ -199,7 +241,11 @@ impl Worker {
             instance_id: uuid::Uuid::new_v4().to_string(),
             done_tx,
             done_rx,
-            recovered,
+            recovery,
+            deferred: Vec::new(),
+            gate: StartGate::default(),
+            failure: None,
+            stream_generation: 0,
         }
     }
 
@@ -207,28 +253,22 @@ impl Worker {
     /// drained, or a fatal error (after draining the same way).
     ///
     /// # Errors
-    /// [`FatalError`] when [`classify`] says a failure cannot be retried.
+    /// [`FatalError`] when [`classify`] says a failure cannot be retried,
+    /// or an attempt could not be recorded.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), FatalError> {
-        self.resume_recovered();
+        self.resume_recovered().await?;
         let mut backoff = Backoff::new(
             self.config.orchestrator.reconnect_initial,
             self.config.orchestrator.reconnect_max,
         );
         loop {
             let mut welcomed = false;
-            let ended = stream::run(&mut self, &shutdown, &mut welcomed).await;
-            let error = match ended {
-                Ok(()) => return Ok(()),
+            let error = match stream::run(&mut self, &shutdown, &mut welcomed).await {
+                Ok(()) => return self.stopped(),
                 Err(e) => e,
             };
             if classify(&error) == Disposition::Fatal {
-                tracing::error!(error = %error, "stopping: this failure cannot be retried; draining first");
-                self.ledger
-                    .start_drain(Instant::now(), self.config.drain_grace);
-                // A broken journal or audit log makes further records fail
-                // too; the drain still lets running calls end and be cut.
-                let _ = self.wait_disconnected(&shutdown, None).await;
-                return Err(error.into());
+                return self.fail(error, &shutdown).await;
             }
             tracing::warn!(
                 error = %error,
@@ -239,57 +279,71 @@ impl Worker {
             if welcomed {
                 backoff.reset();
             }
-            if shutdown.is_cancelled() {
-                return self.wait_disconnected(&shutdown, None).await.map(|_| ());
+            let until = (!shutdown.is_cancelled()).then(|| Instant::now() + backoff.next_delay());
+            if let Some(at) = until {
+                tracing::info!(delay = ?at.duration_since(Instant::now()), "reconnecting after backoff");
             }
-            let delay = backoff.next_delay();
-            tracing::info!(?delay, "reconnecting after backoff");
-            if let Some(stopped) = self
-                .wait_disconnected(&shutdown, Some(Instant::now() + delay))
-                .await
-                .transpose()
-            {
-                return stopped;
+            match self.wait_disconnected(&shutdown, until).await {
+                Waited::Stopped => return self.stopped(),
+                Waited::Dial => {}
             }
         }
     }
 
-    /// Waits while no stream is up: until `until` (then `Ok(None)`: dial
-    /// again), or, once shutdown is requested, through the drain (then
-    /// `Ok(Some(()))`: stop). Finished attempts enter the outbox meanwhile.
+    /// A failure that retrying cannot fix: drain like SIGTERM, then stop.
+    async fn fail(
+        &mut self,
+        error: SessionError,
+        shutdown: &CancellationToken,
+    ) -> Result<(), FatalError> {
+        tracing::error!(error = %error, "stopping: this failure cannot be retried; draining first");
+        self.ledger
+            .start_drain(Instant::now(), self.config.drain_grace);
+        self.wait_disconnected(shutdown, None).await;
+        Err(error.into())
+    }
+
+    /// How the worker ends after a drain: with the first recording failure,
+    /// if there was one.
+    fn stopped(&mut self) -> Result<(), FatalError> {
+        self.report_stop();
+        match self.failure.take() {
+            Some(failure) => Err(failure.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits while no stream is up: until `until` (then [`Waited::Dial`]),
+    /// or, once a drain has started (shutdown or a failure), through the
+    /// drain (then [`Waited::Stopped`]). Finished attempts enter the outbox
+    /// meanwhile.
     async fn wait_disconnected(
         &mut self,
         shutdown: &CancellationToken,
         until: Option<Instant>,
-    ) -> Result<Option<()>, FatalError> {
+    ) -> Waited {
         loop {
             if shutdown.is_cancelled() {
                 self.ledger
                     .start_drain(Instant::now(), self.config.drain_grace);
             }
             let wake = match self.ledger.drain_step(Instant::now(), false) {
-                DrainStep::Finished => {
-                    self.report_stop();
-                    return Ok(Some(()));
-                }
+                DrainStep::Finished => return Waited::Stopped,
                 DrainStep::CancelRunning => {
                     tracing::warn!("grace period over; cancelling in-flight tasks");
                     continue;
                 }
                 DrainStep::WaitUntil(at) => at,
             };
-            let wake = if self.ledger.is_draining() {
-                wake
-            } else {
-                until.map_or(wake, |u| u.min(wake))
-            };
+            let dial_at = until.filter(|_| !self.ledger.is_draining());
+            let wake = dial_at.map_or(wake, |u| u.min(wake));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if !self.ledger.is_draining() => {}
-                Some(done) = self.done_rx.recv() => { self.record_done(done)?; }
+                Some(done) = self.done_rx.recv() => { self.record_done(done); }
                 _ = tokio::time::sleep_until(wake) => {
-                    if !self.ledger.is_draining() && until.is_some_and(|u| Instant::now() >= u) {
-                        return Ok(None);
+                    if dial_at.is_some_and(|u| Instant::now() >= u) {
+                        return Waited::Dial;
                     }
                 }
             }
@@ -308,30 +362,50 @@ impl Worker {
         }
     }
 
-    /// Moves a finished attempt into the outbox; returns its result.
-    fn record_done(&mut self, done: Done) -> Result<pb::TaskResult, SessionError> {
-        let result = done.result?;
-        self.ledger.finish(done.key, result.clone());
-        Ok(result)
+    /// Moves a finished attempt into the outbox and returns its result. An
+    /// attempt that could not be recorded is dropped from the ledger, and
+    /// the first such failure starts the drain that ends the worker.
+    fn record_done(&mut self, done: Done) -> Option<pb::TaskResult> {
+        match done.result {
+            Ok(result) => {
+                self.ledger.finish(done.key, result.clone());
+                Some(result)
+            }
+            Err(error) => {
+                tracing::error!(task_id = %done.key.0, attempt = done.key.1, error = %error, "an attempt could not be recorded; the worker will drain and stop");
+                self.ledger.forget(&done.key);
+                self.ledger
+                    .start_drain(Instant::now(), self.config.drain_grace);
+                self.failure.get_or_insert(error);
+                None
+            }
+        }
     }
 
     /// Puts what the journal held at start back to work: unacknowledged
-    /// results into the outbox, never-started attempts running again,
-    /// attempts cut off mid-call reported (or re-run when idempotent).
-    fn resume_recovered(&mut self) {
-        let recovered = std::mem::take(&mut self.recovered);
-        let (mut results, mut resumed, mut interrupted) = (0, 0, 0);
-        for (task_id, entry) in recovered {
-            let Entry {
-                attempt,
-                stage,
-                assignment,
-                result,
-                ..
-            } = entry;
-            let key = (task_id, attempt);
-            match (stage, result, assignment) {
-                (Stage::Finished, Some(bytes), _) => match wire::decode(&bytes) {
+    /// results into the outbox (rebuilt from the audit log when the crash
+    /// came between the audit record and the journal), attempts cut off
+    /// mid-call reported, never-started ones (and idempotent cut-off ones)
+    /// held until the first `Welcome` says whether the lease still holds.
+    async fn resume_recovered(&mut self) -> Result<(), FatalError> {
+        let Recovery {
+            unfinished,
+            audited,
+        } = std::mem::take(&mut self.recovery);
+        let audited: HashMap<AttemptKey, AuditRecord> = audited
+            .into_iter()
+            .map(|r| ((r.task_id.clone(), r.attempt), r))
+            .collect();
+        let (mut results, mut deferred, mut answered) = (0, 0, 0);
+        for Recovered {
+            task_id,
+            entry,
+            result,
+        } in unfinished
+        {
+            let key = (task_id, entry.attempt);
+            if let Some(bytes) = result {
+                match wire::decode(&bytes) {
                     Ok(result) => {
                         self.ledger.finish(key, result);
                         results += 1;
@@ -339,42 +413,95 @@ impl Worker {
                     Err(e) => {
                         tracing::error!(task_id = %key.0, attempt = key.1, error = %e, "journal entry holds no readable result; it cannot be re-sent");
                     }
-                },
-                (Stage::Received, _, Some(assignment)) => {
-                    resumed += 1;
-                    let cancel = self.ledger.hold(key, true);
-                    self.spawn_attempt(assignment, Work::Run(cancel), Intake::Owned);
                 }
-                (Stage::Started, _, Some(assignment)) => {
-                    let cancel = self.ledger.hold(key, true);
-                    if self.runner.is_idempotent(&assignment.task_name) {
-                        resumed += 1;
-                        self.spawn_attempt(assignment, Work::Run(cancel), Intake::Owned);
-                    } else {
-                        interrupted += 1;
-                        self.spawn_attempt(assignment, Work::Interrupted, Intake::Owned);
-                    }
+                continue;
+            }
+            if let Some(record) = audited.get(&key) {
+                // Audited just before the crash: that is how it ended.
+                let result = wire::result(record);
+                self.runner
+                    .journal()
+                    .finished(&key.0, key.1, wire::encode(&result), wire::summary(&result))
+                    .await
+                    .map_err(SessionError::from)?;
+                self.ledger.finish(key, result);
+                results += 1;
+                continue;
+            }
+            let Some(assignment) = entry.assignment.clone() else {
+                tracing::error!(task_id = %key.0, attempt = key.1, stage = ?entry.stage, "journal entry is incomplete; skipping it");
+                continue;
+            };
+            let idempotent = self.runner.is_idempotent(&assignment.task_name);
+            let cancel = self.ledger.hold(key, true);
+            match (entry.stage, entry.started_attempt) {
+                (Stage::Received, Some(earlier_attempt)) if !idempotent => {
+                    answered += 1;
+                    let work = Work::Repeat {
+                        earlier_attempt,
+                        earlier: entry.summary,
+                    };
+                    self.spawn_attempt(assignment, work, Intake::Recovered);
                 }
-                (stage, _, _) => {
-                    tracing::error!(task_id = %key.0, attempt = key.1, ?stage, "journal entry is incomplete; skipping it");
+                (Stage::Started, _) if !idempotent => {
+                    answered += 1;
+                    self.spawn_attempt(assignment, Work::Interrupted, Intake::Recovered);
+                }
+                _ => {
+                    deferred += 1;
+                    self.deferred.push(Deferred {
+                        assignment,
+                        received_at: entry.received_at,
+                        cancel,
+                    });
                 }
             }
         }
-        if results + resumed + interrupted > 0 {
+        if results + deferred + answered > 0 {
             tracing::info!(
                 results,
-                resumed,
-                interrupted,
-                "recovered from the journal: unacknowledged results will be re-sent"
+                deferred,
+                answered,
+                "recovered from the journal: results will be re-sent; attempts not yet called wait for the orchestrator"
             );
+        }
+        Ok(())
+    }
+
+    /// After the first `Welcome`: starts the recovered attempts whose lease
+    /// surely still holds (received less than `window` ago; the lease runs
+    /// from the last message the orchestrator heard, which came later), and
+    /// answers the others `lease_lost` without calling anything.
+    fn start_deferred(&mut self, window: Duration) {
+        for Deferred {
+            assignment,
+            received_at,
+            cancel,
+        } in std::mem::take(&mut self.deferred)
+        {
+            let fresh = received_at
+                .and_then(|at| at.checked_add(window))
+                .is_some_and(|until| SystemTime::now() < until);
+            let work = if fresh {
+                Work::Run(cancel)
+            } else {
+                Work::Answer(TaskError::new(
+                    ErrorCode::LeaseLost,
+                    "the worker restarted longer ago than its lease, so the task may belong to \
+                     another worker now; the call was not sent",
+                ))
+            };
+            self.spawn_attempt(assignment, work, Intake::Recovered);
         }
     }
 
     /// Runs one attempt on its own task: journal `received` and `Accept`
     /// (for a new one), the work, journal `finished`, then hand the result
-    /// back. A panic in the work ends as an `OutcomeUnknown` result.
+    /// back. A panic in the work ends as an `OutcomeUnknown` result; a panic
+    /// in the bookkeeping is a failure that stops the worker.
     fn spawn_attempt(&self, assignment: Assignment, work: Work, intake: Intake) {
         let runner = self.runner.clone();
+        let gate = self.gate.clone();
         let done_tx = self.done_tx.clone();
         let span = tracing::info_span!(
             "task",
@@ -386,7 +513,15 @@ impl Worker {
         let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
         tokio::spawn(
             async move {
-                let result = attempt(runner, assignment, work, intake).await;
+                let result =
+                    std::panic::AssertUnwindSafe(attempt(runner, assignment, work, intake, gate))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(SessionError::Internal(
+                                "the bookkeeping of an attempt panicked".into(),
+                            ))
+                        });
                 let _ = done_tx.send(Done { key, result });
             }
             .instrument(span),
@@ -399,9 +534,10 @@ async fn attempt(
     assignment: Assignment,
     work: Work,
     intake: Intake,
+    gate: StartGate,
 ) -> Result<pb::TaskResult, SessionError> {
     let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
-    if let Intake::Journal(tx) = intake {
+    if let Intake::Journal(tx) = &intake {
         runner.journal().received(assignment.clone()).await?;
         let accept = pb::Accept {
             task: Some(wire::task_ref(&key)),
@@ -414,7 +550,7 @@ async fn attempt(
     let copy = assignment.clone();
     let report = std::panic::AssertUnwindSafe(async {
         match work {
-            Work::Run(cancel) => runner.run(assignment, cancel).await,
+            Work::Run(cancel) => runner.run(assignment, cancel, &gate).await,
             Work::Answer(error) => runner.answer(assignment, error).await,
             Work::Repeat {
                 earlier_attempt,
@@ -436,11 +572,13 @@ async fn attempt(
             runner.answer(copy, error).await?
         }
     };
-    let result = wire::result(&report);
-    runner
-        .journal()
-        .finished(&key.0, key.1, wire::encode(&result), wire::summary(&result))
-        .await?;
+    let result = wire::result(&report.audit);
+    if !matches!(intake, Intake::Unjournaled) {
+        runner
+            .journal()
+            .finished(&key.0, key.1, wire::encode(&result), wire::summary(&result))
+            .await?;
+    }
     Ok(result)
 }
 

@@ -43,6 +43,11 @@ struct Live {
     drained_by_orchestrator: bool,
     last_received: Instant,
     last_sent: Instant,
+    /// How long after the last message heard calls may still start (the
+    /// lease less a margin).
+    start_window: Duration,
+    /// This stream's number (see [`super::Ledger::mark_sent`]).
+    generation: u64,
 }
 
 impl Live {
@@ -100,6 +105,19 @@ pub(super) async fn run(
         .and_then(|d| Duration::try_from(d).ok())
         .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
         .clamp(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL);
+    // The orchestrator settles this worker's attempts once it has not heard
+    // from it for the lease; calls may start only well within that, so a
+    // worker cut off makes no call the orchestrator may have given away.
+    let lease = welcome
+        .lease_timeout
+        .and_then(|d| Duration::try_from(d).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(heartbeat * 3);
+    let start_window = lease.saturating_sub(heartbeat.min(lease / 2));
+    worker.gate.open_until(SystemTime::now() + start_window);
+    worker.start_deferred(start_window);
+    worker.stream_generation += 1;
+    let generation = worker.stream_generation;
     // Wire text is logged with `?` so control characters are escaped.
     let span = tracing::info_span!("session", session_id = ?welcome.session_id);
     async move {
@@ -120,8 +138,10 @@ pub(super) async fn run(
             drained_by_orchestrator: false,
             last_received: now,
             last_sent: now,
+            start_window,
+            generation,
         };
-        for result in worker.ledger.all_unacknowledged() {
+        for result in worker.ledger.all_unacknowledged(generation) {
             live.send(Up::Result(result))?;
         }
         pump(worker, &mut live, &mut inbound, shutdown, heartbeat).await
@@ -208,20 +228,33 @@ async fn pump(
                 announce_drain(live, "worker shutting down")?;
             }
             _ = tokio::time::sleep_until(drain_wake) => {}
+            // Before reading more: results are bounded by the slots, while
+            // a peer could keep the inbound side busy for ever.
+            Some(done) = worker.done_rx.recv() => {
+                let key = done.key.clone();
+                match worker.record_done(done) {
+                    Some(result) => {
+                        worker.ledger.mark_sent(&key, live.generation);
+                        live.send(Up::Result(result))?;
+                    }
+                    None => {
+                        if let Some(failure) = worker.failure.take() {
+                            return Err(failure);
+                        }
+                    }
+                }
+            }
             message = inbound.message() => {
                 live.last_received = Instant::now();
+                worker.gate.open_until(SystemTime::now() + live.start_window);
                 match message? {
                     None => return Err(SessionError::Closed),
                     Some(pb::OrchestratorMessage { kind: Some(kind) }) => handle(worker, live, kind)?,
                     Some(_) => tracing::debug!("ignoring an empty message"),
                 }
             }
-            Some(done) = worker.done_rx.recv() => {
-                let result = worker.record_done(done)?;
-                live.send(Up::Result(result))?;
-            }
             _ = sleep_until_opt(resend_at), if resend_at.is_some() => {
-                for result in worker.ledger.take_due(Instant::now()) {
+                for result in worker.ledger.take_due(Instant::now(), live.generation) {
                     live.send(Up::Result(result))?;
                 }
             }
@@ -259,9 +292,11 @@ fn handle(worker: &mut Worker, live: &mut Live, kind: Down) -> Result<(), Sessio
             };
             if let Some(freed_slot) = worker.ledger.acknowledge(&key) {
                 worker.runner.journal().acknowledged(&key.0, key.1);
-                if freed_slot && !worker.ledger.is_draining() && !live.drained_by_orchestrator {
-                    live.credit += 1;
-                    live.send(Up::Credit(pb::Credit { grant: 1 }))?;
+                // Never more credit out than free slots, whatever was held
+                // before (a smaller max_in_flight after a restart).
+                let room = live.credit + worker.ledger.slots_held() < worker.config.max_in_flight;
+                if freed_slot && room {
+                    grant(worker, live)?;
                 }
             }
         }
@@ -290,19 +325,38 @@ fn handle(worker: &mut Worker, live: &mut Live, kind: Down) -> Result<(), Sessio
     Ok(())
 }
 
+/// Sends one credit, unless no more work is wanted on this stream.
+fn grant(worker: &Worker, live: &mut Live) -> Result<(), SessionError> {
+    if worker.ledger.is_draining() || live.drained_by_orchestrator {
+        return Ok(());
+    }
+    live.credit += 1;
+    live.send(Up::Credit(pb::Credit { grant: 1 }))
+}
+
 /// Decides what one assignment gets: nothing (a re-delivery of an attempt
-/// still held), its stored result again, a refusal, the earlier outcome of
-/// a task id that already ran, or a run.
+/// held or already acknowledged, or ids beyond the contract; its credit is
+/// given back), its result again, a refusal, the earlier outcome of a task
+/// id that already ran, or a run.
 fn assign(
     worker: &mut Worker,
     live: &mut Live,
     message: pb::Assignment,
 ) -> Result<(), SessionError> {
+    // The orchestrator spent one credit on it, unless it ignored the credit.
+    let within_credit = live.credit > 0;
+    let ignore = |worker: &Worker, live: &mut Live| {
+        if within_credit {
+            live.credit -= 1;
+            grant(worker, live)?;
+        }
+        Ok(())
+    };
     let assignment = match wire::assignment(message) {
         Ok(assignment) => assignment,
         Err(why) => {
             tracing::warn!(reason = %why, "ignoring an assignment that breaks the contract's id rules; it is not accepted");
-            return Ok(());
+            return ignore(worker, live);
         }
     };
     let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
@@ -316,28 +370,31 @@ fn assign(
     .entered();
     if worker.ledger.is_running(&key) {
         tracing::info!("ignoring a re-delivered assignment: this attempt is running");
-        return Ok(());
+        return ignore(worker, live);
     }
     if let Some(result) = worker.ledger.unacknowledged(&key) {
-        tracing::info!("re-delivered assignment already finished; re-sending its result");
         let result = result.clone();
-        return live.send(Up::Result(result));
+        if !worker.ledger.mark_sent(&key, live.generation) {
+            tracing::info!("re-delivered assignment already finished; re-sending its result");
+            live.send(Up::Result(result))?;
+        }
+        return ignore(worker, live);
     }
     let known = worker.runner.journal().lookup(&key.0)?;
     if let Some(entry) = &known
-        && entry.attempt == key.1
+        && entry.attempt >= key.1
     {
-        // Finished and acknowledged (the orchestrator stored its result).
-        tracing::info!(stage = ?entry.stage, "ignoring a re-delivered assignment: this attempt already ended here");
-        return Ok(());
+        // Acknowledged (the orchestrator stored its result), or a stale
+        // attempt older than one this worker already took.
+        tracing::info!(stage = ?entry.stage, latest_attempt = entry.attempt, "ignoring a re-delivered assignment: this attempt already ended here");
+        return ignore(worker, live);
     }
-    // Whether the orchestrator may send this one (it spends a credit).
     let refusal = if worker.ledger.is_draining() || live.drained_by_orchestrator {
         Some(TaskError::new(
             ErrorCode::Draining,
             "the worker is draining and takes no new work",
         ))
-    } else if live.credit == 0 {
+    } else if !within_credit {
         Some(TaskError::new(
             ErrorCode::CreditExceeded,
             "the orchestrator sent more assignments than the worker granted credit for",
@@ -353,33 +410,35 @@ fn assign(
             )));
         }
         tracing::warn!(code = %error.code, "refusing assignment");
-        let intake = match worker.ledger.running_attempt_of(&key.0) {
-            // Keep the journal entry of the attempt that still runs.
-            Some(_) => Intake::Owned,
-            None => Intake::Journal(live.tx.clone()),
-        };
+        if within_credit {
+            live.credit -= 1;
+        }
         worker.ledger.hold(key, false);
-        worker.spawn_attempt(assignment, Work::Answer(error), intake);
+        worker.spawn_attempt(assignment, Work::Answer(error), Intake::Unjournaled);
         return Ok(());
     }
     live.credit -= 1;
-    if let Some(running) = worker.ledger.running_attempt_of(&key.0) {
+    if let Some(held) = worker.ledger.held_attempt_of(&key.0) {
+        // Its journal entry must stay: the refusal is not journaled.
         let error = TaskError::new(
             ErrorCode::AttemptInProgress,
-            format!("attempt {running} of this task id is still running on this worker"),
+            format!(
+                "attempt {held} of this task id is still held by this worker (running, or its result not yet acknowledged)"
+            ),
         );
         tracing::warn!(code = %error.code, "refusing assignment");
         worker.ledger.hold(key, true);
-        worker.spawn_attempt(assignment, Work::Answer(error), Intake::Owned);
+        worker.spawn_attempt(assignment, Work::Answer(error), Intake::Unjournaled);
         return Ok(());
     }
     let intake = Intake::Journal(live.tx.clone());
     match known {
         Some(entry)
-            if entry.ever_started && !worker.runner.is_idempotent(&assignment.task_name) =>
+            if entry.ever_started() && !worker.runner.is_idempotent(&assignment.task_name) =>
         {
+            let earlier_attempt = entry.started_attempt.unwrap_or(entry.attempt);
             tracing::warn!(
-                earlier_attempt = entry.attempt,
+                earlier_attempt,
                 "this task id already started here and is not idempotent; answering with its earlier outcome instead of running it again"
             );
             let earlier = match entry.stage {
@@ -388,7 +447,7 @@ fn assign(
             };
             worker.ledger.hold(key, true);
             let work = Work::Repeat {
-                earlier_attempt: entry.attempt,
+                earlier_attempt,
                 earlier,
             };
             worker.spawn_attempt(assignment, work, intake);

@@ -15,7 +15,7 @@ use prost::Message;
 use crate::audit::AuditRecord;
 use crate::journal::{Summary, cut_to_summary};
 use crate::outcome::Outcome;
-use crate::task::{Assignment, TaskReport};
+use crate::task::Assignment;
 
 /// The identity of one attempt: (task id, attempt number).
 pub type AttemptKey = (String, u32);
@@ -114,30 +114,25 @@ fn audit(record: &AuditRecord) -> pb::AuditRecord {
     }
 }
 
-/// The `TaskResult` message for a finished attempt.
-pub fn result(report: &TaskReport) -> pb::TaskResult {
+/// The `TaskResult` message for a finished attempt, built from its audit
+/// record (which holds the outcome, output and error as reported), so a
+/// result rebuilt from the local audit log after a crash is the same
+/// message that would have been sent.
+pub fn result(record: &AuditRecord) -> pb::TaskResult {
     pb::TaskResult {
         task: Some(pb::TaskRef {
-            task_id: report.audit.task_id.clone(),
-            attempt: report.audit.attempt,
+            task_id: record.task_id.clone(),
+            attempt: record.attempt,
         }),
-        outcome: outcome(report.outcome).into(),
-        output_json: report
+        outcome: outcome(record.outcome).into(),
+        output_json: record
             .output
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default(),
-        error_code: report
-            .error
-            .as_ref()
-            .map(|e| e.code.as_str().to_string())
-            .unwrap_or_default(),
-        error_message: report
-            .error
-            .as_ref()
-            .map(|e| e.message.clone())
-            .unwrap_or_default(),
-        audit: Some(audit(&report.audit)),
+        error_code: record.error_code.clone().unwrap_or_default(),
+        error_message: record.error_message.clone().unwrap_or_default(),
+        audit: Some(audit(record)),
     }
 }
 
