@@ -271,11 +271,40 @@ impl State {
         self.journal.last()
     }
 
+    /// Records the whole plan (its own fields and every step): for a new
+    /// plan, and for changes that touch many steps (reject, cancel, the end
+    /// of a plan). Returns the sequence number to wait for.
     fn save(&mut self, plan_id: &str) -> u64 {
-        match self.plans.get(plan_id) {
-            Some(plan) => self.journal.record(Change::PutPlan(Box::new(plan.clone()))),
-            None => self.journal.last(),
+        let Some(plan) = self.plans.get(plan_id) else {
+            return self.journal.last();
+        };
+        let mut last = self.journal.last();
+        for change in Change::whole_plan(plan) {
+            last = self.journal.record(change);
         }
+        last
+    }
+
+    /// Records a change around step `index`: the plan's own fields, that
+    /// step and the next (which a success queues). A plan that just ended
+    /// (its later steps skipped) is recorded whole. So a step of a long
+    /// plan costs one row or two, not the whole plan.
+    fn save_step(&mut self, plan_id: &str, index: usize) -> u64 {
+        let Some(plan) = self.plans.get(plan_id) else {
+            return self.journal.last();
+        };
+        if plan.status.is_finished() {
+            return self.save(plan_id);
+        }
+        let changes: Vec<Change> = std::iter::once(Change::plan_fields(plan))
+            .chain(Change::step(plan, index))
+            .chain(Change::step(plan, index + 1))
+            .collect();
+        let mut last = self.journal.last();
+        for change in changes {
+            last = self.journal.record(change);
+        }
+        last
     }
 
     /// Stores a validated plan as `pending_approval`. `deadlines` holds
@@ -381,7 +410,7 @@ impl State {
         Self::pending_plan(&mut self.plans, id, "approved")?.status = PlanStatus::Approved;
         tracing::info!(plan_id = %id, "plan approved");
         self.advance_to(id, 0);
-        self.save(id);
+        self.save_step(id, 0);
         self.dispatch();
         self.plan(id)
     }
@@ -692,7 +721,7 @@ impl State {
                 a.note = Some(why.to_string());
             }
         }
-        self.save(&plan_id);
+        self.save_step(&plan_id, index);
     }
 
     /// Registers a session after its `Hello`, reconciles the attempts
@@ -792,7 +821,7 @@ impl State {
             if let Some(a) = step.view.attempts.last_mut() {
                 a.accepted = true;
             }
-            self.save(&plan_id);
+            self.save_step(&plan_id, index);
         }
     }
 
@@ -882,7 +911,7 @@ impl State {
         if plan_status == PlanStatus::Failed {
             tracing::warn!(plan_id = %plan_id, task_id, step = index, ?status, "plan failed");
         }
-        self.save(&plan_id);
+        self.save_step(&plan_id, index);
         self.dispatch();
         ResultEffect::Applied {
             plan_id,
@@ -927,7 +956,7 @@ impl State {
                         )),
                     );
                 }
-                self.save(&plan_id);
+                self.save_step(&plan_id, index);
                 continue;
             }
             let (task, version) = (step.view.task.clone(), step.view.version.clone());
@@ -1031,7 +1060,7 @@ impl State {
             self.touch(&identity, Instant::now());
         }
         // Durable before sent: the stream waits for this change.
-        let after = self.save(plan_id);
+        let after = self.save_step(plan_id, index);
         let _ = tx.send(Outgoing::Send {
             after,
             message: Box::new(message),

@@ -148,20 +148,6 @@ impl ScriptedOrchestrator {
         policy: ResultPolicy,
         heartbeat: Duration,
     ) -> ScriptedOrchestrator {
-        let config = orchestrator_mock::tls::server_config(tls).expect("server TLS config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let stop = CancellationToken::new();
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(orchestrator_mock::tls::accept_loop(
-            listener,
-            config,
-            None,
-            tx,
-            stop.clone(),
-        ));
         let inner = Arc::new(Mutex::new(Inner::default()));
         let policy = Arc::new(Mutex::new(policy));
         let lease = Arc::new(Mutex::new(DEFAULT_LEASE));
@@ -171,20 +157,13 @@ impl ScriptedOrchestrator {
             heartbeat,
             lease: lease.clone(),
         };
-        let shutdown = stop.clone();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(
-                    WorkerGatewayServer::new(gateway)
-                        .max_decoding_message_size(private_worker_proto::MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(private_worker_proto::MAX_MESSAGE_BYTES),
-                )
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::ReceiverStream::new(rx),
-                    shutdown.cancelled_owned(),
-                )
-                .await;
-        });
+        let (addr, stop) = serve(
+            tls,
+            WorkerGatewayServer::new(gateway)
+                .max_decoding_message_size(private_worker_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(private_worker_proto::MAX_MESSAGE_BYTES),
+        )
+        .await;
         ScriptedOrchestrator {
             addr,
             inner,
@@ -283,6 +262,46 @@ impl ScriptedOrchestrator {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Serves a `WorkerGateway` implementation on 127.0.0.1:0 behind the
+/// orchestrator-mock's own mTLS acceptor; returns where it listens and the
+/// token that stops it.
+///
+/// # Panics
+/// When the TLS files or the listener are unusable (a test set-up bug).
+pub async fn serve<S>(
+    tls: &orchestrator_mock::TlsConfig,
+    service: WorkerGatewayServer<S>,
+) -> (SocketAddr, CancellationToken)
+where
+    S: WorkerGateway,
+{
+    let config = orchestrator_mock::tls::server_config(tls).expect("server TLS config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let stop = CancellationToken::new();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(orchestrator_mock::tls::accept_loop(
+        listener,
+        config,
+        None,
+        tx,
+        stop.clone(),
+    ));
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                shutdown.cancelled_owned(),
+            )
+            .await;
+    });
+    (addr, stop)
 }
 
 /// An assignment of a sample task.

@@ -87,12 +87,7 @@ async fn an_orchestrator_killed_mid_run_and_restarted_on_its_data_dir_finishes_e
             "ticket crash-{i}"
         );
     }
-    let writes = env
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.uri == "/slow/150")
-        .count();
+    let writes = requests_to(&env.api, "/slow/150");
     assert_eq!(writes, PLANS, "each slow write ran exactly once");
     let log = worker.output();
     assert!(
@@ -119,7 +114,7 @@ async fn a_worker_lost_for_good_has_its_unaccepted_work_moved_to_another_worker_
         .await;
     env.admin.approve(&write.id).await.unwrap();
     let start = Instant::now();
-    while !env.api.requests().iter().any(|r| r.uri == "/slow/30000") {
+    while requests_to(&env.api, "/slow/30000") == 0 {
         assert!(start.elapsed() < WAIT, "the write never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -171,12 +166,7 @@ async fn a_worker_lost_for_good_has_its_unaccepted_work_moved_to_another_worker_
     assert_eq!(tickets_titled(&env.api, "moved"), 1);
     let step = &write.steps[0];
     assert_eq!(step.status, StepStatus::OutcomeUnknown, "{write:#?}");
-    let writes = env
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.uri == "/slow/30000")
-        .count();
+    let writes = requests_to(&env.api, "/slow/30000");
     assert_eq!(
         writes, 1,
         "the write that may have happened was not repeated"

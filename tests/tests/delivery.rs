@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::{Env, Options, WAIT};
 use private_worker_proto::v1 as pb;
-use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use private_worker_tests::procs::Process;
 use private_worker_tests::scripted::{ResultPolicy, ScriptedOrchestrator, assignment};
 use serde_json::json;
@@ -22,25 +21,17 @@ async fn scripted(policy: ResultPolicy) -> (Env, ScriptedOrchestrator, std::path
     let env = Env::start(Options::default()).await;
     let orchestrator =
         ScriptedOrchestrator::start(&env.orchestrator_config.tls, policy, HEARTBEAT).await;
-    let text = std::fs::read_to_string(env.write_worker_config(
+    let config = env.write_worker_config_at(
         "worker",
         &env.pki.worker_cert,
         &env.pki.worker_key,
-        ORCHESTRATOR_NAME,
-    ))
-    .unwrap()
-    .replace(&env.grpc_addr.to_string(), &orchestrator.addr().to_string());
-    let config = env.path("scripted-worker.toml");
-    std::fs::write(&config, text).unwrap();
+        orchestrator.addr(),
+    );
     (env, orchestrator, config)
 }
 
 fn requests_to(env: &Env, path: &str) -> usize {
-    env.api
-        .requests()
-        .iter()
-        .filter(|r| r.uri.starts_with(path))
-        .count()
+    common::requests_to(&env.api, path)
 }
 
 fn results_for(orchestrator: &ScriptedOrchestrator, task_id: &str) -> Vec<pb::TaskResult> {

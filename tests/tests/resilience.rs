@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::{Env, Options};
 use orchestrator_mock::api::PlanStatus;
-use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use private_worker_tests::proxy::CuttableProxy;
 use serde_json::json;
 
@@ -16,16 +15,12 @@ use serde_json::json;
 async fn a_result_finished_during_a_cut_connection_is_delivered_once_after_reconnecting() {
     let env = Env::start(Options::default()).await;
     let proxy = CuttableProxy::start(env.grpc_addr).await.unwrap();
-    let text = std::fs::read_to_string(env.write_worker_config(
+    let config = env.write_worker_config_at(
         "worker",
         &env.pki.worker_cert,
         &env.pki.worker_key,
-        ORCHESTRATOR_NAME,
-    ))
-    .unwrap()
-    .replace(&env.grpc_addr.to_string(), &proxy.addr().to_string());
-    let config = env.path("via-proxy.toml");
-    std::fs::write(&config, text).unwrap();
+        proxy.addr(),
+    );
     let worker = env.start_worker_with(&config, "worker");
     env.wait_connected(&env.pki.worker_identity).await;
 

@@ -252,14 +252,7 @@ impl AuditWriter {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(next) => batch.push(next),
-                            Err(_) => break,
-                        }
-                    }
+                while let Some(batch) = crate::batch::next_batch(&rx, MAX_BATCH) {
                     let (records, replies): (Vec<_>, Vec<_>) =
                         batch.into_iter().map(|p| (p.record, p.reply)).unzip();
                     match log.append_batch(records) {

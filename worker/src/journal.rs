@@ -347,14 +347,7 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, rx: &mpsc::Receiver<Pending>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = crate::batch::next_batch(rx, MAX_BATCH) {
             let (changes, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.change, p.reply)).unzip();
             let outcome = self.commit(changes);

@@ -18,6 +18,7 @@
 //! - [`secrets`]: credential references and sources, one module per source
 //!   (environment, files, Azure Key Vault).
 //! - [`audit`]: the local hash-chained audit log.
+//! - `batch`: group commit's shared half (take every waiting request).
 //! - [`check`]: `--check`: validate everything without connecting.
 //!
 //! # What it does not do
@@ -28,6 +29,7 @@
 
 pub mod audit;
 pub mod backoff;
+mod batch;
 pub mod check;
 pub mod config;
 pub mod executor;

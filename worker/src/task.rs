@@ -437,13 +437,7 @@ impl Runner {
             ErrorCode::Interrupted,
             "the worker stopped while the call was in flight; its effect is unknown",
         );
-        self.finish(
-            assignment,
-            SystemTime::now(),
-            None,
-            Execution::failed(error),
-        )
-        .await
+        self.answer(assignment, error).await
     }
 
     /// Answers a later attempt of a task id that already started here and

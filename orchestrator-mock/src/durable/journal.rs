@@ -181,11 +181,11 @@ struct Batch {
 impl Batch {
     fn add(&mut self, seq: u64, change: Change) {
         self.last_seq = seq;
-        match self.index.get(change.key()) {
+        let key = change.key();
+        match self.index.get(&key) {
             Some(&i) => self.changes[i] = change,
             None => {
-                self.index
-                    .insert(change.key().to_string(), self.changes.len());
+                self.index.insert(key, self.changes.len());
                 self.changes.push(change);
             }
         }

@@ -2,8 +2,9 @@
 //! the one trait a backend implements ([`PlanStore`]), and the group
 //! committer in front of it ([`journal`]).
 //!
-//! What is stored: every plan as one [`PlanRecord`] holding its steps, each
-//! step's attempts (who holds the current one, accepted or not, how each
+//! What is stored: every plan as one row of its own fields and one row per
+//! step ([`PlanRecord`], [`StepRecord`]), so a change to one step of a long
+//! plan writes that step, not the whole plan. Each step holds its attempts (who holds the current one, accepted or not, how each
 //! earlier one ended), its place in the queue (`queue_seq`) and its cancel
 //! and deadline settings. Leases are per worker identity and are *derived*:
 //! the holder of an attempt is durable, the lease expiry is not, because
@@ -99,19 +100,61 @@ pub struct StepRecord {
     pub timeout_secs: Option<u64>,
 }
 
-/// One change for the store to make durable.
+/// One change for the store to make durable: one row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// Insert or replace a plan record (with all its steps and attempts).
+    /// Insert or replace a plan's own fields; its `steps` are ignored (they
+    /// are rows of their own).
     PutPlan(Box<PlanRecord>),
+    /// Insert or replace one step of a plan.
+    PutStep {
+        /// The plan.
+        plan_id: String,
+        /// The step's index in the plan.
+        index: usize,
+        /// The step.
+        step: Box<StepRecord>,
+    },
 }
 
 impl Change {
-    /// The key the change writes; later changes to the same key in one
+    /// The changes that store `plan` whole: its own fields, then every step.
+    pub fn whole_plan(plan: &PlanRecord) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(plan.steps.len() + 1);
+        changes.push(Change::plan_fields(plan));
+        for index in 0..plan.steps.len() {
+            changes.extend(Change::step(plan, index));
+        }
+        changes
+    }
+
+    /// The change that stores `plan`'s own fields (not its steps).
+    pub fn plan_fields(plan: &PlanRecord) -> Change {
+        Change::PutPlan(Box::new(PlanRecord {
+            id: plan.id.clone(),
+            name: plan.name.clone(),
+            status: plan.status,
+            created_at: plan.created_at.clone(),
+            steps: Vec::new(),
+            cancel_from: plan.cancel_from,
+        }))
+    }
+
+    /// The change that stores step `index` of `plan`, if it has one.
+    pub fn step(plan: &PlanRecord, index: usize) -> Option<Change> {
+        plan.steps.get(index).map(|step| Change::PutStep {
+            plan_id: plan.id.clone(),
+            index,
+            step: Box::new(step.clone()),
+        })
+    }
+
+    /// The row the change writes; later changes to the same row in one
     /// batch replace earlier ones.
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> String {
         match self {
-            Change::PutPlan(p) => &p.id,
+            Change::PutPlan(p) => p.id.clone(),
+            Change::PutStep { plan_id, index, .. } => format!("{plan_id}/{index}"),
         }
     }
 }
@@ -181,7 +224,27 @@ impl PlanStore for MemoryStore {
         for change in changes {
             match change {
                 Change::PutPlan(p) => {
-                    plans.insert(p.id.clone(), (**p).clone());
+                    let steps = plans.remove(&p.id).map(|old| old.steps).unwrap_or_default();
+                    plans.insert(
+                        p.id.clone(),
+                        PlanRecord {
+                            steps,
+                            ..(**p).clone()
+                        },
+                    );
+                }
+                Change::PutStep {
+                    plan_id,
+                    index,
+                    step,
+                } => {
+                    // A step row comes after (or with) its plan's row.
+                    if let Some(plan) = plans.get_mut(plan_id) {
+                        if plan.steps.len() <= *index {
+                            plan.steps.resize(*index + 1, (**step).clone());
+                        }
+                        plan.steps[*index] = (**step).clone();
+                    }
                 }
             }
         }

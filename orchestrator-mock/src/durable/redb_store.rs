@@ -4,8 +4,10 @@
 //! `Durability::Immediate` (the default) is on disk when it returns, and a
 //! crash at any point leaves the last committed transaction (copy-on-write
 //! B-trees and a double-buffered commit slot), so there is no torn tail to
-//! repair here. One table, `plans`, maps a plan id to its [`PlanRecord`] as
-//! JSON (small, readable with any redb tool, and tolerant of added fields).
+//! repair here. Table `plans` maps a plan id to its own fields (a
+//! [`PlanRecord`] without steps) and table `steps` maps (plan id, index) to
+//! a [`super::StepRecord`], both as JSON (small, readable with any redb
+//! tool, tolerant of added fields): a change to one step writes one row.
 //!
 //! What it does not do: share the database between processes (redb locks
 //! the file), or keep finished plans small; nothing is ever deleted.
@@ -21,6 +23,7 @@ use super::{Change, DurableError, PlanRecord, PlanStore};
 pub const STATE_FILE: &str = "state.redb";
 
 const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
+const STEPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("steps");
 
 /// How long [`RedbStore::open`] waits for another handle in this process to
 /// let go of the file (an orchestrator restarted in the same process).
@@ -70,6 +73,8 @@ impl RedbStore {
         let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
         txn.open_table(PLANS)
             .map_err(|e| open_error(e.to_string()))?;
+        txn.open_table(STEPS)
+            .map_err(|e| open_error(e.to_string()))?;
         txn.commit().map_err(|e| open_error(e.to_string()))?;
         Ok(RedbStore { path, db, sync })
     }
@@ -85,14 +90,28 @@ impl PlanStore for RedbStore {
         let read = |e: &dyn std::fmt::Display| DurableError::Commit(format!("read: {e}"));
         let txn = self.db.begin_read().map_err(|e| read(&e))?;
         let table = txn.open_table(PLANS).map_err(|e| read(&e))?;
+        let steps = txn.open_table(STEPS).map_err(|e| read(&e))?;
         let mut plans = Vec::new();
         for entry in table.iter().map_err(|e| read(&e))? {
             let (key, value) = entry.map_err(|e| read(&e))?;
-            let record: PlanRecord =
+            let id = key.value();
+            let mut record: PlanRecord =
                 serde_json::from_slice(value.value()).map_err(|e| DurableError::Decode {
-                    key: key.value().to_string(),
+                    key: id.to_string(),
                     message: e.to_string(),
                 })?;
+            for row in steps
+                .range((id, 0)..=(id, u64::MAX))
+                .map_err(|e| read(&e))?
+            {
+                let (step_key, value) = row.map_err(|e| read(&e))?;
+                let step =
+                    serde_json::from_slice(value.value()).map_err(|e| DurableError::Decode {
+                        key: format!("{id}/{}", step_key.value().1),
+                        message: e.to_string(),
+                    })?;
+                record.steps.push(step);
+            }
             plans.push(record);
         }
         Ok(plans)
@@ -107,12 +126,23 @@ impl PlanStore for RedbStore {
         }
         {
             let mut table = txn.open_table(PLANS).map_err(|e| fail(&e))?;
+            let mut steps = txn.open_table(STEPS).map_err(|e| fail(&e))?;
             for change in changes {
                 match change {
                     Change::PutPlan(plan) => {
                         let bytes = serde_json::to_vec(plan).map_err(|e| fail(&e))?;
                         table
                             .insert(plan.id.as_str(), bytes.as_slice())
+                            .map_err(|e| fail(&e))?;
+                    }
+                    Change::PutStep {
+                        plan_id,
+                        index,
+                        step,
+                    } => {
+                        let bytes = serde_json::to_vec(step).map_err(|e| fail(&e))?;
+                        steps
+                            .insert((plan_id.as_str(), *index as u64), bytes.as_slice())
                             .map_err(|e| fail(&e))?;
                     }
                 }
@@ -162,6 +192,44 @@ mod tests {
                 plan("a", PlanStatus::Running),
                 plan("b", PlanStatus::PendingApproval)
             ]
+        );
+    }
+
+    #[test]
+    fn steps_are_rows_of_their_own_and_one_step_can_change_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), true).unwrap();
+        let mut whole = plan("p", PlanStatus::Running);
+        for i in 0..12 {
+            let step: super::super::StepRecord = serde_json::from_value(serde_json::json!({
+                "view": {
+                    "index": i, "task_id": format!("t{i}"), "task": "crm.create_ticket",
+                    "version": "1", "inputs": {"title": "x"}, "status": "waiting",
+                    "attempt": 0, "worker": null, "error_code": null,
+                    "error_message": null, "output": null
+                },
+                "idempotent": false,
+                "accepted": false
+            }))
+            .unwrap();
+            whole.steps.push(step);
+        }
+        store.commit(&Change::whole_plan(&whole)).unwrap();
+        let mut changed = whole.clone();
+        changed.steps[10].accepted = true;
+        store
+            .commit(&[
+                Change::plan_fields(&changed),
+                Change::step(&changed, 10).unwrap(),
+            ])
+            .unwrap();
+        drop(store);
+        let store = RedbStore::open(dir.path(), true).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(
+            loaded,
+            vec![changed],
+            "steps come back in index order, 10 before 11"
         );
     }
 }

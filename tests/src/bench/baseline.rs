@@ -63,30 +63,7 @@ impl Drop for EchoServer {
 /// # Panics
 /// When the TLS files or the listener are unusable (a bench set-up bug).
 pub async fn start(tls: &orchestrator_mock::TlsConfig) -> EchoServer {
-    let config = orchestrator_mock::tls::server_config(tls).expect("server TLS config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let stop = CancellationToken::new();
-    let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(orchestrator_mock::tls::accept_loop(
-        listener,
-        config,
-        None,
-        tx,
-        stop.clone(),
-    ));
-    let shutdown = stop.clone();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(WorkerGatewayServer::new(Echo))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-                shutdown.cancelled_owned(),
-            )
-            .await;
-    });
+    let (addr, stop) = crate::scripted::serve(tls, WorkerGatewayServer::new(Echo)).await;
     EchoServer { addr, stop }
 }
 

@@ -274,6 +274,14 @@ pub async fn wait_all(
     done
 }
 
+/// How many requests the internal API received for paths starting with `path`.
+pub fn requests_to(api: &InternalApi, path: &str) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.uri.starts_with(path))
+        .count()
+}
+
 /// How many tickets the internal API was asked to create with `title`.
 pub fn tickets_titled(api: &InternalApi, title: &str) -> usize {
     let needle = format!("\"title\":\"{title}\"");
