@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, Options, OrchestratorProcess, WAIT, plan_request, tickets_titled, wait_all};
+use common::{
+    Env, Options, OrchestratorProcess, WAIT, plan_request, requests_to, tickets_titled, wait_all,
+};
 use orchestrator_mock::api::{PlanStatus, StepStatus};
 use serde_json::json;
 
