@@ -285,11 +285,16 @@ impl State {
         last
     }
 
-    /// Records a change around step `index`: the plan's own fields, that
-    /// step and the next (which a success queues). A plan that just ended
-    /// (its later steps skipped) is recorded whole. So a step of a long
-    /// plan costs one row or two, not the whole plan.
+    /// Records a change to step `index`: the plan's own fields and that
+    /// step. A plan that just ended (its later steps skipped) is recorded
+    /// whole. So a step of a long plan costs one row, not the whole plan.
     fn save_step(&mut self, plan_id: &str, index: usize) -> u64 {
+        self.save_steps(plan_id, index..index + 1)
+    }
+
+    /// [`State::save_step`] for the steps in `indices` (a result and the
+    /// step it queues).
+    fn save_steps(&mut self, plan_id: &str, indices: std::ops::Range<usize>) -> u64 {
         let Some(plan) = self.plans.get(plan_id) else {
             return self.journal.last();
         };
@@ -297,8 +302,7 @@ impl State {
             return self.save(plan_id);
         }
         let changes: Vec<Change> = std::iter::once(Change::plan_fields(plan))
-            .chain(Change::step(plan, index))
-            .chain(Change::step(plan, index + 1))
+            .chain(indices.filter_map(|i| Change::step(plan, i)))
             .collect();
         let mut last = self.journal.last();
         for change in changes {
@@ -911,7 +915,8 @@ impl State {
         if plan_status == PlanStatus::Failed {
             tracing::warn!(plan_id = %plan_id, task_id, step = index, ?status, "plan failed");
         }
-        self.save_step(&plan_id, index);
+        // The step and the one its success queued.
+        self.save_steps(&plan_id, index..index + 2);
         self.dispatch();
         ResultEffect::Applied {
             plan_id,

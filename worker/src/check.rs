@@ -71,6 +71,29 @@ pub async fn check(config: &Config) -> CheckReport {
             format!("audit log {}: will be created", config.audit_log.display()),
         );
     }
+    let journal = config.journal.display();
+    match crate::journal::inspect(&config.journal) {
+        Ok(crate::journal::Inspection::Missing) => {
+            report.item(true, format!("journal {journal}: will be created"));
+        }
+        Ok(crate::journal::Inspection::InUse) => report.item(
+            true,
+            format!("journal {journal}: in use by a running worker (one process per journal)"),
+        ),
+        Ok(crate::journal::Inspection::Readable {
+            task_ids,
+            unacknowledged,
+        }) => report.item(
+            true,
+            format!(
+                "journal {journal}: {task_ids} task id(s) remembered, {unacknowledged} not yet acknowledged (sent or resolved at the next start)"
+            ),
+        ),
+        Err(e) => report.item(
+            false,
+            format!("{e} (after a crash the worker's start recovers the file; this check only reads it)"),
+        ),
+    }
     let references: BTreeSet<SecretRef> = config
         .tasks
         .values()

@@ -4,13 +4,16 @@
 //! For each task id the journal holds one [`Entry`]: the latest attempt and
 //! how far it got ([`Stage`]: received, started, finished, acknowledged),
 //! which attempt of the task id last *started* (reached the internal API),
-//! when it was received, the assignment until it finished, and a short
-//! [`Summary`] of the outcome; beside it, in a table of its own, the
-//! encoded result until the orchestrator acknowledged it. The session writes `received` before it sends `Accept`, the
-//! runner writes `started` before it makes the call, and `finished` before
-//! the result goes up; so after a kill -9 the journal says exactly which
-//! results to re-send, which attempts never started (safe to run) and which
-//! were cut off mid-call (their outcome is unknown).
+//! when it was received, and a short [`Summary`] of the outcome; beside it,
+//! in tables of their own (written once, read only at start), the
+//! assignment until the attempt finished and the encoded result until the
+//! orchestrator acknowledged it. The session writes `received` before it
+//! sends `Accept`, the runner writes `started` before it makes the call,
+//! and `finished` as the result goes up (without waiting for it: the audit
+//! record, already on disk, holds the same result, and the session rebuilds
+//! it from there if a crash comes first); so after a kill -9 the journal
+//! says which results to re-send, which attempts never started (safe to
+//! run) and which were cut off mid-call (their outcome is unknown).
 //!
 //! Storage is [redb](https://www.redb.org): a pure-Rust, single-file,
 //! copy-on-write B-tree with ACID transactions that survives a crash at
@@ -55,6 +58,8 @@ use crate::task::Assignment;
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 /// Task id -> the encoded result of its finished, unacknowledged attempt.
 const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
+/// Task id -> JSON of the assignment of its attempt that has not finished.
+const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 /// Acknowledgement order -> task id, to drop the oldest acknowledged entries.
 const ACKNOWLEDGED: TableDefinition<u64, &str> = TableDefinition::new("acknowledged");
 
@@ -106,8 +111,6 @@ pub struct Entry {
     pub started_attempt: Option<u32>,
     /// When the latest attempt was received (wall clock).
     pub received_at: Option<SystemTime>,
-    /// The assignment, kept until its attempt finished.
-    pub assignment: Option<Assignment>,
     /// The outcome of the latest finished attempt.
     pub summary: Option<Summary>,
     /// Position in the acknowledgement order, once acknowledged.
@@ -172,6 +175,8 @@ pub struct Recovered {
     pub task_id: String,
     /// Its entry.
     pub entry: Entry,
+    /// The assignment, when the attempt has not finished.
+    pub assignment: Option<Assignment>,
     /// The encoded result, when the attempt finished.
     pub result: Option<Vec<u8>>,
 }
@@ -206,6 +211,7 @@ impl Journal {
         let txn = db.begin_write().map_err(|e| fail(&e))?;
         txn.open_table(ENTRIES).map_err(|e| fail(&e))?;
         txn.open_table(RESULTS).map_err(|e| fail(&e))?;
+        txn.open_table(ASSIGNMENTS).map_err(|e| fail(&e))?;
         txn.open_table(ACKNOWLEDGED).map_err(|e| fail(&e))?;
         txn.commit().map_err(|e| fail(&e))?;
 
@@ -214,6 +220,7 @@ impl Journal {
             let read = db.begin_read().map_err(|e| fail(&e))?;
             let table = read.open_table(ENTRIES).map_err(|e| fail(&e))?;
             let results = read.open_table(RESULTS).map_err(|e| fail(&e))?;
+            let assignments = read.open_table(ASSIGNMENTS).map_err(|e| fail(&e))?;
             for row in table.iter().map_err(|e| fail(&e))? {
                 let (key, value) = row.map_err(|e| fail(&e))?;
                 let entry: Entry = serde_json::from_slice(value.value()).map_err(|e| fail(&e))?;
@@ -222,9 +229,14 @@ impl Journal {
                         .get(key.value())
                         .map_err(|e| fail(&e))?
                         .map(|v| v.value().to_vec());
+                    let assignment = match assignments.get(key.value()).map_err(|e| fail(&e))? {
+                        Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| fail(&e))?),
+                        None => None,
+                    };
                     unfinished.push(Recovered {
                         task_id: key.value().to_string(),
                         entry,
+                        assignment,
                         result,
                     });
                 }
@@ -273,24 +285,14 @@ impl Journal {
     }
 
     /// Records the attempt's result (encoded, as it goes on the wire) and
-    /// its summary; returns once it is on disk.
-    ///
-    /// # Errors
-    /// [`JournalError`] when the commit failed.
-    pub async fn finished(
-        &self,
-        task_id: &str,
-        attempt: u32,
-        result: Vec<u8>,
-        summary: Summary,
-    ) -> Result<(), JournalError> {
-        self.commit(Change::Finished(
-            task_id.to_string(),
-            attempt,
-            result,
-            summary,
-        ))
-        .await
+    /// its summary, without waiting for the disk: the audit record written
+    /// before holds the same result (see the module docs). A failed commit
+    /// is logged, and the next awaited change fails, which stops the worker.
+    pub fn finished(&self, task_id: &str, attempt: u32, result: Vec<u8>, summary: Summary) {
+        let _ = self.tx.send(Pending {
+            change: Change::Finished(task_id.to_string(), attempt, result, summary),
+            reply: None,
+        });
     }
 
     /// Records that the orchestrator acknowledged the attempt's result,
@@ -375,6 +377,7 @@ impl Writer {
         {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
             let mut results = txn.open_table(RESULTS).map_err(|e| e.to_string())?;
+            let mut assignments = txn.open_table(ASSIGNMENTS).map_err(|e| e.to_string())?;
             let mut acknowledged = txn.open_table(ACKNOWLEDGED).map_err(|e| e.to_string())?;
             let mut next_seq = acknowledged
                 .last()
@@ -391,20 +394,23 @@ impl Writer {
                     .get(task_id.as_str())
                     .map_err(|e| e.to_string())?
                     .and_then(|v| serde_json::from_slice(v.value()).ok());
-                let Some((next, result)) = apply(current, change, &mut next_seq) else {
+                let Some((next, rows)) = apply(current, change, &mut next_seq) else {
                     continue;
                 };
-                match result {
-                    ResultChange::Keep => {}
-                    ResultChange::Store(bytes) => {
-                        results
-                            .insert(task_id.as_str(), bytes.as_slice())
-                            .map_err(|e| e.to_string())?;
-                    }
-                    ResultChange::Drop => {
-                        results
-                            .remove(task_id.as_str())
-                            .map_err(|e| e.to_string())?;
+                for (table, row) in [
+                    (&mut results, rows.result),
+                    (&mut assignments, rows.assignment),
+                ] {
+                    match row {
+                        Row::Keep => {}
+                        Row::Store(bytes) => {
+                            table
+                                .insert(task_id.as_str(), bytes.as_slice())
+                                .map_err(|e| e.to_string())?;
+                        }
+                        Row::Drop => {
+                            table.remove(task_id.as_str()).map_err(|e| e.to_string())?;
+                        }
                     }
                 }
                 if let Some(seq) = next.acknowledged_seq {
@@ -445,20 +451,22 @@ impl Writer {
     }
 }
 
-/// What a change does to the stored result.
-enum ResultChange {
+/// What a change does to one side row of a task id.
+enum Row {
     Keep,
     Store(Vec<u8>),
     Drop,
 }
 
-/// The entry after `change` and what happens to the stored result, or
-/// `None` when the change does not apply (see the rules in the module docs).
-fn apply(
-    current: Option<Entry>,
-    change: Change,
-    next_seq: &mut u64,
-) -> Option<(Entry, ResultChange)> {
+/// What a change does to the side rows: the result and the assignment.
+struct SideRows {
+    result: Row,
+    assignment: Row,
+}
+
+/// The entry after `change` and what happens to its side rows, or `None`
+/// when the change does not apply (see the rules in the module docs).
+fn apply(current: Option<Entry>, change: Change, next_seq: &mut u64) -> Option<(Entry, SideRows)> {
     match (current, change) {
         (Some(entry), Change::Received(assignment))
             if assignment.attempt <= entry.attempt || entry.stage == Stage::Finished =>
@@ -466,33 +474,46 @@ fn apply(
             tracing::warn!(task_id = %assignment.task_id, attempt = assignment.attempt, current = entry.attempt, stage = ?entry.stage, "journal: not replacing the current attempt");
             None
         }
-        (current, Change::Received(assignment)) => Some((
-            Entry {
-                attempt: assignment.attempt,
-                stage: Stage::Received,
-                started_attempt: current.as_ref().and_then(|e| e.started_attempt),
-                received_at: Some(SystemTime::now()),
-                summary: current.and_then(|e| e.summary),
-                assignment: Some(assignment),
-                acknowledged_seq: None,
-            },
-            ResultChange::Drop,
-        )),
+        (current, Change::Received(assignment)) => {
+            // Serializing a struct of strings and numbers cannot fail.
+            let bytes = serde_json::to_vec(&assignment).unwrap_or_default();
+            Some((
+                Entry {
+                    attempt: assignment.attempt,
+                    stage: Stage::Received,
+                    started_attempt: current.as_ref().and_then(|e| e.started_attempt),
+                    received_at: Some(SystemTime::now()),
+                    summary: current.and_then(|e| e.summary),
+                    acknowledged_seq: None,
+                },
+                SideRows {
+                    result: Row::Drop,
+                    assignment: Row::Store(bytes),
+                },
+            ))
+        }
         (Some(mut entry), Change::Started(_, attempt))
             if entry.attempt == attempt && entry.stage == Stage::Received =>
         {
             entry.stage = Stage::Started;
             entry.started_attempt = Some(attempt);
-            Some((entry, ResultChange::Keep))
+            let rows = SideRows {
+                result: Row::Keep,
+                assignment: Row::Keep,
+            };
+            Some((entry, rows))
         }
         (Some(mut entry), Change::Finished(_, attempt, result, summary))
             if entry.attempt == attempt
                 && matches!(entry.stage, Stage::Received | Stage::Started) =>
         {
             entry.stage = Stage::Finished;
-            entry.assignment = None;
             entry.summary = Some(summary);
-            Some((entry, ResultChange::Store(result)))
+            let rows = SideRows {
+                result: Row::Store(result),
+                assignment: Row::Drop,
+            };
+            Some((entry, rows))
         }
         (Some(mut entry), Change::Acknowledged(_, attempt))
             if entry.attempt == attempt && entry.stage == Stage::Finished =>
@@ -500,10 +521,67 @@ fn apply(
             entry.stage = Stage::Acknowledged;
             entry.acknowledged_seq = Some(*next_seq);
             *next_seq += 1;
-            Some((entry, ResultChange::Drop))
+            let rows = SideRows {
+                result: Row::Drop,
+                assignment: Row::Keep,
+            };
+            Some((entry, rows))
         }
         _ => None,
     }
+}
+
+/// What `--check` says about a journal file, read without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    /// No journal yet: it is created at the first start.
+    Missing,
+    /// Another process (a running worker) holds it.
+    InUse,
+    /// Readable: how many task ids it remembers and how many of them wait
+    /// for an acknowledgement (or were cut off by a crash).
+    Readable {
+        /// Task ids remembered.
+        task_ids: u64,
+        /// Entries not yet acknowledged.
+        unacknowledged: u64,
+    },
+}
+
+/// Reads the journal at `path` without writing to it (`--check`).
+///
+/// # Errors
+/// [`JournalError::Store`] when the file is not a readable journal (for
+/// example it needs the recovery a start performs after a crash: the
+/// message says so).
+pub fn inspect(path: &Path) -> Result<Inspection, JournalError> {
+    let fail = |e: &dyn std::fmt::Display| JournalError::Store {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if !path.exists() {
+        return Ok(Inspection::Missing);
+    }
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(Inspection::InUse),
+        Err(e) => return Err(fail(&e)),
+    };
+    let read = db.begin_read().map_err(|e| fail(&e))?;
+    let table = read.open_table(ENTRIES).map_err(|e| fail(&e))?;
+    let (mut task_ids, mut unacknowledged) = (0, 0);
+    for row in table.iter().map_err(|e| fail(&e))? {
+        let (_, value) = row.map_err(|e| fail(&e))?;
+        let entry: Entry = serde_json::from_slice(value.value()).map_err(|e| fail(&e))?;
+        task_ids += 1;
+        if entry.stage != Stage::Acknowledged {
+            unacknowledged += 1;
+        }
+    }
+    Ok(Inspection::Readable {
+        task_ids,
+        unacknowledged,
+    })
 }
 
 /// Cuts `text` to at most [`MAX_SUMMARY_BYTES`] on a character boundary.
@@ -565,10 +643,7 @@ mod tests {
                 journal.started(id, 1).await.unwrap();
             }
             for id in ["finished", "acked"] {
-                journal
-                    .finished(id, 1, b"result".to_vec(), summary(Outcome::Succeeded))
-                    .await
-                    .unwrap();
+                journal.finished(id, 1, b"result".to_vec(), summary(Outcome::Succeeded));
             }
             journal.acknowledged("acked", 1);
             // A commit after the acknowledgement proves it was applied.
@@ -591,7 +666,11 @@ mod tests {
         );
         let finished = &unfinished[0];
         assert_eq!(finished.result.as_deref(), Some(&b"result"[..]));
-        assert!(finished.entry.ever_started() && finished.entry.assignment.is_none());
+        assert!(finished.entry.ever_started() && finished.assignment.is_none());
+        assert_eq!(
+            unfinished[1].assignment.as_ref().map(|a| a.attempt),
+            Some(1)
+        );
         assert!(unfinished[1].result.is_none() && unfinished[1].entry.received_at.is_some());
         let acked = journal.lookup("acked").unwrap().unwrap();
         assert_eq!(acked.stage, Stage::Acknowledged);
@@ -615,10 +694,8 @@ mod tests {
         assert_eq!((entry.attempt, entry.stage), (2, Stage::Received));
         assert_eq!(entry.started_attempt, Some(1));
         // A stale attempt's change does not touch the newer one.
-        journal
-            .finished("t", 1, vec![1], summary(Outcome::Failed))
-            .await
-            .unwrap();
+        journal.finished("t", 1, vec![1], summary(Outcome::Failed));
+        journal.received(assignment("other", 1)).await.unwrap();
         assert_eq!(journal.lookup("t").unwrap().unwrap().stage, Stage::Received);
     }
 
@@ -630,10 +707,7 @@ mod tests {
         journal.received(assignment("t", 1)).await.unwrap();
         journal.received(assignment("t", 2)).await.unwrap();
         assert_eq!(journal.lookup("t").unwrap().unwrap().attempt, 2);
-        journal
-            .finished("t", 2, vec![7], summary(Outcome::Succeeded))
-            .await
-            .unwrap();
+        journal.finished("t", 2, vec![7], summary(Outcome::Succeeded));
         journal.received(assignment("t", 3)).await.unwrap();
         let entry = journal.lookup("t").unwrap().unwrap();
         assert_eq!((entry.attempt, entry.stage), (2, Stage::Finished));
@@ -649,10 +723,7 @@ mod tests {
         for i in 0..10 {
             let id = format!("t{i}");
             journal.received(assignment(&id, 1)).await.unwrap();
-            journal
-                .finished(&id, 1, vec![0; 100], summary(Outcome::Succeeded))
-                .await
-                .unwrap();
+            journal.finished(&id, 1, vec![0; 100], summary(Outcome::Succeeded));
             journal.acknowledged(&id, 1);
         }
         journal.received(assignment("last", 1)).await.unwrap();
@@ -664,6 +735,33 @@ mod tests {
             [
                 false, false, false, false, false, false, false, true, true, true
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn inspection_reads_a_closed_journal_and_says_when_one_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        assert_eq!(inspect(&path).unwrap(), Inspection::Missing);
+        {
+            let (journal, _) = Journal::open(&path, true, 10).unwrap();
+            journal.received(assignment("t", 1)).await.unwrap();
+            assert_eq!(inspect(&path).unwrap(), Inspection::InUse);
+        }
+        let mut inspected = inspect(&path);
+        for _ in 0..200 {
+            if inspected.as_ref().is_ok_and(|i| *i != Inspection::InUse) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            inspected = inspect(&path);
+        }
+        assert_eq!(
+            inspected.unwrap(),
+            Inspection::Readable {
+                task_ids: 1,
+                unacknowledged: 1
+            }
         );
     }
 

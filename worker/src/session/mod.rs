@@ -400,6 +400,7 @@ impl Worker {
         for Recovered {
             task_id,
             entry,
+            assignment,
             result,
         } in unfinished
         {
@@ -419,16 +420,17 @@ impl Worker {
             if let Some(record) = audited.get(&key) {
                 // Audited just before the crash: that is how it ended.
                 let result = wire::result(record);
-                self.runner
-                    .journal()
-                    .finished(&key.0, key.1, wire::encode(&result), wire::summary(&result))
-                    .await
-                    .map_err(SessionError::from)?;
+                self.runner.journal().finished(
+                    &key.0,
+                    key.1,
+                    wire::encode(&result),
+                    wire::summary(&result),
+                );
                 self.ledger.finish(key, result);
                 results += 1;
                 continue;
             }
-            let Some(assignment) = entry.assignment.clone() else {
+            let Some(assignment) = assignment else {
                 tracing::error!(task_id = %key.0, attempt = key.1, stage = ?entry.stage, "journal entry is incomplete; skipping it");
                 continue;
             };
@@ -576,8 +578,7 @@ async fn attempt(
     if !matches!(intake, Intake::Unjournaled) {
         runner
             .journal()
-            .finished(&key.0, key.1, wire::encode(&result), wire::summary(&result))
-            .await?;
+            .finished(&key.0, key.1, wire::encode(&result), wire::summary(&result));
     }
     Ok(result)
 }
