@@ -135,7 +135,8 @@ pub enum JournalError {
 }
 
 enum Change {
-    Received(Assignment),
+    /// Received, and started too when the flag is set.
+    Received(Assignment, bool),
     Started(String, u32),
     Finished(String, u32, Vec<u8>, Summary),
     Acknowledged(String, u32),
@@ -265,13 +266,20 @@ impl Journal {
         ))
     }
 
-    /// Records that `assignment` was received (and is owned from now on);
-    /// returns once it is on disk.
+    /// Records that `assignment` was received (and is owned from now on),
+    /// and with `started` that its call is about to be made (one commit
+    /// for both when nothing stands between them); returns once it is on
+    /// disk.
     ///
     /// # Errors
-    /// [`JournalError`] when the commit failed.
-    pub async fn received(&self, assignment: Assignment) -> Result<(), JournalError> {
-        self.commit(Change::Received(assignment)).await
+    /// [`JournalError`] when the commit failed: the attempt must then not be
+    /// accepted, nor the call made.
+    pub async fn received(
+        &self,
+        assignment: Assignment,
+        started: bool,
+    ) -> Result<(), JournalError> {
+        self.commit(Change::Received(assignment, started)).await
     }
 
     /// Records that the call for this attempt is about to be made; returns
@@ -385,7 +393,7 @@ impl Writer {
                 .map_or(1, |(seq, _)| seq.value() + 1);
             for change in changes {
                 let task_id = match &change {
-                    Change::Received(a) => a.task_id.clone(),
+                    Change::Received(a, _) => a.task_id.clone(),
                     Change::Started(id, _)
                     | Change::Finished(id, _, _, _)
                     | Change::Acknowledged(id, _) => id.clone(),
@@ -468,20 +476,29 @@ struct SideRows {
 /// when the change does not apply (see the rules in the module docs).
 fn apply(current: Option<Entry>, change: Change, next_seq: &mut u64) -> Option<(Entry, SideRows)> {
     match (current, change) {
-        (Some(entry), Change::Received(assignment))
+        (Some(entry), Change::Received(assignment, _))
             if assignment.attempt <= entry.attempt || entry.stage == Stage::Finished =>
         {
             tracing::warn!(task_id = %assignment.task_id, attempt = assignment.attempt, current = entry.attempt, stage = ?entry.stage, "journal: not replacing the current attempt");
             None
         }
-        (current, Change::Received(assignment)) => {
+        (current, Change::Received(assignment, started)) => {
             // Serializing a struct of strings and numbers cannot fail.
             let bytes = serde_json::to_vec(&assignment).unwrap_or_default();
+            let earlier = current.as_ref().and_then(|e| e.started_attempt);
             Some((
                 Entry {
                     attempt: assignment.attempt,
-                    stage: Stage::Received,
-                    started_attempt: current.as_ref().and_then(|e| e.started_attempt),
+                    stage: if started {
+                        Stage::Started
+                    } else {
+                        Stage::Received
+                    },
+                    started_attempt: if started {
+                        Some(assignment.attempt)
+                    } else {
+                        earlier
+                    },
                     received_at: Some(SystemTime::now()),
                     summary: current.and_then(|e| e.summary),
                     acknowledged_seq: None,
@@ -620,6 +637,12 @@ mod tests {
         panic!("the journal stayed locked after its handles were dropped");
     }
 
+    impl Journal {
+        async fn received_for_test(&self, assignment: Assignment) -> Result<(), JournalError> {
+            self.received(assignment, false).await
+        }
+    }
+
     fn summary(outcome: Outcome) -> Summary {
         Summary {
             outcome,
@@ -637,7 +660,7 @@ mod tests {
             let (journal, unfinished) = Journal::open(&path, true, 10).unwrap();
             assert!(unfinished.is_empty());
             for id in ["received", "started", "finished", "acked"] {
-                journal.received(assignment(id, 1)).await.unwrap();
+                journal.received_for_test(assignment(id, 1)).await.unwrap();
             }
             for id in ["started", "finished", "acked"] {
                 journal.started(id, 1).await.unwrap();
@@ -647,7 +670,10 @@ mod tests {
             }
             journal.acknowledged("acked", 1);
             // A commit after the acknowledgement proves it was applied.
-            journal.received(assignment("later", 1)).await.unwrap();
+            journal
+                .received_for_test(assignment("later", 1))
+                .await
+                .unwrap();
         }
         let (journal, mut unfinished) = reopen(&path);
         unfinished.sort_by(|a, b| a.task_id.cmp(&b.task_id));
@@ -687,15 +713,18 @@ mod tests {
     async fn a_new_attempt_remembers_that_an_earlier_one_started() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(&dir.path().join("j.redb"), true, 10).unwrap();
-        journal.received(assignment("t", 1)).await.unwrap();
+        journal.received_for_test(assignment("t", 1)).await.unwrap();
         journal.started("t", 1).await.unwrap();
-        journal.received(assignment("t", 2)).await.unwrap();
+        journal.received_for_test(assignment("t", 2)).await.unwrap();
         let entry = journal.lookup("t").unwrap().unwrap();
         assert_eq!((entry.attempt, entry.stage), (2, Stage::Received));
         assert_eq!(entry.started_attempt, Some(1));
         // A stale attempt's change does not touch the newer one.
         journal.finished("t", 1, vec![1], summary(Outcome::Failed));
-        journal.received(assignment("other", 1)).await.unwrap();
+        journal
+            .received_for_test(assignment("other", 1))
+            .await
+            .unwrap();
         assert_eq!(journal.lookup("t").unwrap().unwrap().stage, Stage::Received);
     }
 
@@ -703,12 +732,12 @@ mod tests {
     async fn a_received_never_replaces_a_later_attempt_or_an_unacknowledged_result() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(&dir.path().join("j.redb"), true, 10).unwrap();
-        journal.received(assignment("t", 2)).await.unwrap();
-        journal.received(assignment("t", 1)).await.unwrap();
-        journal.received(assignment("t", 2)).await.unwrap();
+        journal.received_for_test(assignment("t", 2)).await.unwrap();
+        journal.received_for_test(assignment("t", 1)).await.unwrap();
+        journal.received_for_test(assignment("t", 2)).await.unwrap();
         assert_eq!(journal.lookup("t").unwrap().unwrap().attempt, 2);
         journal.finished("t", 2, vec![7], summary(Outcome::Succeeded));
-        journal.received(assignment("t", 3)).await.unwrap();
+        journal.received_for_test(assignment("t", 3)).await.unwrap();
         let entry = journal.lookup("t").unwrap().unwrap();
         assert_eq!((entry.attempt, entry.stage), (2, Stage::Finished));
         // Started only follows received, and only for the current attempt.
@@ -722,11 +751,14 @@ mod tests {
         let (journal, _) = Journal::open(&dir.path().join("j.redb"), true, 3).unwrap();
         for i in 0..10 {
             let id = format!("t{i}");
-            journal.received(assignment(&id, 1)).await.unwrap();
+            journal.received_for_test(assignment(&id, 1)).await.unwrap();
             journal.finished(&id, 1, vec![0; 100], summary(Outcome::Succeeded));
             journal.acknowledged(&id, 1);
         }
-        journal.received(assignment("last", 1)).await.unwrap();
+        journal
+            .received_for_test(assignment("last", 1))
+            .await
+            .unwrap();
         let kept: Vec<bool> = (0..10)
             .map(|i| journal.lookup(&format!("t{i}")).unwrap().is_some())
             .collect();
@@ -745,7 +777,7 @@ mod tests {
         assert_eq!(inspect(&path).unwrap(), Inspection::Missing);
         {
             let (journal, _) = Journal::open(&path, true, 10).unwrap();
-            journal.received(assignment("t", 1)).await.unwrap();
+            journal.received_for_test(assignment("t", 1)).await.unwrap();
             assert_eq!(inspect(&path).unwrap(), Inspection::InUse);
         }
         let mut inspected = inspect(&path);

@@ -224,6 +224,48 @@ impl StartGate {
     }
 }
 
+/// How the runner records that this worker owns an attempt and starts it.
+pub enum Receipt {
+    /// A new attempt: the runner writes `received` (and `started` in the same
+    /// commit when the call follows at once, which saves a disk sync per
+    /// task), then calls `owned` (the session sends `Accept`).
+    New(Box<dyn FnOnce() + Send>),
+    /// An attempt the journal already holds (recovered at start): the
+    /// runner writes only `started`, before the call.
+    Recovered,
+}
+
+impl Receipt {
+    async fn record(
+        self,
+        journal: &Journal,
+        assignment: &Assignment,
+        starting: bool,
+    ) -> Result<(), JournalError> {
+        match self {
+            Receipt::New(owned) => {
+                journal.received(assignment.clone(), starting).await?;
+                owned();
+            }
+            Receipt::Recovered if starting => {
+                journal
+                    .started(&assignment.task_id, assignment.attempt)
+                    .await?;
+            }
+            Receipt::Recovered => {}
+        }
+        Ok(())
+    }
+}
+
+/// What a call needs, once everything before it passed.
+struct Ready<'a> {
+    task: &'a AllowedTask,
+    inputs: Map<String, Value>,
+    credential: Option<crate::secrets::SecretValue>,
+    timeout: Duration,
+}
+
 /// Most bytes of output kept in a result and its audit record; a larger
 /// output is replaced by a marker with its size and SHA-256, so a result
 /// always fits the contract's 4 MiB message limit.
@@ -290,9 +332,9 @@ impl Runner {
     }
 
     /// Takes one assignment to its end. Nothing runs unless the local checks
-    /// pass and `gate` is open; the start is journaled before the call; a
-    /// cancelled token ends the attempt `Cancelled` when the call was not
-    /// yet sent, else `OutcomeUnknown` (`cancelled`).
+    /// pass and `gate` is open; the start is on disk (through `receipt`)
+    /// before the call; a cancelled token ends the attempt `Cancelled` when
+    /// the call was not yet sent, else `OutcomeUnknown` (`cancelled`).
     ///
     /// # Errors
     /// [`RecordError`] when the journal or the audit record cannot be
@@ -302,23 +344,54 @@ impl Runner {
         assignment: Assignment,
         cancel: CancellationToken,
         gate: &StartGate,
+        receipt: Receipt,
     ) -> Result<TaskReport, RecordError> {
         let received_at = SystemTime::now();
-        let (task, inputs) = match self.allowlist.check(&assignment) {
-            Ok(checked) => checked,
-            Err(error) => {
-                tracing::warn!(code = %error.code, reason = %error.message, "assignment rejected");
-                return self
-                    .finish(assignment, received_at, None, Execution::failed(error))
-                    .await;
+        let ready = match self.prepare(&assignment, &cancel, gate).await {
+            Ok(ready) => ready,
+            Err(execution) => {
+                receipt.record(&self.journal, &assignment, false).await?;
+                return self.finish(assignment, received_at, None, execution).await;
             }
         };
-        let cancelled_before_call = |when: &str| {
-            Execution::failed(TaskError::new(
+        // No call without a durable local trace of it.
+        receipt.record(&self.journal, &assignment, true).await?;
+        if cancel.is_cancelled() {
+            // The call below was never polled: nothing was sent.
+            let execution = Execution::failed(TaskError::new(
                 ErrorCode::CancelledBeforeCall,
-                format!("cancelled {when}; the call was not sent"),
-            ))
+                "cancelled while its start was recorded; the call was not sent",
+            ));
+            return self.finish(assignment, received_at, None, execution).await;
+        }
+        let started_at = SystemTime::now();
+        let execution = tokio::select! {
+            biased;
+            // The call may already have reached the internal API.
+            _ = cancel.cancelled() => Execution::failed(TaskError::new(
+                ErrorCode::Cancelled,
+                "cancelled while running; the call may have reached the internal API",
+            )),
+            done = self.call(&assignment, &ready) => done,
         };
+        drop(ready);
+        self.finish(assignment, received_at, Some(started_at), execution)
+            .await
+    }
+
+    /// Everything before the call: the local checks, the credential, the
+    /// time allowed, the start gate. `Err` is how the attempt ends without
+    /// a call.
+    async fn prepare(
+        &self,
+        assignment: &Assignment,
+        cancel: &CancellationToken,
+        gate: &StartGate,
+    ) -> Result<Ready<'_>, Execution> {
+        let (task, inputs) = self.allowlist.check(assignment).map_err(|error| {
+            tracing::warn!(code = %error.code, reason = %error.message, "assignment rejected");
+            Execution::failed(error)
+        })?;
         let credential = match task.config.executor.secret() {
             None => None,
             Some(reference) => {
@@ -329,83 +402,67 @@ impl Runner {
                 };
                 match loaded {
                     None => {
-                        let execution = cancelled_before_call("while loading the credential");
-                        return self.finish(assignment, received_at, None, execution).await;
+                        return Err(Execution::failed(TaskError::new(
+                            ErrorCode::CancelledBeforeCall,
+                            "cancelled while loading the credential; the call was not sent",
+                        )));
                     }
                     Some(Ok(value)) => Some(value),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "credential unavailable");
-                        let error = TaskError::new(ErrorCode::CredentialUnavailable, e.to_string());
-                        return self
-                            .finish(assignment, received_at, None, Execution::failed(error))
-                            .await;
+                        return Err(Execution::failed(TaskError::new(
+                            ErrorCode::CredentialUnavailable,
+                            e.to_string(),
+                        )));
                     }
                 }
             }
         };
-        let Some(timeout) =
+        let timeout =
             effective_timeout(task.config.timeout, assignment.deadline, SystemTime::now())
-        else {
-            let error = TaskError::new(
-                ErrorCode::DeadlinePassed,
-                "the deadline passed before the task started; nothing ran",
-            );
-            return self
-                .finish(assignment, received_at, None, Execution::failed(error))
-                .await;
-        };
+                .ok_or_else(|| {
+                    Execution::failed(TaskError::new(
+                        ErrorCode::DeadlinePassed,
+                        "the deadline passed before the task started; nothing ran",
+                    ))
+                })?;
         if !gate.is_open() {
-            let error = TaskError::new(
+            return Err(Execution::failed(TaskError::new(
                 ErrorCode::LeaseLost,
                 "no word from the orchestrator for longer than this worker's lease, so the task \
                  may belong to another worker now; the call was not sent",
-            );
-            return self
-                .finish(assignment, received_at, None, Execution::failed(error))
-                .await;
+            )));
         }
         if cancel.is_cancelled() {
-            let execution = cancelled_before_call("before the start");
-            return self.finish(assignment, received_at, None, execution).await;
+            return Err(Execution::failed(TaskError::new(
+                ErrorCode::CancelledBeforeCall,
+                "cancelled before the start; the call was not sent",
+            )));
         }
-        // No call without a durable local trace of it.
-        self.journal
-            .started(&assignment.task_id, assignment.attempt)
-            .await?;
-        if cancel.is_cancelled() {
-            // The execution below was never polled: nothing was sent.
-            let execution = cancelled_before_call("while its start was recorded");
-            return self.finish(assignment, received_at, None, execution).await;
-        }
-        let started_at = SystemTime::now();
-        let execute = async {
-            match &task.config.executor {
-                ExecutorConfig::Http(http) => {
-                    self.http
-                        .execute(
-                            http,
-                            &inputs,
-                            credential.as_ref(),
-                            &assignment.task_id,
-                            timeout,
-                        )
-                        .await
-                }
-                ExecutorConfig::Echo => Execution::succeeded(Value::Object(inputs.clone())),
+        Ok(Ready {
+            task,
+            inputs,
+            credential,
+            timeout,
+        })
+    }
+
+    /// The call itself.
+    async fn call(&self, assignment: &Assignment, ready: &Ready<'_>) -> Execution {
+        match &ready.task.config.executor {
+            ExecutorConfig::Http(http) => {
+                self.http
+                    .execute(
+                        http,
+                        &ready.inputs,
+                        ready.credential.as_ref(),
+                        &assignment.task_id,
+                        ready.timeout,
+                    )
+                    .await
             }
-        };
-        let execution = tokio::select! {
-            biased;
-            // The call may already have reached the internal API.
-            _ = cancel.cancelled() => Execution::failed(TaskError::new(
-                ErrorCode::Cancelled,
-                "cancelled while running; the call may have reached the internal API",
-            )),
-            done = execute => done,
-        };
-        drop(credential);
-        self.finish(assignment, received_at, Some(started_at), execution)
-            .await
+            ExecutorConfig::Echo => Execution::succeeded(Value::Object(ready.inputs.clone())),
+        }
     }
 
     /// Ends an assignment without running it (a refusal, or a task that

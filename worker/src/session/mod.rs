@@ -44,7 +44,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::journal::{JournalError, Recovered, Stage, Unfinished};
 use crate::outcome::{ErrorCode, TaskError};
-use crate::task::{Assignment, RecordError, Runner, StartGate};
+use crate::task::{Assignment, Receipt, RecordError, Runner, StartGate};
 use crate::tls::{ClientTls, DialError};
 
 pub use ledger::{DrainStep, FINAL_WAIT, Ledger, MAX_REFUSALS_HELD};
@@ -539,20 +539,32 @@ async fn attempt(
     gate: StartGate,
 ) -> Result<pb::TaskResult, SessionError> {
     let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
-    if let Intake::Journal(tx) = &intake {
-        runner.journal().received(assignment.clone()).await?;
+    // Sends `Accept` once the attempt is on disk. A closed stream loses it;
+    // the next Hello lists the attempt.
+    let accept = |tx: mpsc::UnboundedSender<pb::WorkerMessage>, key: &AttemptKey| {
         let accept = pb::Accept {
-            task: Some(wire::task_ref(&key)),
+            task: Some(wire::task_ref(key)),
         };
-        // A closed stream loses the Accept; the next Hello lists the attempt.
-        let _ = tx.send(pb::WorkerMessage {
-            kind: Some(pb::worker_message::Kind::Accept(accept)),
-        });
-    }
+        move || {
+            let _ = tx.send(pb::WorkerMessage {
+                kind: Some(pb::worker_message::Kind::Accept(accept)),
+            });
+        }
+    };
+    let receipt = match (&intake, &work) {
+        // A run records its receipt itself, with its start when it can.
+        (Intake::Journal(tx), Work::Run(_)) => Receipt::New(Box::new(accept(tx.clone(), &key))),
+        (Intake::Journal(tx), _) => {
+            runner.journal().received(assignment.clone(), false).await?;
+            accept(tx.clone(), &key)();
+            Receipt::Recovered
+        }
+        (Intake::Recovered | Intake::Unjournaled, _) => Receipt::Recovered,
+    };
     let copy = assignment.clone();
     let report = std::panic::AssertUnwindSafe(async {
         match work {
-            Work::Run(cancel) => runner.run(assignment, cancel, &gate).await,
+            Work::Run(cancel) => runner.run(assignment, cancel, &gate, receipt).await,
             Work::Answer(error) => runner.answer(assignment, error).await,
             Work::Repeat {
                 earlier_attempt,
