@@ -90,8 +90,15 @@ struct Setup {
     registry: PathBuf,
 }
 
-fn setup(dir: &Path) -> anyhow::Result<Setup> {
-    let pki = Pki::create(&dir.join("pki"), "bench-worker");
+/// The PKI has the bench worker's certificate and one per load worker (each
+/// load worker is its own worker identity, as in a real fleet: the
+/// orchestrator keeps one stream per identity).
+fn setup(dir: &Path, load_workers: usize) -> anyhow::Result<Setup> {
+    let ids: Vec<String> = std::iter::once("bench-worker".to_string())
+        .chain((0..load_workers).map(|i| format!("load-{i}")))
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let pki = Pki::create_for(&dir.join("pki"), &ids);
     let mut registry: Value = serde_json::from_str(&catalog::registry_json())?;
     registry["tasks"]
         .as_array_mut()
@@ -349,7 +356,8 @@ async fn main() -> anyhow::Result<()> {
     let workdir = tempfile::Builder::new()
         .prefix("private-worker-bench-")
         .tempdir()?;
-    let setup = setup(workdir.path())?;
+    let load_workers = sizes.scale.iter().copied().max().unwrap_or(0);
+    let setup = setup(workdir.path(), load_workers)?;
     let machine = machine();
     println!(
         "private-worker bench ({}; {} cores; {}; fd limit {nofile})",
@@ -475,6 +483,21 @@ async fn main() -> anyhow::Result<()> {
         "workers", "handshakes/s", "KiB per worker", "dispatch p50", "dispatch p99"
     );
     let last_n = *sizes.scale.last().unwrap_or(&0);
+    let load_tls = setup
+        .pki
+        .other_workers
+        .iter()
+        .map(|(_, cert, key)| {
+            ClientTls::load(
+                &private_worker::config::TlsFiles {
+                    ca_cert: setup.pki.ca_cert.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                ORCHESTRATOR_NAME,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     for &n in &sizes.scale {
         let (mut orchestrator, grpc, admin) =
             start_orchestrator(&setup, &format!("scale-{n}"), 0, true).await?;
@@ -483,10 +506,10 @@ async fn main() -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let started = Instant::now();
-        for id in 0..n {
+        for (id, tls) in load_tls.iter().take(n).enumerate() {
             tokio::spawn(load_worker::run(
                 id,
-                client_tls.clone(),
+                tls.clone(),
                 grpc.clone(),
                 manifest.clone(),
                 events_tx.clone(),
