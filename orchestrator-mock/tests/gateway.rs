@@ -185,6 +185,21 @@ impl Worker {
             other => panic!("expected a result ack, got {other:?}"),
         }
     }
+
+    /// A result's acknowledgement and the assignment of the step its
+    /// success queued, in whichever order they come: each waits only for
+    /// its own state change to be durable.
+    async fn expect_ack_and_assignment(&mut self) -> (pb::TaskRef, pb::Assignment) {
+        let (mut ack, mut assignment) = (None, None);
+        while ack.is_none() || assignment.is_none() {
+            match self.next().await {
+                Ok(Some(Down::ResultAck(a))) if ack.is_none() => ack = a.task,
+                Ok(Some(Down::Assignment(a))) if assignment.is_none() => assignment = Some(a),
+                other => panic!("expected an ack and an assignment, got {other:?}"),
+            }
+        }
+        (ack.unwrap(), assignment.unwrap())
+    }
 }
 
 fn hello(max_in_flight: u32) -> Up {
@@ -672,8 +687,8 @@ async fn an_orchestrator_restarted_on_the_same_data_dir_continues_its_plans_and_
             json!({"id": "T-1"}),
         ))
         .await;
-    assert_eq!(worker.expect_ack().await, held);
-    let second = worker.expect_assignment().await;
+    let (ack, second) = worker.expect_ack_and_assignment().await;
+    assert_eq!(ack, held);
     assert_eq!(second.task_name, "crm.get_ticket");
     worker
         .send(result_for(&second, pb::Outcome::Succeeded, json!({})))
