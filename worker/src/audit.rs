@@ -382,6 +382,24 @@ pub fn recent_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
         .collect())
 }
 
+/// The number of the last line when it has no final newline (a record a
+/// crash may have torn; the next start cuts it back or completes it, see
+/// [`AuditLog::open`]), read without changing the file.
+///
+/// # Errors
+/// [`AuditError::Io`] when the file cannot be read.
+pub fn unterminated_last_line(path: &Path) -> Result<Option<u64>, AuditError> {
+    let bytes = std::fs::read(path).map_err(|source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(None);
+    }
+    let newlines = bytes.iter().filter(|b| **b == b'\n').count() as u64;
+    Ok(Some(newlines + 1))
+}
+
 /// Checks every record of a log: each parses, is numbered in order, points
 /// to its predecessor's hash and carries its own correct hash. Returns the
 /// last sequence number and hash.
@@ -531,6 +549,14 @@ mod tests {
         std::fs::write(&path, &text[..text.len() - 1]).unwrap();
         AuditLog::open(&path).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), text);
+
+        // `--check` can tell a torn last line from a broken log.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"task_id":"c""#);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(unterminated_last_line(&path).unwrap(), Some(3));
+        std::fs::write(&path, &whole).unwrap();
+        assert_eq!(unterminated_last_line(&path).unwrap(), None);
 
         // A torn record that is not the last one is refused, as before.
         let mut broken = whole[..whole.len() / 2].to_vec();

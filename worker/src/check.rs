@@ -63,6 +63,18 @@ pub async fn check(config: &Config) -> CheckReport {
                     config.audit_log.display()
                 ),
             ),
+            Err(crate::audit::AuditError::Broken { line, .. })
+                if crate::audit::unterminated_last_line(&config.audit_log)
+                    .is_ok_and(|torn| torn == Some(line)) =>
+            {
+                report.item(
+                    true,
+                    format!(
+                        "audit log {}: every record intact but the last one (line {line}), torn by a crash; the next start cuts it back (it was never sent)",
+                        config.audit_log.display()
+                    ),
+                );
+            }
             Err(e) => report.item(false, format!("audit log: {e}")),
         }
     } else {
