@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, Options, WAIT};
+use common::{Env, Options, WAIT, requests_to};
 use private_worker_proto::v1 as pb;
 use private_worker_tests::procs::Process;
 use private_worker_tests::scripted::{ResultPolicy, ScriptedOrchestrator, assignment};
@@ -30,10 +30,6 @@ async fn scripted(policy: ResultPolicy) -> (Env, ScriptedOrchestrator, std::path
     (env, orchestrator, config)
 }
 
-fn requests_to(env: &Env, path: &str) -> usize {
-    common::requests_to(&env.api, path)
-}
-
 fn results_for(orchestrator: &ScriptedOrchestrator, task_id: &str) -> Vec<pb::TaskResult> {
     orchestrator
         .results()
@@ -44,7 +40,7 @@ fn results_for(orchestrator: &ScriptedOrchestrator, task_id: &str) -> Vec<pb::Ta
 
 async fn wait_for_requests(env: &Env, path: &str, count: usize) {
     let start = Instant::now();
-    while requests_to(env, path) < count {
+    while requests_to(&env.api, path) < count {
         assert!(
             start.elapsed() < WAIT,
             "the internal API never got {count} request(s) to {path}"
@@ -88,7 +84,7 @@ async fn a_task_id_that_succeeded_is_not_run_again_when_sent_with_a_higher_attem
         "the audit record says nothing ran for attempt 2"
     );
     assert_eq!(
-        requests_to(&env, "/tickets"),
+        requests_to(&env.api, "/tickets"),
         1,
         "the side effect ran more than once\n{}",
         worker.output()
@@ -160,7 +156,7 @@ async fn a_worker_killed_mid_call_with_unacknowledged_results_delivers_them_afte
     assert_eq!(write.outcome(), pb::Outcome::Unknown, "{write:#?}");
     assert_eq!(write.error_code, "interrupted");
     assert_eq!(
-        requests_to(&env, "/slow/20000"),
+        requests_to(&env.api, "/slow/20000"),
         1,
         "the non-idempotent call ran again after the restart\n{output}"
     );
@@ -216,7 +212,7 @@ async fn a_result_the_orchestrator_could_not_store_is_sent_again_on_the_same_str
         })
         .await;
     assert_eq!(orchestrator.streams(), 1, "no reconnect was needed");
-    assert_eq!(requests_to(&env, "/tickets"), 1, "{}", worker.output());
+    assert_eq!(requests_to(&env.api, "/tickets"), 1, "{}", worker.output());
     orchestrator
         .wait_until("one credit back, after the acknowledgement", WAIT, |o| {
             o.credit_granted() == 1
@@ -269,7 +265,7 @@ async fn an_orchestrator_that_never_acknowledges_cannot_grow_the_worker_memory_o
         orchestrator.streams()
     );
     assert_eq!(
-        requests_to(&env, "/echo"),
+        requests_to(&env.api, "/echo"),
         8,
         "only the credit's worth of tasks ran"
     );
@@ -324,7 +320,7 @@ async fn ids_beyond_the_contract_are_never_accepted_and_the_stream_goes_on() {
         .await;
     assert_eq!(orchestrator.results().len(), 1);
     assert_eq!(orchestrator.accepts().len(), 1);
-    assert_eq!(requests_to(&env, "/tickets"), 1);
+    assert_eq!(requests_to(&env.api, "/tickets"), 1);
     assert_eq!(orchestrator.streams(), 1);
     let log = worker.output();
     assert!(log.contains("breaks the contract's id rules"), "{log}");
@@ -384,7 +380,11 @@ async fn cancel_and_deadlines_report_what_really_happened() {
         "{}",
         worker.output()
     );
-    assert_eq!(requests_to(&env, "/slow/10"), 0, "a late task was called");
+    assert_eq!(
+        requests_to(&env.api, "/slow/10"),
+        0,
+        "a late task was called"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,7 +476,7 @@ async fn a_worker_restarted_after_its_lease_makes_no_call_for_the_attempts_it_he
         restarted.output()
     );
     assert_eq!(
-        requests_to(&env, "/slow/20000"),
+        requests_to(&env.api, "/slow/20000"),
         1,
         "an idempotent call was repeated after the lease had lapsed"
     );

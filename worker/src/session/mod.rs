@@ -47,7 +47,7 @@ use crate::outcome::{ErrorCode, TaskError};
 use crate::task::{Assignment, Receipt, RecordError, Runner, StartGate};
 use crate::tls::{ClientTls, DialError};
 
-pub use ledger::{DrainStep, FINAL_WAIT, Ledger, MAX_REFUSALS_HELD};
+use ledger::{DrainStep, Ledger};
 use wire::AttemptKey;
 
 /// Largest message the worker sends or accepts (the contract's limit).

@@ -406,7 +406,7 @@ fn assign(
         if !worker.ledger.has_room_for_refusal() {
             return Err(SessionError::Protocol(format!(
                 "assignments keep arriving beyond the credit while {} refusals wait for acknowledgement",
-                super::MAX_REFUSALS_HELD
+                super::ledger::MAX_REFUSALS_HELD
             )));
         }
         tracing::warn!(code = %error.code, "refusing assignment");
