@@ -8,8 +8,14 @@
 //!
 //! Code generation uses `protox`, so building needs no system `protoc`.
 //!
-//! Beside the generated code it defines [`canonical_json`], the one JSON form
-//! the contract hashes (schema hashes in the manifest, the audit chain).
+//! Beside the generated code it defines what both sides must compute alike:
+//! [`canonical_json`] (RFC 8785), the one JSON form the contract hashes, the
+//! id rule ([`check_id`]) and the limits, and in [`audit`] the audit
+//! record's language-neutral *record form*, its hash and the chain check.
+//! `proto/testvectors/` holds cases any implementation can check itself
+//! against.
+
+pub mod audit;
 
 /// Version 1 of the contract (`private_worker.v1`).
 pub mod v1 {
@@ -53,49 +59,20 @@ pub fn check_id(value: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The canonical JSON text of a value: object keys sorted (by UTF-8 bytes)
-/// at every depth, no insignificant whitespace, numbers and strings as
-/// serde_json writes them.
+/// The canonical JSON text of a value: RFC 8785, the JSON Canonicalization
+/// Scheme (object members sorted by UTF-16 code units at every depth, no
+/// insignificant whitespace, numbers in ECMAScript's shortest form, minimal
+/// string escapes).
 ///
 /// The contract hashes JSON documents in this form (for example
 /// `ManifestEntry.input_schema_sha256` and the audit chain's
-/// `record_hash`), so both sides must produce identical bytes for equal
-/// documents.
+/// `record_hash`), so both sides, in any language, produce identical bytes
+/// for equal documents. `proto/testvectors/canonical_json.json` holds the
+/// cases, including RFC 8785's own.
 pub fn canonical_json(value: &serde_json::Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &serde_json::Value, out: &mut String) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(item, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
+    // A `Value` holds no non-finite number and only string keys, the two
+    // things JCS cannot encode, so this cannot fail.
+    serde_json_canonicalizer::to_string(value).unwrap_or_default()
 }
 
 /// Lower-case hex SHA-256 of [`canonical_json`] of `value`: the form of
