@@ -2,10 +2,13 @@
 //! in a local append-only, hash-chained JSON-lines file and sent with the
 //! result.
 //!
-//! Each record carries its position (`sequence`), the hash of the record
-//! before it (`prev_hash`) and its own hash (`record_hash`: SHA-256 of the
-//! canonical JSON of the record with `record_hash` empty). Editing, removing
-//! or reordering a line breaks the chain, which [`verify_file`] detects.
+//! Each line is one record in the contract's *record form*
+//! ([`private_worker_proto::audit::Record`], defined in the .proto header),
+//! written as canonical JSON. It carries its position (`sequence`), the
+//! hash of the record before it (`prev_hash`) and its own hash
+//! (`record_hash`). Editing, removing or reordering a line breaks the
+//! chain, which [`verify_file`] detects; any implementation of the contract
+//! can check the same file.
 //!
 //! Writes go through [`AuditWriter`], one thread that commits records in
 //! groups: every record waiting when a write starts goes into one `write`
@@ -20,67 +23,8 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-use crate::executor::Outcome;
-
-/// `prev_hash` of the first record.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// What the worker did with one assignment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    /// Task id.
-    pub task_id: String,
-    /// Attempt number.
-    pub attempt: u32,
-    /// Plan id.
-    pub plan_id: String,
-    /// Task name.
-    pub task_name: String,
-    /// Task version.
-    pub task_version: String,
-    /// Inputs exactly as received (JSON text).
-    pub inputs_json: String,
-    /// Output (redacted), if any.
-    pub output: Option<Value>,
-    /// When the assignment arrived (RFC 3339, UTC).
-    pub received_at: String,
-    /// When execution started, if anything ran.
-    pub started_at: Option<String>,
-    /// When the outcome was decided.
-    pub finished_at: String,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Error code when not succeeded.
-    pub error_code: Option<String>,
-    /// Error message when not succeeded.
-    pub error_message: Option<String>,
-    /// The worker's identity (URI SAN of its certificate).
-    pub worker_identity: String,
-    /// Position in the local log, from 1.
-    pub sequence: u64,
-    /// Hash of the previous record.
-    pub prev_hash: String,
-    /// Hash of this record.
-    pub record_hash: String,
-}
-
-impl AuditRecord {
-    /// The hash this record should carry: SHA-256 of its canonical JSON with
-    /// `record_hash` empty.
-    pub fn compute_hash(&self) -> String {
-        let mut copy = self.clone();
-        copy.record_hash.clear();
-        // Serializing a plain struct of strings, numbers and JSON values cannot fail.
-        let value = serde_json::to_value(&copy).unwrap_or(Value::Null);
-        hex::encode(Sha256::digest(
-            private_worker_proto::canonical_json(&value).as_bytes(),
-        ))
-    }
-}
+use private_worker_proto::audit::{Chain, ChainBreak};
+pub use private_worker_proto::audit::{GENESIS_HASH, Record};
 
 /// Why the audit log could not be written or verified. A worker that
 /// cannot write its audit log stops taking work: the operator must fix the
@@ -166,7 +110,7 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError::Io`] when the write or sync fails; the record is then
     /// not part of the chain.
-    pub fn append(&mut self, record: AuditRecord) -> Result<AuditRecord, AuditError> {
+    pub fn append(&mut self, record: Record) -> Result<Record, AuditError> {
         let mut chained = self.append_batch(vec![record])?;
         Ok(chained.remove(0))
     }
@@ -177,10 +121,7 @@ impl AuditLog {
     /// [`AuditError::Io`] when the write or sync fails; none of the records
     /// is then part of the chain (the next commit continues from the last
     /// good record).
-    pub fn append_batch(
-        &mut self,
-        records: Vec<AuditRecord>,
-    ) -> Result<Vec<AuditRecord>, AuditError> {
+    pub fn append_batch(&mut self, records: Vec<Record>) -> Result<Vec<Record>, AuditError> {
         let (mut sequence, mut hash) = (self.last_sequence, self.last_hash.clone());
         let mut bytes = Vec::new();
         let mut chained = Vec::with_capacity(records.len());
@@ -190,8 +131,7 @@ impl AuditLog {
             record.prev_hash = hash;
             record.record_hash = record.compute_hash();
             hash = record.record_hash.clone();
-            // Serializing a struct of strings, numbers and JSON values cannot fail.
-            bytes.extend(serde_json::to_vec(&record).unwrap_or_default());
+            bytes.extend(record.to_line().into_bytes());
             bytes.push(b'\n');
             chained.push(record);
         }
@@ -220,8 +160,8 @@ impl AuditLog {
 }
 
 struct Pending {
-    record: AuditRecord,
-    reply: tokio::sync::oneshot::Sender<Result<AuditRecord, AuditError>>,
+    record: Record,
+    reply: tokio::sync::oneshot::Sender<Result<Record, AuditError>>,
 }
 
 /// The handle tasks use to append audit records; commits happen in groups
@@ -280,7 +220,7 @@ impl AuditWriter {
     ///
     /// # Errors
     /// [`AuditError`] when the commit failed or the writer thread is gone.
-    pub async fn append(&self, record: AuditRecord) -> Result<AuditRecord, AuditError> {
+    pub async fn append(&self, record: Record) -> Result<Record, AuditError> {
         let gone = || AuditError::Io {
             path: self.path.clone(),
             source: std::io::Error::other("the audit writer thread has stopped"),
@@ -330,7 +270,8 @@ fn repair_torn_tail(path: &Path) -> Result<(), AuditError> {
         return Ok(());
     };
     let last = &tail[line_start..];
-    if serde_json::from_slice::<AuditRecord>(last).is_ok() {
+    let complete = std::str::from_utf8(last).is_ok_and(|line| Record::from_line(line).is_ok());
+    if complete {
         file.write_all(b"\n")
             .and_then(|()| file.sync_data())
             .map_err(io)?;
@@ -357,7 +298,7 @@ fn repair_torn_tail(path: &Path) -> Result<(), AuditError> {
 /// # Errors
 /// [`AuditError::Io`] when the file cannot be read (a missing file has no
 /// records).
-pub fn recent_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+pub fn recent_records(path: &Path) -> Result<Vec<Record>, AuditError> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |source| AuditError::Io {
         path: path.to_path_buf(),
@@ -378,7 +319,7 @@ pub fn recent_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
     let skip = usize::from(start > 0);
     Ok(lines
         .skip(skip)
-        .filter_map(|line| serde_json::from_slice(line).ok())
+        .filter_map(|line| Record::from_line(std::str::from_utf8(line).ok()?).ok())
         .collect())
 }
 
@@ -411,55 +352,65 @@ pub fn verify_file(path: &Path) -> Result<(u64, String), AuditError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut last = (0u64, GENESIS_HASH.to_string());
+    let mut chain = Chain::default();
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line_no = index as u64 + 1;
-        let broken = |problem: String| AuditError::Broken {
-            path: path.to_path_buf(),
-            line: line_no,
-            problem,
+        let index = index as u64;
+        let broken = |problem: String| {
+            let at = ChainBreak { index, problem };
+            AuditError::Broken {
+                path: path.to_path_buf(),
+                line: at.index + 1,
+                problem: at.problem,
+            }
         };
         let line = line.map_err(|e| broken(e.to_string()))?;
-        let record: AuditRecord =
-            serde_json::from_str(&line).map_err(|e| broken(format!("not a record: {e}")))?;
-        if record.sequence != last.0 + 1 {
-            return Err(broken(format!(
-                "sequence {} follows {}",
-                record.sequence, last.0
-            )));
-        }
-        if record.prev_hash != last.1 {
-            return Err(broken(
-                "prev_hash does not match the previous record".into(),
-            ));
-        }
-        if record.record_hash != record.compute_hash() {
-            return Err(broken("record_hash does not match the record".into()));
-        }
-        last = (record.sequence, record.record_hash);
+        let record = Record::from_line(&line).map_err(|e| broken(not_a_record(&line, &e)))?;
+        chain.push(&record).map_err(broken)?;
     }
-    Ok(last)
+    Ok((chain.last_sequence, chain.last_hash))
+}
+
+/// Why a line is not a record, with a hint when it is a record in the form
+/// private-worker wrote before the contract fixed the record form (parsed
+/// `output`, lower-case outcome).
+fn not_a_record(line: &str, error: &str) -> String {
+    let earlier_form = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| {
+            v.as_object()
+                .map(|o| o.contains_key("output") && !o.contains_key("output_json"))
+        })
+        .unwrap_or(false);
+    if earlier_form {
+        format!(
+            "not a record: {error}. This line is in the form private-worker wrote before the \
+             contract's record form (it has `output`, not `output_json`): move the old log aside \
+             (it stays evidence; an earlier private-worker's --check verifies it) and start a new one"
+        )
+    } else {
+        format!("not a record: {error}")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(task: &str) -> AuditRecord {
-        AuditRecord {
+    fn record(task: &str) -> Record {
+        Record {
             task_id: task.into(),
             attempt: 1,
             plan_id: "p".into(),
             task_name: "crm.create_ticket".into(),
             task_version: "1".into(),
             inputs_json: "{}".into(),
-            output: None,
-            received_at: "2026-01-01T00:00:00Z".into(),
+            output_json: String::new(),
+            received_at: Some("2026-01-01T00:00:00.000000000Z".into()),
             started_at: None,
-            finished_at: "2026-01-01T00:00:01Z".into(),
-            outcome: Outcome::Rejected,
-            error_code: Some("not_allowed".into()),
-            error_message: None,
+            finished_at: Some("2026-01-01T00:00:01.000000000Z".into()),
+            outcome: "REJECTED".into(),
+            error_code: "not_allowed".into(),
+            error_message: String::new(),
             worker_identity: "spiffe://t/worker/w".into(),
             sequence: 0,
             prev_hash: String::new(),

@@ -13,8 +13,19 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Cli {
     /// Path of the worker's TOML config.
-    #[arg(long, short, env = "PRIVATE_WORKER_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        short,
+        env = "PRIVATE_WORKER_CONFIG",
+        required_unless_present = "verify_audit"
+    )]
+    config: Option<PathBuf>,
+    /// Verify an audit log in the contract's record form (this worker's, or
+    /// one written by any other implementation), print where its chain
+    /// ends or the first bad line, and exit (0 intact, 2 broken). Needs no
+    /// config.
+    #[arg(long, value_name = "FILE", conflicts_with = "check")]
+    verify_audit: Option<PathBuf>,
     /// Validate the config, TLS files, audit log and secret references, print a report and exit.
     #[arg(long)]
     check: bool,
@@ -46,7 +57,14 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let config = match private_worker::Config::load(&cli.config) {
+    if let Some(log) = &cli.verify_audit {
+        return verify_audit(log);
+    }
+    let Some(config_path) = &cli.config else {
+        eprintln!("error: --config is required");
+        return ExitCode::from(2);
+    };
+    let config = match private_worker::Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -108,4 +126,26 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::warn!("second signal: exiting without draining");
     std::process::exit(130);
+}
+
+/// `--verify-audit FILE`: the chain check any verifier of the contract
+/// makes, on one file.
+fn verify_audit(log: &std::path::Path) -> ExitCode {
+    match private_worker::audit::verify_file(log) {
+        Ok((0, _)) => {
+            println!("{}: empty (no records)", log.display());
+            ExitCode::SUCCESS
+        }
+        Ok((records, last_hash)) => {
+            println!(
+                "{}: {records} records, chain intact, last record_hash {last_hash}",
+                log.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::from(2)
+        }
+    }
 }

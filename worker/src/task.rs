@@ -18,14 +18,13 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use sha2::{Digest, Sha256};
-
-use crate::audit::{AuditError, AuditRecord, AuditWriter};
+use crate::audit::{AuditError, AuditWriter, Record};
 use crate::config::{Config, ExecutorConfig, TaskConfig};
 use crate::executor::http::HttpExecutor;
 use crate::executor::{ErrorCode, Execution, Outcome, TaskError};
 use crate::journal::{Journal, JournalError, Summary};
 use crate::secrets::Secrets;
+use private_worker_proto::audit::{system_time_text, truncation_marker};
 
 /// One assignment, in the worker's terms.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,7 +55,7 @@ pub struct TaskReport {
     /// Error, when not succeeded.
     pub error: Option<TaskError>,
     /// The chained audit record, as written to the local log.
-    pub audit: AuditRecord,
+    pub audit: Record,
 }
 
 /// One allowed task, with its compiled schema.
@@ -283,13 +282,6 @@ pub struct Runner {
     audit: AuditWriter,
     journal: Journal,
     identity: String,
-}
-
-/// RFC 3339 text of an instant, UTC.
-pub fn rfc3339(at: SystemTime) -> String {
-    time::OffsetDateTime::from(at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 impl Runner {
@@ -545,24 +537,36 @@ impl Runner {
             e
         });
         let inputs_json = if assignment.inputs_json.len() > MAX_AUDIT_INPUT_BYTES {
-            too_large(assignment.inputs_json.as_bytes()).to_string()
+            truncation_marker(assignment.inputs_json.as_bytes())
         } else {
             assignment.inputs_json
         };
-        let record = AuditRecord {
+        let output_json = output
+            .as_ref()
+            .map(private_worker_proto::canonical_json)
+            .unwrap_or_default();
+        let record = Record {
             task_id: assignment.task_id,
             attempt: assignment.attempt,
             plan_id: assignment.plan_id,
             task_name: assignment.task_name,
             task_version: assignment.task_version,
             inputs_json,
-            output: output.clone(),
-            received_at: rfc3339(received_at),
-            started_at: started_at.map(rfc3339),
-            finished_at: rfc3339(SystemTime::now()),
-            outcome,
-            error_code: error.as_ref().map(|e| e.code.as_str().to_string()),
-            error_message: error.as_ref().map(|e| e.message.clone()),
+            output_json,
+            received_at: Some(system_time_text(received_at)),
+            started_at: started_at.map(system_time_text),
+            finished_at: Some(system_time_text(SystemTime::now())),
+            outcome: crate::session::wire::outcome(outcome)
+                .as_str_name()
+                .to_string(),
+            error_code: error
+                .as_ref()
+                .map(|e| e.code.as_str().to_string())
+                .unwrap_or_default(),
+            error_message: error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
             worker_identity: self.identity.clone(),
             sequence: 0,
             prev_hash: String::new(),
@@ -586,20 +590,12 @@ impl Runner {
 /// The output itself when its JSON text fits [`MAX_OUTPUT_BYTES`], else a
 /// marker saying it was cut, with its size and SHA-256.
 fn bounded_output(output: Value) -> Value {
-    let text = output.to_string();
+    let text = private_worker_proto::canonical_json(&output);
     if text.len() <= MAX_OUTPUT_BYTES {
         output
     } else {
-        too_large(text.as_bytes())
+        serde_json::from_str(&truncation_marker(text.as_bytes())).unwrap_or_default()
     }
-}
-
-fn too_large(bytes: &[u8]) -> Value {
-    serde_json::json!({
-        "truncated": true,
-        "bytes": bytes.len(),
-        "sha256": hex::encode(Sha256::digest(bytes)),
-    })
 }
 
 /// The time a task may take: its configured timeout, shortened by the

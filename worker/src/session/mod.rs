@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::audit::{AuditError, AuditRecord};
+use crate::audit::{AuditError, Record};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::journal::{JournalError, Recovered, Stage, Unfinished};
@@ -191,7 +191,7 @@ pub struct Recovery {
     /// Attempts not yet acknowledged, from the journal.
     pub unfinished: Unfinished,
     /// The last records of the audit log (see [`crate::audit::recent_records`]).
-    pub audited: Vec<AuditRecord>,
+    pub audited: Vec<Record>,
 }
 
 /// A recovered attempt that may start only once the first `Welcome` says
@@ -392,7 +392,7 @@ impl Worker {
             unfinished,
             audited,
         } = std::mem::take(&mut self.recovery);
-        let audited: HashMap<AttemptKey, AuditRecord> = audited
+        let audited: HashMap<AttemptKey, Record> = audited
             .into_iter()
             .map(|r| ((r.task_id.clone(), r.attempt), r))
             .collect();

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use private_worker_proto::v1 as pb;
 use prost::Message;
 
-use crate::audit::AuditRecord;
+use crate::audit::Record;
 use crate::journal::{Summary, cut_to_summary};
 use crate::outcome::Outcome;
 use crate::task::Assignment;
@@ -82,57 +82,22 @@ fn outcome_from(value: i32) -> Outcome {
     }
 }
 
-fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
-    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| SystemTime::from(t).into())
-}
-
-fn audit(record: &AuditRecord) -> pb::AuditRecord {
-    pb::AuditRecord {
-        task_id: record.task_id.clone(),
-        attempt: record.attempt,
-        plan_id: record.plan_id.clone(),
-        task_name: record.task_name.clone(),
-        task_version: record.task_version.clone(),
-        inputs_json: record.inputs_json.clone(),
-        output_json: record
-            .output
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        received_at: timestamp(&record.received_at),
-        started_at: record.started_at.as_deref().and_then(timestamp),
-        finished_at: timestamp(&record.finished_at),
-        outcome: outcome(record.outcome).into(),
-        error_code: record.error_code.clone().unwrap_or_default(),
-        error_message: record.error_message.clone().unwrap_or_default(),
-        worker_identity: record.worker_identity.clone(),
-        sequence: record.sequence,
-        prev_hash: record.prev_hash.clone(),
-        record_hash: record.record_hash.clone(),
-    }
-}
-
 /// The `TaskResult` message for a finished attempt, built from its audit
 /// record (which holds the outcome, output and error as reported), so a
 /// result rebuilt from the local audit log after a crash is the same
 /// message that would have been sent.
-pub fn result(record: &AuditRecord) -> pb::TaskResult {
+pub fn result(record: &Record) -> pb::TaskResult {
+    let audit = record.to_message();
     pb::TaskResult {
         task: Some(pb::TaskRef {
             task_id: record.task_id.clone(),
             attempt: record.attempt,
         }),
-        outcome: outcome(record.outcome).into(),
-        output_json: record
-            .output
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        error_code: record.error_code.clone().unwrap_or_default(),
-        error_message: record.error_message.clone().unwrap_or_default(),
-        audit: Some(audit(record)),
+        outcome: audit.outcome,
+        output_json: record.output_json.clone(),
+        error_code: record.error_code.clone(),
+        error_message: record.error_message.clone(),
+        audit: Some(audit),
     }
 }
 
@@ -200,13 +165,6 @@ mod tests {
         ] {
             assert_eq!(outcome_from(outcome(o).into()), o);
         }
-    }
-
-    #[test]
-    fn audit_timestamps_convert_to_proto() {
-        let t = timestamp("2026-11-25T10:00:00.5Z").unwrap();
-        assert_eq!(t.nanos, 500_000_000);
-        assert!(timestamp("yesterday").is_none());
     }
 
     #[test]
