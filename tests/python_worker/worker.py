@@ -200,7 +200,10 @@ class Worker:
             call = self.stub_class(channel).Session()
             try:
                 await call.write(self.pb.WorkerMessage(hello=self.hello()))
-                first = await call.read()
+                try:
+                    first = await asyncio.wait_for(call.read(), 3 * self.interval)
+                except asyncio.TimeoutError:
+                    raise ConnectionError(f"no Welcome within {3 * self.interval:.0f}s")
                 if first is grpc.aio.EOF or not first.HasField("welcome"):
                     self.status = (await call.code()).name
                     raise ConnectionError(f"no Welcome: {self.status} {await call.details()}")
