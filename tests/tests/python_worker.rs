@@ -28,6 +28,9 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// Keeps Python from writing `__pycache__` into the source tree.
+const NO_BYTECODE: (&str, &str) = ("PYTHONDONTWRITEBYTECODE", "1");
+
 /// `tests/python_worker/`.
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python_worker")
@@ -37,6 +40,7 @@ fn python_dir() -> PathBuf {
 /// worker's packages are there.
 fn require_python() {
     let probe = Command::new(python())
+        .env(NO_BYTECODE.0, NO_BYTECODE.1)
         .args(["-c", "import grpc, grpc_tools, jsonschema, rfc8785"])
         .output();
     match probe {
@@ -46,7 +50,10 @@ fn require_python() {
         ),
         Ok(out) if !out.status.success() => panic!(
             "the Python worker's packages are missing ({}): run `{INSTALL}`",
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
         ),
         Ok(_) => {}
     }
@@ -56,6 +63,7 @@ fn require_python() {
 /// combined output, failing the test when it exits non-zero.
 fn run_python(script: &str, args: &[&str]) -> String {
     let out = Command::new(python())
+        .env(NO_BYTECODE.0, NO_BYTECODE.1)
         .arg(python_dir().join(script))
         .args(args)
         .output()
@@ -137,7 +145,11 @@ fn start_python_worker(env: &Env) -> Process {
             "--generated",
             generated.to_str().unwrap(),
         ],
-        &[(TOKEN_ENV, env.token.as_str()), ("LOG_LEVEL", "INFO")],
+        &[
+            (TOKEN_ENV, env.token.as_str()),
+            ("LOG_LEVEL", "INFO"),
+            NO_BYTECODE,
+        ],
         &env.path("worker.log"),
     )
 }
