@@ -181,9 +181,9 @@ class Worker:
         pending = [self.ref(a) for a in self.attempts.values() if a.result is not None]
         running = [self.ref(a) for a in self.attempts.values() if a.result is None]
         slots = sum(a.holds_slot for a in self.attempts.values())
-        # The credit rule: credit never exceeds the free slots, so the initial
-        # credit of a new stream is what earlier streams left free.
-        self.credit = max(0, self.max_in_flight - slots)
+        # Hello.max_in_flight: capacity less the slots still held (credit never
+        # exceeds the free slots); 0 while draining.
+        self.credit = 0 if self.stopping else max(0, self.max_in_flight - slots)
         manifest = [self.pb.ManifestEntry(name=t.name, version=t.version, input_schema_sha256=t.schema_sha256)
                     for t in self.tasks.values()]
         return self.pb.Hello(worker_version=VERSION, manifest=manifest, max_in_flight=self.credit,
