@@ -350,6 +350,12 @@ pub struct StoredResult {
     pub error_code: Option<String>,
     /// Error message, when not succeeded.
     pub error_message: Option<String>,
+    /// Why this result is not part of any plan: no such attempt was
+    /// assigned, or it was assigned to another identity than the sender.
+    /// Such a result is acknowledged and kept as evidence, never applied
+    /// nor listed under a plan. `None` for a plan's own results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// An audit record as stored in `audit.jsonl` and served by the admin API.
@@ -400,6 +406,11 @@ pub struct StoredAudit {
     pub prev_hash: String,
     /// Hash of this record in the worker's log.
     pub record_hash: String,
+    /// What the orchestrator's checks found when the record arrived (its
+    /// hash, its place in the sender's chain, its match with the attempt
+    /// and the result): `ok`, or `flagged` with every reason.
+    #[serde(default)]
+    pub check: crate::audit_check::AuditCheck,
 }
 
 /// A connected worker session, as `GET /v1/workers` shows it.

@@ -1,10 +1,13 @@
-//! The `orchestrator-mock` command line: `serve`, `check`, and admin
+//! The `orchestrator-mock` command line: `serve`, `check`, admin
 //! subcommands (`plan ...`, `workers`, `identities`, `tasks`) that call the
-//! admin API through [`crate::client`].
+//! admin API through [`crate::client`], and `test`, the scenario runner
+//! ([`crate::scenario`]).
 //!
 //! Output is for people (pretty JSON, one problem per line); `--json`
 //! prints compact JSON for scripts. Exit codes: 0 success, 1 failure,
-//! 2 plan refused, 3 plan finished but did not succeed (`plan wait`).
+//! 2 plan refused, 3 plan finished but did not succeed (`plan wait`), 4 a
+//! record of the plan flagged by the audit checks (`plan audit`);
+//! `test`: 0 all scenarios passed, 1 one failed, 2 bad scenario or usage.
 //!
 //! What it does not do: set up tracing or signals (`main.rs` does), or
 //! hold state between invocations.
@@ -29,6 +32,8 @@ pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:7070";
 pub const EXIT_PLAN_REFUSED: u8 = 2;
 /// Exit code when `plan wait` sees a plan end other than succeeded.
 pub const EXIT_PLAN_NOT_SUCCEEDED: u8 = 3;
+/// Exit code when `plan audit` shows a record its checks flagged.
+pub const EXIT_AUDIT_FLAGGED: u8 = 4;
 
 /// A working stand-in for the private-worker cloud side.
 #[derive(Debug, Parser)]
@@ -47,7 +52,21 @@ pub enum Command {
         /// Config file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Serve the fault-injection hooks under /v1/testing (contract
+        /// tests only; same as `[testing] fault_injection = true`).
+        #[arg(long)]
+        fault_injection: bool,
+        /// Listen for workers here instead of the config's `grpc_listen`.
+        #[arg(long)]
+        grpc_listen: Option<std::net::SocketAddr>,
+        /// Serve the admin API here instead of the config's `admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
     },
+    /// Run contract-test scenarios (TOML files, see SCENARIOS.md) against
+    /// this mock and a worker; exit 0 when all pass, 1 when one fails, 2
+    /// for a bad scenario file or usage.
+    Test(TestArgs),
     /// Validate the config, the registry and the TLS files, then exit.
     Check {
         /// Config file (TOML).
@@ -82,6 +101,40 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// Options of `orchestrator-mock test`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mock").required(true).args(["config", "admin_url"])))]
+pub struct TestArgs {
+    /// Scenario files, or folders whose *.toml files run in name order.
+    #[arg(required = true, value_name = "SCENARIO FILES OR FOLDERS")]
+    pub paths: Vec<PathBuf>,
+    /// Start the mock with this config (`serve --fault-injection`), and
+    /// stop it at the end.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Use the mock already running here (no `restart_orchestrator`).
+    #[arg(long)]
+    pub admin_url: Option<String>,
+    /// Start the worker under test with `sh -c <command>` once the mock is
+    /// up (it gets ORCHESTRATOR_GRPC_ADDR and ORCHESTRATOR_ADMIN_URL), and
+    /// stop it at the end; without it a worker must connect by itself.
+    #[arg(long)]
+    pub worker_cmd: Option<String>,
+    /// The worker's log file (its tail is shown for failures); default in
+    /// the run's log folder.
+    #[arg(long)]
+    pub worker_log: Option<PathBuf>,
+    /// Seconds to wait for a connected worker before a scenario fails.
+    #[arg(long, default_value_t = 30)]
+    pub wait_worker: u64,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Run only scenarios whose name or file path contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 /// Where the admin API is and how to print.
@@ -185,7 +238,38 @@ pub enum CliError {
 /// problems and returns exit code 2).
 pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
     match cli.command {
-        Command::Serve { config } => serve(&config, shutdown).await,
+        Command::Serve {
+            config,
+            fault_injection,
+            grpc_listen,
+            admin_listen,
+        } => {
+            let overrides = ServeOverrides {
+                fault_injection,
+                grpc_listen,
+                admin_listen,
+            };
+            serve(&config, overrides, shutdown).await
+        }
+        Command::Test(args) => {
+            let mock = match (args.config, args.admin_url) {
+                (Some(config), _) => crate::scenario::MockSource::Config(config),
+                (None, Some(url)) => crate::scenario::MockSource::AdminUrl(url),
+                (None, None) => unreachable!("clap requires --config or --admin-url"),
+            };
+            let options = crate::scenario::TestOptions {
+                paths: args.paths,
+                mock,
+                worker_cmd: args.worker_cmd,
+                worker_log: args.worker_log,
+                wait_worker: Duration::from_secs(args.wait_worker),
+                junit: args.junit,
+                filter: args.filter,
+            };
+            Ok(ExitCode::from(
+                crate::scenario::run(options, shutdown).await,
+            ))
+        }
         Command::Check { config } => Ok(check(&config)),
         Command::Plan { admin, command } => plan(&admin, command).await,
         Command::Workers { admin } => {
@@ -206,8 +290,27 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
     }
 }
 
-async fn serve(path: &std::path::Path, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
-    let config = Config::from_toml_file(path)?;
+/// What `serve` options change in the config.
+#[derive(Debug, Clone, Copy, Default)]
+struct ServeOverrides {
+    fault_injection: bool,
+    grpc_listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<std::net::SocketAddr>,
+}
+
+async fn serve(
+    path: &std::path::Path,
+    overrides: ServeOverrides,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, CliError> {
+    let mut config = Config::from_toml_file(path)?;
+    config.fault_injection |= overrides.fault_injection;
+    if let Some(addr) = overrides.grpc_listen {
+        config.grpc_listen = addr;
+    }
+    if let Some(addr) = overrides.admin_listen {
+        config.admin_listen = addr;
+    }
     let handle = crate::spawn(config).await?;
     {
         let mut out = std::io::stdout().lock();
@@ -325,7 +428,29 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
             print(admin, &view)?;
         }
         PlanCommand::Results { id } => print(admin, &client.results(&id).await?)?,
-        PlanCommand::Audit { id } => print(admin, &client.audit(&id).await?)?,
+        PlanCommand::Audit { id } => {
+            let records = client.audit(&id).await?;
+            print(admin, &records)?;
+            let flagged: Vec<_> = records.iter().filter(|r| !r.check.is_ok()).collect();
+            for r in &flagged {
+                eprintln!(
+                    "flagged: task {} attempt {} (sequence {} from {}): {}",
+                    r.task_id,
+                    r.attempt,
+                    r.sequence,
+                    r.worker_identity,
+                    r.check.problems.join("; ")
+                );
+            }
+            eprintln!(
+                "audit: {} records, {} flagged",
+                records.len(),
+                flagged.len()
+            );
+            if !flagged.is_empty() {
+                return Ok(ExitCode::from(EXIT_AUDIT_FLAGGED));
+            }
+        }
         PlanCommand::Wait { id, timeout } => {
             let view = client.wait_for_plan(&id, timeout).await?;
             print(admin, &view)?;
@@ -357,6 +482,46 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_needs_scenarios_and_exactly_one_mock_source() {
+        let cli = Cli::try_parse_from([
+            "orchestrator-mock",
+            "test",
+            "--config",
+            "mock.toml",
+            "--worker-cmd",
+            "exec worker",
+            "--junit",
+            "out.xml",
+            "pack/",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Test(args) => {
+                assert_eq!(args.paths, [PathBuf::from("pack/")]);
+                assert_eq!(args.wait_worker, 30);
+                assert_eq!(args.worker_cmd.as_deref(), Some("exec worker"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for bad in [
+            vec!["orchestrator-mock", "test", "pack/"],
+            vec!["orchestrator-mock", "test", "--config", "m.toml"],
+            vec![
+                "orchestrator-mock",
+                "test",
+                "--config",
+                "m.toml",
+                "--admin-url",
+                "http://x",
+                "pack/",
+            ],
+        ] {
+            let err = Cli::try_parse_from(&bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
     }
 
     #[test]

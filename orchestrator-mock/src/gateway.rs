@@ -46,6 +46,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::api::{ManifestEntryView, StoredAudit, StoredResult};
+use crate::audit_check::{AuditCheck, Chains, check_record};
 use crate::durable::journal::Durable;
 use crate::registry::Registry;
 use crate::state::{
@@ -91,6 +92,10 @@ struct Inner {
     store: Arc<Store>,
     heartbeat: Duration,
     shutdown: CancellationToken,
+    /// Fault-injection hooks (contract tests only; `None` unless opted in).
+    testing: Option<Arc<crate::testing::Hooks>>,
+    /// Every worker identity's audit chain as records arrived.
+    chains: std::sync::Mutex<Chains>,
 }
 
 impl Gateway {
@@ -105,6 +110,7 @@ impl Gateway {
         heartbeat: Duration,
         shutdown: CancellationToken,
     ) -> Gateway {
+        let chains = chains_from(&store);
         Gateway {
             inner: Arc::new(Inner {
                 state,
@@ -112,9 +118,21 @@ impl Gateway {
                 registry,
                 store,
                 heartbeat,
+                chains: std::sync::Mutex::new(chains),
                 shutdown,
+                testing: None,
             }),
         }
+    }
+
+    /// Reports every session to the fault-injection hooks (contract tests
+    /// only, see [`crate::testing`]); `None` leaves them off. Call before
+    /// serving.
+    pub fn with_fault_injection(mut self, hooks: Option<Arc<crate::testing::Hooks>>) -> Gateway {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.testing = hooks;
+        }
+        self
     }
 }
 
@@ -339,6 +357,9 @@ impl Inner {
             held.insert((task.task_id.clone(), task.attempt));
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
+        if let Some(hooks) = &self.testing {
+            hooks.session_opened(&session_id, &conn.identity, tx.clone()); // fault injection
+        }
         self.lock().register_session(NewSession {
             session_id: session_id.clone(),
             identity: conn.identity.clone(),
@@ -354,6 +375,9 @@ impl Inner {
         let end = self
             .pump(&session_id, &conn, &mut inbound, &mut rx, &out)
             .await;
+        if let Some(hooks) = &self.testing {
+            hooks.session_closed(&session_id, &end); // fault injection
+        }
         let orphaned = self.lock().unregister_session(&session_id);
         for (task_id, attempt) in &orphaned {
             tracing::warn!(task_id = %task_id, attempt, "session ended with the task assigned and no result; settled when the worker dials again or its lease lapses");
@@ -493,6 +517,13 @@ impl Inner {
         out: &mpsc::Sender<Reply>,
         results_in_progress: &Arc<tokio::sync::Semaphore>,
     ) -> Result<bool, String> {
+        // Fault injection: recorded, and returned credit of raw assignments withheld.
+        let Some(kind) = (match &self.testing {
+            Some(hooks) => hooks.observe(session_id, &conn.identity, kind),
+            None => Some(kind),
+        }) else {
+            return Ok(false);
+        };
         match kind {
             Up::Hello(_) => tracing::warn!("ignoring a second Hello"),
             Up::Credit(credit) => {
@@ -501,8 +532,17 @@ impl Inner {
             }
             Up::Accept(accept) => match accept.task {
                 Some(task) if check_id(&task.task_id).is_ok() => {
-                    tracing::info!(task_id = %task.task_id, attempt = task.attempt, "worker accepted the task");
-                    self.lock().mark_accepted(&task.task_id, task.attempt);
+                    match self
+                        .lock()
+                        .mark_accepted(&conn.identity, &task.task_id, task.attempt)
+                    {
+                        Ok(()) => {
+                            tracing::info!(task_id = %task.task_id, attempt = task.attempt, "worker accepted the task");
+                        }
+                        Err(why) => {
+                            tracing::warn!(task_id = %task.task_id, attempt = task.attempt, why = %why, "Accept for an attempt this identity does not hold; ignored");
+                        }
+                    }
                 }
                 Some(task) => {
                     tracing::warn!(task_id = %shown(&task.task_id), "Accept for a task id that breaks the contract; ignored");
@@ -570,17 +610,22 @@ impl Inner {
             return Verdict::Ignore;
         }
         let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unspecified);
-        let plan_id = self
-            .lock()
-            .plan_of(&task.task_id)
-            .or_else(|| {
-                result
-                    .audit
-                    .as_ref()
-                    .map(|a| a.plan_id.clone())
-                    .filter(|p| check_id(p).is_ok())
-            })
-            .unwrap_or_default();
+        // Whose attempt is this? Only the identity it was assigned to may
+        // report it; the plan comes from the orchestrator's own records,
+        // never from the message.
+        let assigned = self.lock().assigned_attempt(&task.task_id, task.attempt);
+        let problem = match &assigned {
+            None => Some("no such attempt was assigned by this orchestrator".to_string()),
+            Some(a) if a.worker != conn.identity => Some(format!(
+                "the attempt was assigned to {}, not to the sender",
+                a.worker
+            )),
+            Some(_) => None,
+        };
+        let plan_id = match (&assigned, &problem) {
+            (Some(a), None) => a.plan_id.clone(),
+            _ => String::new(),
+        };
         let span = tracing::info_span!("result", plan_id = %plan_id, task_id = %task.task_id, attempt = task.attempt);
         let _entered = span.enter();
         let received_at = now_rfc3339();
@@ -596,32 +641,50 @@ impl Inner {
             output: output.clone(),
             error_code: non_empty(&result.error_code),
             error_message: non_empty(&result.error_message),
+            problem: problem.clone(),
         };
-        let audit = result.audit.as_ref().map(|a| StoredAudit {
-            plan_id: plan_id.clone(),
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-            worker_identity: conn.identity.clone(),
-            session_id: session_id.to_string(),
-            received_at,
-            task_name: a.task_name.clone(),
-            task_version: a.task_version.clone(),
-            inputs: json_or_text(&a.inputs_json).unwrap_or(Value::Null),
-            output: json_or_text(&a.output_json),
-            assignment_received_at: a.received_at.and_then(rfc3339),
-            started_at: a.started_at.and_then(rfc3339),
-            finished_at: a.finished_at.and_then(rfc3339),
-            outcome: outcome_name(
-                pb::Outcome::try_from(a.outcome).unwrap_or(pb::Outcome::Unspecified),
-            )
-            .into(),
-            error_code: non_empty(&a.error_code),
-            error_message: non_empty(&a.error_message),
-            claimed_worker_identity: a.worker_identity.clone(),
-            sequence: a.sequence,
-            prev_hash: a.prev_hash.clone(),
-            record_hash: a.record_hash.clone(),
-        });
+        let audit = result
+            .audit
+            .as_ref()
+            .map(|a| {
+                let mut problems = check_record(&result, a, &conn.identity, assigned.as_ref());
+                problems.extend(
+                    self.chains
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .follow(&conn.identity, a),
+                );
+                if !problems.is_empty() {
+                    tracing::warn!(problems = ?problems, "audit record flagged");
+                }
+                (a, AuditCheck::from_problems(problems))
+            })
+            .map(|(a, check)| StoredAudit {
+                plan_id: plan_id.clone(),
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+                worker_identity: conn.identity.clone(),
+                session_id: session_id.to_string(),
+                received_at,
+                task_name: a.task_name.clone(),
+                task_version: a.task_version.clone(),
+                inputs: json_or_text(&a.inputs_json).unwrap_or(Value::Null),
+                output: json_or_text(&a.output_json),
+                assignment_received_at: a.received_at.and_then(rfc3339),
+                started_at: a.started_at.and_then(rfc3339),
+                finished_at: a.finished_at.and_then(rfc3339),
+                outcome: outcome_name(
+                    pb::Outcome::try_from(a.outcome).unwrap_or(pb::Outcome::Unspecified),
+                )
+                .into(),
+                error_code: non_empty(&a.error_code),
+                error_message: non_empty(&a.error_message),
+                claimed_worker_identity: a.worker_identity.clone(),
+                sequence: a.sequence,
+                prev_hash: a.prev_hash.clone(),
+                record_hash: a.record_hash.clone(),
+                check,
+            });
         if audit.is_none() {
             tracing::warn!("result arrived without an audit record");
         }
@@ -636,6 +699,12 @@ impl Inner {
                 tracing::info!("duplicate result; not stored twice");
             }
             Ok(true) => {}
+        }
+        if let Some(problem) = &problem {
+            // Acknowledged so the sender can forget it, kept as evidence,
+            // never listed under a plan nor applied.
+            tracing::warn!(problem = %problem, "result not applied: the sender does not hold this attempt");
+            return Verdict::Ack(task);
         }
         let (effect, seq) = {
             let mut state = self.lock();
@@ -675,6 +744,29 @@ impl Inner {
         }
         Verdict::Ack(task)
     }
+}
+
+/// The audit chains of the records already stored, so checks go on
+/// across a restart of the orchestrator.
+fn chains_from(store: &Store) -> Chains {
+    let mut chains = Chains::default();
+    match store.all_audit() {
+        Ok(records) => {
+            for r in records {
+                let link = pb::AuditRecord {
+                    sequence: r.sequence,
+                    prev_hash: r.prev_hash,
+                    record_hash: r.record_hash,
+                    ..Default::default()
+                };
+                chains.follow(&r.worker_identity, &link);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stored audit records; chain checks start afresh");
+        }
+    }
+    chains
 }
 
 /// The contract's status for a message over the size limit, when `status`

@@ -171,7 +171,8 @@ mod tests {
             s.approve(&strict.id).unwrap();
             s.approve(&retried.id).unwrap();
             for a in assignments(&mut rx) {
-                s.mark_accepted(&a.task_id, a.attempt);
+                s.mark_accepted("spiffe://t/worker/a", &a.task_id, a.attempt)
+                    .unwrap();
             }
             (strict, retried)
         };

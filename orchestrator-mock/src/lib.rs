@@ -26,6 +26,9 @@
 //! - [`admin`]: the axum HTTP+JSON admin API.
 //! - [`client`]: the typed admin client used by the CLI and tests.
 //! - [`cli`]: the `orchestrator-mock` command line.
+//! - [`testing`]: fault-injection hooks for contract tests (off unless
+//!   the config or `serve --fault-injection` opts in).
+//! - [`scenario`]: the scenario runner behind `orchestrator-mock test`.
 //!
 //! # What it does not do (yet)
 //! Sign approvals, authenticate admin API callers, or share its queue
@@ -44,6 +47,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit_check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -51,8 +55,10 @@ pub mod durable;
 pub mod gateway;
 pub mod lease;
 pub mod registry;
+pub mod scenario;
 pub mod state;
 pub mod store;
+pub mod testing;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -207,6 +213,11 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         conn_tx,
         shutdown.clone(),
     ));
+    // Fault injection (contract tests only): off unless opted in.
+    let hooks = config.fault_injection.then(|| {
+        tracing::warn!("{}", testing::WARNING);
+        Arc::new(testing::Hooks::new(state.clone()))
+    });
     let service = gateway::Gateway::new(
         state.clone(),
         durable.clone(),
@@ -214,7 +225,8 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         store.clone(),
         config.heartbeat_interval,
         shutdown.clone(),
-    );
+    )
+    .with_fault_injection(hooks.clone());
     let server = private_worker_proto::v1::worker_gateway_server::WorkerGatewayServer::new(service)
         .max_decoding_message_size(gateway::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(gateway::MAX_MESSAGE_BYTES);
@@ -238,6 +250,10 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         store,
         skip_checks: config.insecure_skip_checks,
     });
+    let router = match hooks {
+        Some(hooks) => router.merge(testing::router(hooks)),
+        None => router,
+    };
     let admin_shutdown = shutdown.clone();
     let admin = tokio::spawn(async move {
         let result = axum::serve(admin_listener, router)

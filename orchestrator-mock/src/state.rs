@@ -163,6 +163,21 @@ impl Session {
     }
 }
 
+/// An attempt as the orchestrator sent it (see [`State::assigned_attempt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedAttempt {
+    /// The plan it belongs to.
+    pub plan_id: String,
+    /// Task name sent.
+    pub task_name: String,
+    /// Task version sent.
+    pub task_version: String,
+    /// `Assignment.inputs_json` as sent (canonical JSON of the inputs).
+    pub inputs_json: String,
+    /// The identity it was assigned to.
+    pub worker: String,
+}
+
 /// One worker identity's lease.
 struct Lease {
     last_seen: Instant,
@@ -560,6 +575,22 @@ impl State {
         self.tasks.get(task_id).map(|(p, _)| p.clone())
     }
 
+    /// What was sent for attempt `attempt` of `task_id` and to whom, if
+    /// that attempt was ever assigned: what a result and its audit record
+    /// are checked against.
+    pub fn assigned_attempt(&self, task_id: &str, attempt: u32) -> Option<AssignedAttempt> {
+        let (plan_id, index) = self.tasks.get(task_id)?;
+        let step = self.plans.get(plan_id)?.steps.get(*index)?;
+        let holder = step.view.attempts.iter().find(|a| a.attempt == attempt)?;
+        Some(AssignedAttempt {
+            plan_id: plan_id.clone(),
+            task_name: step.view.task.clone(),
+            task_version: step.view.version.clone(),
+            inputs_json: private_worker_proto::canonical_json(&step.view.inputs),
+            worker: holder.worker.clone(),
+        })
+    }
+
     /// Whether a task id is known.
     pub fn knows_task(&self, task_id: &str) -> bool {
         self.tasks.contains_key(task_id)
@@ -806,16 +837,30 @@ impl State {
     }
 
     /// Notes that the worker accepted an attempt (it holds it from now on).
-    pub fn mark_accepted(&mut self, task_id: &str, attempt: u32) {
+    /// Only the identity the attempt was assigned to can accept it; an
+    /// `Accept` from any other is ignored and the reason returned.
+    pub fn mark_accepted(
+        &mut self,
+        identity: &str,
+        task_id: &str,
+        attempt: u32,
+    ) -> Result<(), String> {
+        match self.assigned_attempt(task_id, attempt) {
+            None => return Err("no such attempt was assigned".into()),
+            Some(a) if a.worker != identity => {
+                return Err(format!("the attempt was assigned to {}", a.worker));
+            }
+            Some(_) => {}
+        }
         let Some((plan_id, index)) = self.tasks.get(task_id).cloned() else {
-            return;
+            return Ok(());
         };
         let Some(step) = self
             .plans
             .get_mut(&plan_id)
             .and_then(|p| p.steps.get_mut(index))
         else {
-            return;
+            return Ok(());
         };
         if step.view.attempt == attempt
             && step.view.status == StepStatus::Assigned
@@ -827,6 +872,7 @@ impl State {
             }
             self.save_step(&plan_id, index);
         }
+        Ok(())
     }
 
     /// Adds `Credit.grant` to a session and dispatches.
@@ -1007,7 +1053,7 @@ impl State {
             }
             (None, None) => None,
         };
-        let inputs_json = serde_json::to_string(&step.view.inputs).unwrap_or_else(|_| "{}".into());
+        let inputs_json = private_worker_proto::canonical_json(&step.view.inputs);
         step.view.attempt = attempt;
         step.view.status = StepStatus::Assigned;
         step.view.worker = Some(session.info.identity.clone());
@@ -1372,7 +1418,9 @@ mod tests {
         let plan = state.submit(None, vec![step("a")]);
         state.approve(&plan.id).unwrap();
         let a = assignments(&mut old).remove(0);
-        state.mark_accepted(&a.task_id, a.attempt);
+        state
+            .mark_accepted("spiffe://t/worker/w", &a.task_id, a.attempt)
+            .unwrap();
         state.unregister_session("s1");
         let mut new = connect_as(&mut state, "s2", "w", "i", &["a"], 3, &[(&a.task_id, 1)]);
         assert!(
@@ -1394,7 +1442,9 @@ mod tests {
         let plan = state.submit(None, vec![step("a"), step("b")]);
         state.approve(&plan.id).unwrap();
         let a = assignments(&mut old).remove(0);
-        state.mark_accepted(&a.task_id, a.attempt);
+        state
+            .mark_accepted("spiffe://t/worker/w", &a.task_id, a.attempt)
+            .unwrap();
         state.unregister_session("s1");
         // A new process (another instance id) holds nothing.
         let mut new = connect_as(&mut state, "s2", "w", "j", &["a", "b"], 4, &[]);
@@ -1416,7 +1466,9 @@ mod tests {
         let plan = state.submit(None, vec![step("a"), step("b")]);
         state.approve(&plan.id).unwrap();
         let a = assignments(&mut old).remove(0);
-        state.mark_accepted(&a.task_id, a.attempt);
+        state
+            .mark_accepted("spiffe://t/worker/w", &a.task_id, a.attempt)
+            .unwrap();
         // The process crashed; its stream is not noticed dead yet.
         let mut new = connect_as(&mut state, "s2", "w", "j", &["a", "b"], 4, &[]);
         assert!(assignments(&mut new).is_empty());
@@ -1809,7 +1861,9 @@ mod tests {
         let plan = state.submit(None, vec![step("a")]);
         state.approve(&plan.id).unwrap();
         let a = assignments(&mut old).remove(0);
-        state.mark_accepted(&a.task_id, a.attempt);
+        state
+            .mark_accepted("spiffe://t/worker/w", &a.task_id, a.attempt)
+            .unwrap();
         state.unregister_session("s1");
         state.cancel(&plan.id, 0, "stop").unwrap();
         let mut new = connect_as(&mut state, "s2", "w", "i", &["a"], 4, &[(&a.task_id, 1)]);
@@ -1921,7 +1975,9 @@ mod tests {
             let pending = state.submit(None, vec![step("a")]);
             state.approve(&held.id).unwrap();
             let a = assignments(&mut rx).remove(0);
-            state.mark_accepted(&a.task_id, a.attempt);
+            state
+                .mark_accepted("spiffe://t/worker/w", &a.task_id, a.attempt)
+                .unwrap();
             state.grant_credit("s1", 1);
             state.approve(&lost.id).unwrap();
             let l = assignments(&mut rx).remove(0);

@@ -189,6 +189,16 @@ impl Store {
         read_lines::<StoredResult>(&self.dir.join(RESULTS_FILE))
     }
 
+    /// Every stored audit record, in arrival order (read once at start to
+    /// rebuild the chain checks).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the file cannot be read or holds a bad line.
+    pub fn all_audit(&self) -> Result<Vec<StoredAudit>, StoreError> {
+        let _guard = self.files.lock();
+        read_lines::<StoredAudit>(&self.dir.join(AUDIT_FILE))
+    }
+
     /// Every stored audit record of a plan, in arrival order.
     ///
     /// # Errors
@@ -439,6 +449,7 @@ mod tests {
             output: Some(serde_json::json!({"status": 200})),
             error_code: None,
             error_message: None,
+            problem: None,
         }
     }
 

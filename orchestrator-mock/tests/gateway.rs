@@ -804,3 +804,291 @@ async fn a_message_over_4_mib_ends_the_stream_with_resource_exhausted_naming_the
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("4 MiB"), "{status:?}");
 }
+
+// ---------------------------------------------------------------------
+// Forgeries: the mock believes nothing the contract lets it check.
+// ---------------------------------------------------------------------
+
+const OTHER: &str = "spiffe://test.example/worker/w2";
+
+/// A result for `a` with a well-formed audit record: the right hash,
+/// chained after `prev` at `sequence`, claiming `identity`. `edit` may
+/// change the record before it is hashed. Returns the message and the
+/// record's hash.
+fn honest_result(
+    a: &pb::Assignment,
+    identity: &str,
+    sequence: u64,
+    prev: &str,
+    edit: impl FnOnce(&mut private_worker_proto::audit::Record),
+) -> (Up, String) {
+    use private_worker_proto::audit::{Record, system_time_text};
+    let now = system_time_text(std::time::SystemTime::now());
+    let mut record = Record {
+        task_id: a.task_id.clone(),
+        attempt: a.attempt,
+        plan_id: a.plan_id.clone(),
+        task_name: a.task_name.clone(),
+        task_version: a.task_version.clone(),
+        inputs_json: a.inputs_json.clone(),
+        output_json: r#"{"id":1}"#.into(),
+        received_at: Some(now.clone()),
+        started_at: Some(now.clone()),
+        finished_at: Some(now),
+        outcome: "SUCCEEDED".into(),
+        error_code: String::new(),
+        error_message: String::new(),
+        worker_identity: identity.into(),
+        sequence,
+        prev_hash: prev.into(),
+        record_hash: String::new(),
+    };
+    edit(&mut record);
+    record.record_hash = record.compute_hash();
+    let hash = record.record_hash.clone();
+    let message = Up::Result(pb::TaskResult {
+        task: Some(pb::TaskRef {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+        }),
+        outcome: pb::Outcome::Succeeded as i32,
+        output_json: r#"{"id":1}"#.into(),
+        error_code: String::new(),
+        error_message: String::new(),
+        audit: Some(record.to_message()),
+    });
+    (message, hash)
+}
+
+async fn connected(env: &Env, identity: &str) -> Worker {
+    let (cert, key) = env.ca.worker(identity, true);
+    let mut worker = env.session(&cert, &key).await.unwrap();
+    worker.send(hello(4)).await;
+    assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
+    worker
+}
+
+/// Submits and approves a one-step plan; returns its id.
+async fn approved_plan(env: &Env) -> String {
+    let submitted = env
+        .admin
+        .submit_plan(&plan(&[("crm.create_ticket", json!({"title": "real"}))]))
+        .await
+        .unwrap();
+    env.admin.approve(&submitted.id).await.unwrap();
+    submitted.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_and_accepts_from_an_identity_that_does_not_hold_the_attempt_change_nothing() {
+    let env = Env::start().await;
+    let mut holder = connected(&env, IDENTITY).await;
+    let plan_id = approved_plan(&env).await;
+    let a = holder.expect_assignment().await;
+    // The second identity connects only now, so it holds nothing.
+    let mut forger = connected(&env, OTHER).await;
+
+    // Its Accept for the holder's attempt is ignored.
+    forger
+        .send(Up::Accept(pb::Accept {
+            task: Some(pb::TaskRef {
+                task_id: a.task_id.clone(),
+                attempt: a.attempt,
+            }),
+        }))
+        .await;
+    // A forged result for the holder's task, and one for a task id that
+    // does not exist but names the real plan.
+    let (forged, _) = honest_result(&a, OTHER, 1, &"0".repeat(64), |r| {
+        r.task_name = "crm.delete_customer".into()
+    });
+    forger.send(forged).await;
+    assert_eq!(
+        forger.expect_ack().await.task_id,
+        a.task_id,
+        "acknowledged, so it is forgotten"
+    );
+    let made_up = pb::Assignment {
+        task_id: "t-made-up".into(),
+        ..a.clone()
+    };
+    let (unknown, _) = honest_result(&made_up, OTHER, 2, &"0".repeat(64), |_| {});
+    forger.send(unknown).await;
+    assert_eq!(forger.expect_ack().await.task_id, "t-made-up");
+    // And one naming a plan that does not exist.
+    let nowhere = pb::Assignment {
+        task_id: "t-nowhere".into(),
+        plan_id: "plan-made-up".into(),
+        ..a.clone()
+    };
+    let (nowhere, _) = honest_result(&nowhere, OTHER, 3, &"0".repeat(64), |_| {});
+    forger.send(nowhere).await;
+    forger.expect_ack().await;
+
+    let view = env.admin.plan(&plan_id).await.unwrap();
+    assert_eq!(
+        view.steps[0].status,
+        StepStatus::Assigned,
+        "nothing applied"
+    );
+    assert!(
+        !view.steps[0].attempts[0].accepted,
+        "a foreign Accept is not applied"
+    );
+    assert_eq!(env.admin.results(&plan_id).await.unwrap().len(), 0);
+    assert_eq!(env.admin.audit(&plan_id).await.unwrap().len(), 0);
+    assert!(
+        env.admin.results("plan-made-up").await.is_err(),
+        "a plan id only a message named is not served"
+    );
+    // The forgeries are kept as evidence, with the reason.
+    let stored = std::fs::read_to_string(env.config.data_dir.join("results.jsonl")).unwrap();
+    assert_eq!(stored.lines().count(), 3);
+    assert!(
+        stored.contains("assigned to spiffe://test.example/worker/w1"),
+        "{stored}"
+    );
+    assert!(stored.contains("no such attempt"), "{stored}");
+
+    // The holder's own Accept and result are taken.
+    holder
+        .send(Up::Accept(pb::Accept {
+            task: Some(pb::TaskRef {
+                task_id: a.task_id.clone(),
+                attempt: a.attempt,
+            }),
+        }))
+        .await;
+    let (real, _) = honest_result(&a, IDENTITY, 1, &"0".repeat(64), |_| {});
+    holder.send(real).await;
+    holder.expect_ack().await;
+    let done = env.admin.wait_for_plan(&plan_id, WAIT).await.unwrap();
+    assert_eq!(done.status, PlanStatus::Succeeded);
+    assert!(done.steps[0].attempts[0].accepted);
+    let results = env.admin.results(&plan_id).await.unwrap();
+    assert_eq!(results.len(), 1, "only the holder's result is the plan's");
+    assert_eq!(results[0].worker_identity, IDENTITY);
+    let audit = env.admin.audit(&plan_id).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].check.verdict, "ok", "{:?}", audit[0].check);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_that_break_the_chain_or_contradict_the_assignment_are_flagged_with_the_reason()
+ {
+    let env = Env::start().await;
+    let mut worker = connected(&env, IDENTITY).await;
+    let genesis = "0".repeat(64);
+    type Edit = fn(&mut private_worker_proto::audit::Record);
+    // (what is wrong, how the record is made, the reason expected)
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "another task name",
+            |r| r.task_name = "crm.delete_customer".into(),
+            "task_name differs",
+        ),
+        (
+            "other inputs",
+            |r| r.inputs_json = r#"{"title":"other"}"#.into(),
+            "inputs_json differs",
+        ),
+        (
+            "another identity",
+            |r| r.worker_identity = OTHER.into(),
+            "worker_identity differs",
+        ),
+        (
+            "another plan",
+            |r| r.plan_id = "p-other".into(),
+            "plan_id differs",
+        ),
+        (
+            "another output than the result's",
+            |r| r.output_json = "{}".into(),
+            "output_json differs",
+        ),
+    ];
+    let mut prev = genesis.clone();
+    let mut sequence = 0;
+    for (what, edit, reason) in cases {
+        let plan_id = approved_plan(&env).await;
+        let a = worker.expect_assignment().await;
+        sequence += 1;
+        let (message, hash) = honest_result(&a, IDENTITY, sequence, &prev, edit);
+        prev = hash;
+        worker.send(message).await;
+        worker.expect_ack().await;
+        // The slot is free again: one credit back, as the contract says.
+        worker.send(Up::Credit(pb::Credit { grant: 1 })).await;
+        let audit = env.admin.audit(&plan_id).await.unwrap();
+        assert_eq!(audit[0].check.verdict, "flagged", "{what}");
+        assert!(
+            audit[0].check.problems.iter().any(|p| p.contains(reason)),
+            "{what}: {:?}",
+            audit[0].check.problems
+        );
+    }
+
+    // Chain faults, each on an otherwise honest record.
+    let mut chain_case = async |sequence: u64, prev: &str, tamper: bool| {
+        let plan_id = approved_plan(&env).await;
+        let a = worker.expect_assignment().await;
+        let (mut message, hash) = honest_result(&a, IDENTITY, sequence, prev, |_| {});
+        if tamper && let Up::Result(r) = &mut message {
+            r.audit.as_mut().unwrap().record_hash = "ab".repeat(32);
+        }
+        worker.send(message).await;
+        worker.expect_ack().await;
+        // The slot is free again: one credit back, as the contract says.
+        worker.send(Up::Credit(pb::Credit { grant: 1 })).await;
+        let audit = env.admin.audit(&plan_id).await.unwrap();
+        (audit[0].check.clone(), hash)
+    };
+    let (check, good) = chain_case(sequence + 1, &prev, false).await;
+    assert_eq!(check.verdict, "ok", "{check:?}");
+    let (check, _) = chain_case(sequence + 2, &"e".repeat(64), false).await;
+    assert!(
+        check.problems.iter().any(|p| p.contains("prev_hash")),
+        "{check:?}"
+    );
+    let (check, _) = chain_case(sequence + 3, &good, true).await;
+    assert!(
+        check
+            .problems
+            .iter()
+            .any(|p| p.contains("record_hash does not match")),
+        "{check:?}"
+    );
+    // The log started over: sequence 1 again, with another record.
+    let (check, _) = chain_case(1, &genesis, false).await;
+    assert!(
+        check.problems.iter().any(|p| p.starts_with("fork")),
+        "{check:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_says_hello_is_closed_with_deadline_exceeded_within_the_stated_time() {
+    let env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let mut silent = env.session(&cert, &key).await.unwrap();
+    let started = std::time::Instant::now();
+    let limit = orchestrator_mock::gateway::HELLO_TIMEOUT * 2;
+    let pending = silent.pending.take().unwrap();
+    let status = match tokio::time::timeout(limit, pending)
+        .await
+        .expect("not closed")
+    {
+        Err(status) => status,
+        Ok(response) => {
+            let mut inbound = response.into_inner();
+            match tokio::time::timeout(limit, inbound.message()).await {
+                Ok(Err(status)) => status,
+                other => panic!("expected the stream to end with a status, got {other:?}"),
+            }
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() >= orchestrator_mock::gateway::HELLO_TIMEOUT);
+    assert!(started.elapsed() < orchestrator_mock::gateway::HELLO_TIMEOUT * 2);
+}

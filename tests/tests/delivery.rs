@@ -442,7 +442,7 @@ async fn a_fatal_status_drains_like_sigterm_then_the_worker_exits_non_zero() {
         .find(|r| r["task_id"] == "T-running")
         .unwrap_or_else(|| panic!("no audit record for the running call\n{output}"));
     assert_eq!(
-        record["outcome"], "succeeded",
+        record["outcome"], "SUCCEEDED",
         "the call finished within the grace"
     );
     assert_eq!(orchestrator.streams(), 1, "a fatal status is not retried");

@@ -69,6 +69,9 @@ async fn an_approved_plan_runs_end_to_end_over_mtls_with_the_worker_as_a_separat
     assert_eq!(audit.len(), 3);
     for record in &audit {
         assert_eq!(record.worker_identity, env.pki.worker_identity);
+        // Its hash, its place in the worker's chain and its match with the
+        // assignment and the result were all checked on arrival.
+        assert_eq!(record.check.verdict, "ok", "{:?}", record.check);
     }
 
     // The worker's own audit log holds the same three records, chained.

@@ -229,16 +229,17 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
     let audit = admin.audit(&plan.id).await.context("read audit")?;
     println!("\nAudit trail (stored by the orchestrator, written and hash-chained by the worker)");
     println!(
-        "  {:<4} {:<18} {:<10} {:<45} record hash",
-        "seq", "task", "outcome", "worker"
+        "  {:<4} {:<18} {:<10} {:<8} {:<45} record hash",
+        "seq", "task", "outcome", "checks", "worker"
     );
     for record in &audit {
         let value = serde_json::to_value(record)?;
         println!(
-            "  {:<4} {:<18} {:<10} {:<45} {}…",
+            "  {:<4} {:<18} {:<10} {:<8} {:<45} {}…",
             value["sequence"].as_u64().unwrap_or_default(),
             value["task_name"].as_str().unwrap_or(""),
             value["outcome"].as_str().unwrap_or(""),
+            record.check.verdict,
             value["worker_identity"].as_str().unwrap_or(""),
             value["record_hash"]
                 .as_str()
