@@ -20,6 +20,9 @@
 //! wire_capture_dir = "wire"           # optional diagnostic
 //! sync_writes = true                  # default true: each commit (results, audit, state.redb) is on disk before anyone is told
 //!
+//! [testing]
+//! fault_injection = false             # default false; the /v1/testing/... hooks of contract tests (see crate::testing)
+//!
 //! [tls]
 //! ca_cert = "certs/ca.pem"            # trust anchors for worker certificates
 //! cert = "certs/orchestrator.pem"     # server chain, leaf first
@@ -66,6 +69,11 @@ pub struct Config {
     /// (`fdatasync`) before workers are acknowledged. On by default; off
     /// only for benchmarks or throw-away runs.
     pub sync_writes: bool,
+    /// `[testing] fault_injection`: serve the `/v1/testing/...` hooks of
+    /// [`crate::testing`] (cut streams, send `Drain` and raw assignments).
+    /// Off by default; contract tests only (`serve --fault-injection` sets
+    /// it too).
+    pub fault_injection: bool,
 }
 
 /// TLS files of the worker gateway.
@@ -167,6 +175,7 @@ impl Config {
             "insecure_skip_checks",
             "wire_capture_dir",
             "sync_writes",
+            "testing",
         ];
         r.unknown_keys(&table, "", TOP);
         let grpc_listen = r.addr(&table, "grpc_listen", DEFAULT_GRPC_LISTEN);
@@ -194,6 +203,20 @@ impl Config {
         }
         let insecure_skip_checks = r.boolean(&table, "insecure_skip_checks", false);
         let sync_writes = r.boolean(&table, "sync_writes", true);
+        let fault_injection = match table.get("testing") {
+            None => false,
+            Some(toml::Value::Table(t)) => {
+                r.unknown_keys(t, "testing.", &["fault_injection"]);
+                r.boolean(t, "fault_injection", false)
+            }
+            Some(other) => {
+                r.problem(
+                    "testing",
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                false
+            }
+        };
         let tls = match table.get("tls") {
             Some(toml::Value::Table(t)) => {
                 r.unknown_keys(t, "tls.", &["ca_cert", "cert", "key"]);
@@ -241,6 +264,7 @@ impl Config {
                 insecure_skip_checks,
                 wire_capture_dir,
                 sync_writes,
+                fault_injection,
             }),
             _ => Err(ConfigError::Invalid(r.problems)),
         }
@@ -386,6 +410,23 @@ mod tests {
         assert_eq!(c.lease_timeout, DEFAULT_HEARTBEAT_INTERVAL * 3);
         assert!(!c.insecure_skip_checks);
         assert_eq!(c.wire_capture_dir, None);
+        assert!(!c.fault_injection, "fault injection is off by default");
+    }
+
+    #[test]
+    fn fault_injection_is_an_explicit_opt_in_under_testing() {
+        let c = Config::from_toml_str(
+            &format!("{GOOD}\n[testing]\nfault_injection = true\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(c.fault_injection);
+        let err = Config::from_toml_str(
+            &format!("{GOOD}\n[testing]\nfault_injections = true\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems()[0].path, "testing.fault_injections");
     }
 
     #[test]
