@@ -207,7 +207,17 @@ impl Config {
             None => false,
             Some(toml::Value::Table(t)) => {
                 r.unknown_keys(t, "testing.", &["fault_injection"]);
-                r.boolean(t, "fault_injection", false)
+                match t.get("fault_injection") {
+                    None => false,
+                    Some(toml::Value::Boolean(b)) => *b,
+                    Some(other) => {
+                        r.problem(
+                            "testing.fault_injection",
+                            format!("expected true or false, found {}", other.type_str()),
+                        );
+                        false
+                    }
+                }
             }
             Some(other) => {
                 r.problem(
@@ -427,6 +437,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems()[0].path, "testing.fault_injections");
+        let err = Config::from_toml_str(
+            &format!("{GOOD}\n[testing]\nfault_injection = \"yes\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems()[0].path, "testing.fault_injection");
     }
 
     #[test]
