@@ -200,6 +200,7 @@ async fn pump(
     loop {
         let drain_wake = match worker.ledger.drain_step(Instant::now(), true) {
             DrainStep::Finished if worker.ledger.is_draining() => {
+                close_gracefully(live, inbound).await;
                 worker.report_stop();
                 return Ok(());
             }
@@ -218,6 +219,7 @@ async fn pump(
             && worker.ledger.unacknowledged_count() == 0
         {
             tracing::info!("drained: every result acknowledged");
+            close_gracefully(live, inbound).await;
             return Err(SessionError::DrainedByOrchestrator);
         }
         let resend_at = worker.ledger.next_resend();
@@ -458,6 +460,26 @@ fn assign(
         }
     }
     Ok(())
+}
+
+/// Longest wait for the orchestrator to end its side after a drain.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Ends this side of the stream after what is already queued (`Draining`,
+/// the last results) and waits up to [`CLOSE_WAIT`] for the orchestrator to
+/// end its side. Dropping the stream at once would cancel it, and with it
+/// messages still queued: an idle worker's `Draining` never arrived.
+async fn close_gracefully(
+    live: &mut Live,
+    inbound: &mut tonic::Streaming<pb::OrchestratorMessage>,
+) {
+    // Replacing the sender drops the stream's only one: the request stream
+    // ends once the queued messages are written.
+    live.tx = mpsc::unbounded_channel().0;
+    let rest = async { while let Ok(Some(_)) = inbound.message().await {} };
+    if tokio::time::timeout(CLOSE_WAIT, rest).await.is_err() {
+        tracing::debug!("the orchestrator did not end the stream in time; closing it");
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
