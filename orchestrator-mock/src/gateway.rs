@@ -14,7 +14,7 @@
 //! stored twice.
 //!
 //! Streams end with the contract's statuses: `INVALID_ARGUMENT` for a bad
-//! first message, `RESOURCE_EXHAUSTED` for a message over
+//! first message or a malformed one, `RESOURCE_EXHAUSTED` for a message over
 //! [`MAX_MESSAGE_BYTES`], `ABORTED` when a newer stream of the same
 //! identity replaced this one, `DEADLINE_EXCEEDED` without `Hello`,
 //! `UNAVAILABLE` on a lapsed lease or silence.
@@ -273,7 +273,9 @@ impl Inner {
             }
             Ok(Err(status)) => {
                 tracing::info!(%status, "stream failed before Hello");
-                let _ = out.send(Err(oversized(&status).unwrap_or(status))).await;
+                let _ = out
+                    .send(Err(bad_message_status(&status).unwrap_or(status)))
+                    .await;
                 return;
             }
             Err(_) => {
@@ -461,9 +463,9 @@ impl Inner {
                         }
                         Ok(None) => return "worker closed the stream".into(),
                         Err(status) => {
-                            if let Some(exhausted) = oversized(&status) {
-                                let reason = exhausted.message().to_string();
-                                let _ = out.send(Err(exhausted)).await;
+                            if let Some(contract) = bad_message_status(&status) {
+                                let reason = contract.message().to_string();
+                                let _ = out.send(Err(contract)).await;
                                 return reason;
                             }
                             return format!("stream error: {status}");
@@ -769,17 +771,22 @@ fn chains_from(store: &Store) -> Chains {
     chains
 }
 
-/// The contract's status for a message over the size limit, when `status`
-/// is tonic's decode error for one.
-fn oversized(status: &Status) -> Option<Status> {
-    (status.code() == tonic::Code::OutOfRange && status.message().contains("too large")).then(
-        || {
-            Status::resource_exhausted(format!(
-                "message exceeds the contract's limit of 4 MiB ({MAX_MESSAGE_BYTES} bytes): {}",
-                status.message()
-            ))
-        },
-    )
+/// The status the contract gives for a bad message, when `status` is
+/// tonic's decode error: `RESOURCE_EXHAUSTED` for one over the size limit,
+/// `INVALID_ARGUMENT` for one that is not a valid message. Never OK.
+fn bad_message_status(status: &Status) -> Option<Status> {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        return Some(Status::resource_exhausted(format!(
+            "message exceeds the contract's limit of 4 MiB ({MAX_MESSAGE_BYTES} bytes): {}",
+            status.message()
+        )));
+    }
+    (status.code() == tonic::Code::Internal && status.message().contains("decode")).then(|| {
+        Status::invalid_argument(format!(
+            "malformed message (not a valid WorkerMessage): {}",
+            status.message()
+        ))
+    })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -89,11 +89,12 @@ impl Env {
             .map_err(|e| e.to_string())
     }
 
-    /// Opens a session stream as a worker with `cert`/`key`.
-    async fn session(&self, cert: &str, key: &str) -> Result<Worker, String> {
+    /// An HTTP/2 channel over one mTLS connection as a worker with
+    /// `cert`/`key`.
+    async fn channel(&self, cert: &str, key: &str) -> Result<tonic::transport::Channel, String> {
         let stream = self.tls(cert, key).await?;
         let slot = Arc::new(std::sync::Mutex::new(Some(stream)));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr()))
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr()))
             .unwrap()
             .connect_with_connector(tower::service_fn(move |_| {
                 let slot = slot.clone();
@@ -107,7 +108,12 @@ impl Env {
                 }
             }))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// Opens a session stream as a worker with `cert`/`key`.
+    async fn session(&self, cert: &str, key: &str) -> Result<Worker, String> {
+        let channel = self.channel(cert, key).await?;
         let mut client = pb::worker_gateway_client::WorkerGatewayClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
         // Polled lazily by `Worker::next`: the request body streams while
@@ -1091,4 +1097,76 @@ async fn a_stream_that_never_says_hello_is_closed_with_deadline_exceeded_within_
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(started.elapsed() >= orchestrator_mock::gateway::HELLO_TIMEOUT);
     assert!(started.elapsed() < orchestrator_mock::gateway::HELLO_TIMEOUT * 2);
+}
+
+/// Sends raw bytes as gRPC messages (whatever they hold) and reads the
+/// orchestrator's messages: a client no honest worker library would be.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+type ProstCodec = tonic_prost::ProstCodec<pb::WorkerMessage, pb::OrchestratorMessage>;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = pb::OrchestratorMessage;
+    type Encoder = RawEncoder;
+    type Decoder = <ProstCodec as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut ProstCodec::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_ends_the_stream_with_invalid_argument_saying_so_never_ok() {
+    use prost::Message as _;
+    let env = Env::start().await;
+    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let channel = env.channel(&cert, &key).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let hello = pb::WorkerMessage {
+        kind: Some(hello(4)),
+    }
+    .encode_to_vec();
+    // Field 1 (Hello), length-delimited, claiming far more bytes than follow.
+    let malformed = vec![0x0a, 0xff, 0xff, 0x03, 0x01];
+    let frames = tokio_stream::iter(vec![hello, malformed]);
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/private_worker.v1.WorkerGateway/Session",
+    );
+    let response = grpc
+        .streaming(tonic::Request::new(frames), path, RawCodec)
+        .await
+        .unwrap();
+    let mut inbound = response.into_inner();
+    let status = loop {
+        match tokio::time::timeout(WAIT, inbound.message()).await.unwrap() {
+            Ok(Some(_)) => continue, // Welcome, heartbeats
+            Ok(None) => panic!("the stream ended with OK after a malformed message"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("malformed"), "{status:?}");
 }
