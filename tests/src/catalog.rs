@@ -279,3 +279,43 @@ fn quote(s: &str) -> String {
 fn quote_path(p: &Path) -> String {
     quote(&p.to_string_lossy())
 }
+
+/// `config` (a worker config from [`worker_config_toml`]) without the task
+/// `name`: its table and sub-tables. For a deliberately broken worker.
+///
+/// # Panics
+/// When the config has no such task.
+pub fn without_task(config: &str, name: &str) -> String {
+    let header = format!("\n[tasks.\"{name}\"]\n");
+    let own = format!("\n[tasks.\"{name}\".");
+    let start = config.find(&header).expect("task in config");
+    let mut end = config.len();
+    let mut at = start + 1;
+    while let Some(i) = config[at..].find("\n[tasks.\"") {
+        let pos = at + i;
+        if !config[pos..].starts_with(&own) {
+            end = pos;
+            break;
+        }
+        at = pos + 1;
+    }
+    format!("{}{}", &config[..start], &config[end..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_task;
+
+    #[test]
+    fn without_task_drops_the_task_and_its_sub_tables_only() {
+        let config = "[worker]\n\n[tasks.\"a\"]\nx = 1\n\n[tasks.\"a\".http]\ny = 2\n\n[tasks.\"b\"]\nz = 3\n";
+        assert_eq!(
+            without_task(config, "a"),
+            "[worker]\n\n[tasks.\"b\"]\nz = 3\n"
+        );
+        assert_eq!(
+            without_task(config, "b"),
+            "[worker]\n\n[tasks.\"a\"]\nx = 1\n\n[tasks.\"a\".http]\ny = 2\n"
+        );
+    }
+}

@@ -5,9 +5,14 @@
 //! - [`internal_api`]: the stand-in internal CRM API (bearer token, records requests).
 //! - [`catalog`]: the sample tasks: registry entries for the orchestrator and
 //!   the matching worker allowlist, written from one description.
+//! - [`conformance`]: the conformance pack's harness: one run's world (PKI,
+//!   internal API, registry, mock and worker configs) and `orchestrator-mock
+//!   test` over scenario files against a worker command, its JUnit parsed back.
 //! - [`pki`]: fresh certificates per test, through the certs-tool library.
 //! - [`procs`]: building and running the real binaries as child processes,
 //!   with their output captured to files.
+//! - [`python_worker`]: running the Python worker of `tests/python_worker/`
+//!   (interpreter and packages, generated code, its config).
 //! - [`proxy`]: a TCP proxy whose connections a test can cut.
 //! - [`scripted`]: a scripted orchestrator (the contract's server side with
 //!   the test in control) to play a broken or hostile orchestrator.
@@ -20,10 +25,12 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod conformance;
 pub mod fake_vault;
 pub mod internal_api;
 pub mod pki;
 pub mod procs;
 pub mod proxy;
+pub mod python_worker;
 pub mod scripted;
 pub mod sockets;

@@ -17,138 +17,46 @@ use std::process::Command;
 
 use common::{Env, Options};
 use orchestrator_mock::api::{PlanStatus, StepStatus};
-use private_worker_tests::catalog::{self, TOKEN_ENV};
+use private_worker_tests::catalog::{TOKEN_ENV, WorkerSetup};
+use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use private_worker_tests::procs::{Process, binary};
+use private_worker_tests::python_worker;
 use serde_json::{Value, json};
-
-const INSTALL: &str = "python3 -m pip install -r tests/python_worker/requirements.txt";
-
-/// The Python interpreter (`$PYTHON`, default `python3`).
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Keeps Python from writing `__pycache__` into the source tree.
-const NO_BYTECODE: (&str, &str) = ("PYTHONDONTWRITEBYTECODE", "1");
-
-/// `tests/python_worker/`.
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python_worker")
-}
-
-/// Fails the test, saying what to install, unless python3 and the
-/// worker's packages are there.
-fn require_python() {
-    let probe = Command::new(python())
-        .env(NO_BYTECODE.0, NO_BYTECODE.1)
-        .args(["-c", "import grpc, grpc_tools, jsonschema, rfc8785"])
-        .output();
-    match probe {
-        Err(e) => panic!(
-            "cannot run {} ({e}): install Python 3.11 and then `{INSTALL}`",
-            python()
-        ),
-        Ok(out) if !out.status.success() => panic!(
-            "the Python worker's packages are missing ({}): run `{INSTALL}`",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        ),
-        Ok(_) => {}
-    }
-}
-
-/// Runs a Python script of `tests/python_worker/` and returns its
-/// combined output, failing the test when it exits non-zero.
-fn run_python(script: &str, args: &[&str]) -> String {
-    let out = Command::new(python())
-        .env(NO_BYTECODE.0, NO_BYTECODE.1)
-        .arg(python_dir().join(script))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{script} failed:\n{text}");
-    text
-}
 
 /// The Python worker's JSON config for the catalog's allowed tasks,
 /// dialing the env's orchestrator; returns its path.
 fn write_python_config(env: &Env, name: &str) -> PathBuf {
-    let tasks: Vec<Value> = catalog::tasks()
-        .into_iter()
-        .filter(|t| t.allowed_on_worker)
-        .map(|t| {
-            let mut http = json!({
-                "method": t.method,
-                "url": format!("{}{}", env.api.base_url(), t.path),
-                "credential": {"header": "Authorization", "prefix": "Bearer ", "env": TOKEN_ENV},
-            });
-            if let Some(body) = &t.body {
-                http["body"] = body.clone();
-            }
-            json!({
-                "name": t.name,
-                "version": t.version,
-                "timeout_seconds": 10,
-                "idempotent": t.idempotent(),
-                "input_schema": t.input_schema,
-                "http": http,
-            })
-        })
-        .collect();
-    let config = json!({
-        "orchestrator": {
-            "address": env.grpc_addr.to_string(),
-            "server_name": private_worker_tests::pki::ORCHESTRATOR_NAME,
-            "reconnect_initial_seconds": 0.1,
-            "reconnect_max_seconds": 2,
-        },
-        "tls": {
-            "ca_cert": env.pki.ca_cert,
-            "cert": env.pki.worker_cert,
-            "key": env.pki.worker_key,
-        },
-        "worker": {
-            "audit_log": env.path(&format!("{name}-audit.jsonl")),
-            "max_in_flight": 8,
-            "heartbeat_seconds": 5,
-            "drain_grace_seconds": 10,
-        },
-        "tasks": tasks,
+    let config = python_worker::config_json(&WorkerSetup {
+        orchestrator_address: env.grpc_addr.to_string(),
+        server_name: ORCHESTRATOR_NAME,
+        ca_cert: &env.pki.ca_cert,
+        cert: &env.pki.worker_cert,
+        key: &env.pki.worker_key,
+        api_base: &env.api.base_url(),
+        audit_log: &env.path(&format!("{name}-audit.jsonl")),
+        max_in_flight: 8,
     });
     let path = env.path(&format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    std::fs::write(&path, config).unwrap();
     path
 }
 
 /// Generates the gRPC code into the env's temp directory and starts the
 /// Python worker with the test PKI and the CRM token, as `worker`.
 fn start_python_worker(env: &Env) -> Process {
-    require_python();
     let generated = env.path("generated");
-    run_python("generate.py", &[generated.to_str().unwrap()]);
+    python_worker::generate(&generated);
     let config = write_python_config(env, "worker");
-    let script = python_dir().join("worker.py");
+    let args = python_worker::worker_args(&config, &generated);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Process::start(
         "python-worker",
-        Path::new(&python()),
-        &[
-            script.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--generated",
-            generated.to_str().unwrap(),
-        ],
+        Path::new(&python_worker::python()),
+        &args,
         &[
             (TOKEN_ENV, env.token.as_str()),
             ("LOG_LEVEL", "INFO"),
-            NO_BYTECODE,
+            python_worker::NO_BYTECODE,
         ],
         &env.path("worker.log"),
     )
@@ -194,8 +102,8 @@ async fn assert_audit_checked_ok(env: &Env, plan_id: &str, count: usize) {
 
 #[test]
 fn the_test_vectors_pass_in_python() {
-    require_python();
-    let out = run_python("check_vectors.py", &[]);
+    python_worker::require();
+    let out = python_worker::run_script("check_vectors.py", &[]);
     assert!(out.contains("all test vectors pass"), "{out}");
 }
 

@@ -11,156 +11,11 @@
 //!   report, the worker log's tail, and JUnit XML that parses back.
 //!
 //! (A bad scenario file is tested without a worker in
-//! `orchestrator-mock/tests/scenario_cli.rs`.)
+//! `orchestrator-mock/tests/scenario_cli.rs`; the conformance pack, with
+//! both workers, in `conformance.rs`. The set-up, shared with it, is
+//! `private_worker_tests::conformance`.)
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
-
-use private_worker_tests::catalog::{self, OrchestratorSetup, WorkerSetup};
-use private_worker_tests::internal_api::InternalApi;
-use private_worker_tests::pki::{ORCHESTRATOR_NAME, Pki};
-use private_worker_tests::procs::binary;
-
-/// One run's files: PKI, registry, the mock's config and a worker config
-/// template whose address the worker command fills in.
-struct Setup {
-    dir: tempfile::TempDir,
-    _api: InternalApi,
-    token: String,
-    mock_config: PathBuf,
-    worker_template: PathBuf,
-}
-
-impl Setup {
-    async fn new(insecure_skip_checks: bool, worker_lacks: Option<&str>) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::create(&dir.path().join("pki"), "worker-1");
-        let token = format!("sk-scenario-{}", std::process::id());
-        let api = InternalApi::start("127.0.0.1:0".parse().unwrap(), &token)
-            .await
-            .unwrap();
-        let registry = dir.path().join("registry.json");
-        std::fs::write(&registry, catalog::registry_json()).unwrap();
-        let mock_config = dir.path().join("mock.toml");
-        let text = catalog::orchestrator_config_toml(&OrchestratorSetup {
-            ca_cert: &pki.ca_cert,
-            cert: &pki.orchestrator_cert,
-            key: &pki.orchestrator_key,
-            registry: &registry,
-            data_dir: &dir.path().join("mock-data"),
-            insecure_skip_checks,
-            wire_capture_dir: None,
-        })
-        .replace("heartbeat_interval = \"5s\"", "heartbeat_interval = \"1s\"");
-        std::fs::write(&mock_config, text).unwrap();
-        let mut worker = catalog::worker_config_toml(&WorkerSetup {
-            orchestrator_address: "@ADDR@".into(),
-            server_name: ORCHESTRATOR_NAME,
-            ca_cert: &pki.ca_cert,
-            cert: &pki.worker_cert,
-            key: &pki.worker_key,
-            api_base: &api.base_url(),
-            audit_log: &dir.path().join("worker-audit.jsonl"),
-            max_in_flight: 4,
-        });
-        if let Some(task) = worker_lacks {
-            worker = without_task(&worker, task);
-        }
-        let worker_template = dir.path().join("worker.toml.in");
-        std::fs::write(&worker_template, worker).unwrap();
-        Setup {
-            dir,
-            _api: api,
-            token,
-            mock_config,
-            worker_template,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes the scenario files into a folder `pack`.
-    fn pack(&self, files: &[(&str, &str)]) -> PathBuf {
-        let pack = self.path("pack");
-        std::fs::create_dir_all(&pack).unwrap();
-        for (name, text) in files {
-            std::fs::write(pack.join(name), text).unwrap();
-        }
-        pack
-    }
-
-    /// Runs `orchestrator-mock test` over `pack` with the real worker.
-    async fn run(&self, pack: &Path) -> Output {
-        let config = self.path("worker.toml");
-        let command = format!(
-            "sed \"s/@ADDR@/$ORCHESTRATOR_GRPC_ADDR/\" '{}' > '{}' && exec '{}' --config '{}'",
-            self.worker_template.display(),
-            config.display(),
-            binary("private-worker").display(),
-            config.display(),
-        );
-        let mut runner = std::process::Command::new(binary("orchestrator-mock"));
-        runner
-            .arg("test")
-            .arg("--config")
-            .arg(&self.mock_config)
-            .arg("--worker-cmd")
-            .arg(command)
-            .arg("--worker-log")
-            .arg(self.path("worker.log"))
-            .arg("--junit")
-            .arg(self.path("report.xml"))
-            .arg("--wait-worker")
-            .arg("20")
-            .arg(pack)
-            .env(catalog::TOKEN_ENV, &self.token)
-            .env("RUST_LOG", "info");
-        tokio::task::spawn_blocking(move || runner.output().unwrap())
-            .await
-            .unwrap()
-    }
-}
-
-/// The worker config without the task `name` (its table and sub-tables).
-fn without_task(config: &str, name: &str) -> String {
-    let header = format!("\n[tasks.\"{name}\"]\n");
-    let own = format!("\n[tasks.\"{name}\".");
-    let start = config.find(&header).expect("task in config");
-    let mut end = config.len();
-    let mut at = start + 1;
-    while let Some(i) = config[at..].find("\n[tasks.\"") {
-        let pos = at + i;
-        if !config[pos..].starts_with(&own) {
-            end = pos;
-            break;
-        }
-        at = pos + 1;
-    }
-    format!("{}{}", &config[..start], &config[end..])
-}
-
-#[test]
-fn without_task_drops_the_task_and_its_sub_tables_only() {
-    let config =
-        "[worker]\n\n[tasks.\"a\"]\nx = 1\n\n[tasks.\"a\".http]\ny = 2\n\n[tasks.\"b\"]\nz = 3\n";
-    assert_eq!(
-        without_task(config, "a"),
-        "[worker]\n\n[tasks.\"b\"]\nz = 3\n"
-    );
-    assert_eq!(
-        without_task(config, "b"),
-        "[worker]\n\n[tasks.\"a\"]\nx = 1\n\n[tasks.\"a\".http]\ny = 2\n"
-    );
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use private_worker_tests::conformance::{Options, Setup};
 
 const HAPPY: &str = r#"
 name = "happy path"
@@ -260,24 +115,26 @@ expect = { plan = "drained", status = "succeeded", steps = [{ outcome = "SUCCEED
 
 [[steps]]
 wait_worker = {}
+
+# An idle worker's Draining reaches the mock too, before it closes.
+[[steps]]
+drain = { within = "10s" }
+
+[[steps]]
+wait_worker = {}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_with_every_kind_of_step_passes_against_the_real_worker() {
-    let setup = Setup::new(false, None).await;
-    let pack = setup.pack(&[
+    let setup = Setup::new(Options::default()).await;
+    let pack = setup.write_pack(&[
         ("a-happy.toml", HAPPY),
         ("b-hostile.toml", HOSTILE),
         ("c-faults.toml", FAULTS),
     ]);
-    let out = setup.run(&pack).await;
-    let (stdout, stderr) = text(&out);
-    let worker_log = std::fs::read_to_string(setup.path("worker.log")).unwrap_or_default();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}\nworker log:\n{worker_log}"
-    );
+    let run = setup.run(&setup.reference_worker(), &[&pack], None).await;
+    let (stdout, worker_log) = (&run.stdout, &run.worker_log);
+    assert_eq!(run.status.code(), Some(0), "{}", run.report());
     for line in [
         "[1/3] happy path ... ok",
         "[2/3] hostile assignments ... ok",
@@ -286,8 +143,7 @@ async fn a_pack_with_every_kind_of_step_passes_against_the_real_worker() {
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
-    let xml = std::fs::read_to_string(setup.path("report.xml")).unwrap();
-    let junit = Junit::parse(&xml);
+    let (xml, junit) = (&run.junit_xml, run.junit.as_ref().expect("a JUnit report"));
     assert_eq!(junit.cases.len(), 3, "{xml}");
     assert!(junit.failures.is_empty(), "{xml}");
     // The worker was stopped at the end (SIGTERM: it drained and said so).
@@ -298,8 +154,12 @@ async fn a_pack_with_every_kind_of_step_passes_against_the_real_worker() {
 async fn a_broken_worker_config_fails_the_run_with_a_readable_report_and_valid_junit() {
     // The mock skips its manifest check so that the task reaches the
     // worker, whose allowlist lacks it: the worker refuses it.
-    let setup = Setup::new(true, Some("crm.create_ticket")).await;
-    let pack = setup.pack(&[
+    let setup = Setup::new(Options {
+        insecure_skip_checks: true,
+        worker_lacks: Some("crm.create_ticket"),
+    })
+    .await;
+    let pack = setup.write_pack(&[
         (
             "a-echo.toml",
             r#"
@@ -326,13 +186,9 @@ steps = [{ outcome = "SUCCEEDED" }]
 "#,
         ),
     ]);
-    let out = setup.run(&pack).await;
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let run = setup.run(&setup.reference_worker(), &[&pack], None).await;
+    let stdout = &run.stdout;
+    assert_eq!(run.status.code(), Some(1), "{}", run.report());
     for needle in [
         "[1/2] a-echo ... ok",
         "[2/2] ticket ... FAILED",
@@ -349,8 +205,7 @@ steps = [{ outcome = "SUCCEEDED" }]
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
-    let xml = std::fs::read_to_string(setup.path("report.xml")).unwrap();
-    let junit = Junit::parse(&xml);
+    let (xml, junit) = (&run.junit_xml, run.junit.as_ref().expect("a JUnit report"));
     assert_eq!(junit.cases, ["a-echo", "ticket"], "{xml}");
     assert_eq!(junit.suite_failures.as_deref(), Some("1"), "{xml}");
     assert_eq!(junit.failures.len(), 1, "{xml}");
@@ -364,48 +219,4 @@ steps = [{ outcome = "SUCCEEDED" }]
         "the worker log's tail is in <system-out>: {:?}",
         junit.system_out
     );
-}
-
-/// What the tests read back from a JUnit report, with an XML parser that
-/// is not the writer's.
-#[derive(Debug, Default)]
-struct Junit {
-    suite_failures: Option<String>,
-    cases: Vec<String>,
-    failures: Vec<String>,
-    system_out: String,
-}
-
-impl Junit {
-    fn parse(xml: &str) -> Junit {
-        use quick_xml::events::Event;
-        let mut junit = Junit::default();
-        let mut reader = quick_xml::Reader::from_str(xml);
-        let mut in_out = false;
-        loop {
-            match reader.read_event().expect("well-formed XML") {
-                Event::Eof => break,
-                Event::Start(e) | Event::Empty(e) => {
-                    let attr = |name: &str| {
-                        e.try_get_attribute(name).unwrap().map(|a| {
-                            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                                .unwrap()
-                                .into_owned()
-                        })
-                    };
-                    match e.name().as_ref() {
-                        b"testsuite" => junit.suite_failures = attr("failures"),
-                        b"testcase" => junit.cases.push(attr("name").unwrap()),
-                        b"failure" => junit.failures.push(attr("message").unwrap()),
-                        b"system-out" => in_out = true,
-                        _ => {}
-                    }
-                }
-                Event::Text(t) if in_out => junit.system_out.push_str(&t.decode().unwrap()),
-                Event::End(e) if e.name().as_ref() == b"system-out" => in_out = false,
-                _ => {}
-            }
-        }
-        junit
-    }
 }
