@@ -51,7 +51,8 @@ pub const ADDR: &str = "@ADDR@";
 
 /// `orchestrator-mock/conformance/`.
 pub fn pack_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../orchestrator-mock/conformance")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../orchestrator-mock/conformance");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// The pack's scenario files (`*.toml`), in name order, as the runner
