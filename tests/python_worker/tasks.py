@@ -101,17 +101,31 @@ class Task:
             return "OUTCOME_UNKNOWN", None, "timeout", f"no answer within {timeout:.1f}s"
         except OSError as e:
             return "OUTCOME_UNKNOWN", None, "request_failed", redact(str(e), secret)
-        if len(raw) > MAX_RESPONSE_BYTES:
-            return "FAILED", None, "response_too_large", f"the answer exceeds {MAX_RESPONSE_BYTES} bytes"
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            body = json.loads(text) if text else None
-        except ValueError:
-            body = text
+        # The call was answered: the outcome follows the HTTP status whatever
+        # the size. An answer beyond the limit keeps its first bytes, as text
+        # (a secret cut at the end is dropped whole).
+        cut = len(raw) > MAX_RESPONSE_BYTES
+        text = raw[:MAX_RESPONSE_BYTES].decode("utf-8", errors="replace")
+        if cut:
+            body = _drop_partial_secret(text, secret)
+        else:
+            try:
+                body = json.loads(text) if text else None
+            except ValueError:
+                body = text
         output = redact({"status": status, "body": body}, secret)
         if 200 <= status < 300:
             return "SUCCEEDED", output, "", ""
         return "FAILED", output, "http_status", f"the internal API answered HTTP {status}"
+
+
+def _drop_partial_secret(text: str, secret: str | None) -> str:
+    """`text` without a beginning of `secret` it ends with (a cut answer)."""
+    if secret:
+        for n in range(min(len(secret), len(text)), 0, -1):
+            if text.endswith(secret[:n]):
+                return text[:-n]
+    return text
 
 
 def redact(value, secret: str | None):

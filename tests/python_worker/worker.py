@@ -346,9 +346,14 @@ class Worker:
             return await self.refuse(attempt, "credit_exceeded", f"beyond the credit of this stream ({self.max_in_flight} slots)")
         if self.draining:
             return await self.refuse(attempt, "draining", "the worker is draining")
-        if any(k[0] == a.task_id and h.result is None for k, h in self.attempts.items()):
-            await self.refuse(attempt, "attempt_in_progress", f"another attempt of task {a.task_id} is running")
-            return await self.give_back(True)
+        if any(k[0] == a.task_id for k in self.attempts):
+            # Another attempt of this task id is held (running, or its result
+            # unacknowledged): refused without Accept, holding a slot until
+            # this refusal is acknowledged (its credit comes back with the
+            # ResultAck).
+            attempt.holds_slot = True
+            return await self.refuse(attempt, "attempt_in_progress",
+                                     f"another attempt of task {a.task_id} is still held by this worker")
         attempt.holds_slot = True
         self.attempts[key] = attempt
         asyncio.create_task(self.run_attempt(attempt))
@@ -359,7 +364,8 @@ class Worker:
             await self.grant(1)
 
     async def refuse(self, attempt, code, message):
-        """REJECTED without Accept: holds no slot, but its result is kept until acknowledged."""
+        """REJECTED without Accept; its result is kept until acknowledged (a slot
+        only for `attempt_in_progress`, set by the caller)."""
         self.attempts[attempt.key] = attempt
         await self.finish(attempt, "REJECTED", None, code, message)
 
@@ -368,9 +374,8 @@ class Worker:
             await self.execute(attempt)
         except Exception as e:  # a bug here must still answer the attempt
             log.exception("task %s attempt %d failed inside the worker", *attempt.key)
-            if attempt.result is None:
-                outcome = "OUTCOME_UNKNOWN" if attempt.started_ns else "FAILED"
-                await self.finish(attempt, outcome, None, "internal_error", type(e).__name__)
+            if attempt.result is None:  # the contract's `panicked`: whether a call happened is unknown
+                await self.finish(attempt, "OUTCOME_UNKNOWN", None, "panicked", type(e).__name__)
 
     async def execute(self, attempt):
         a = attempt.a
@@ -402,7 +407,7 @@ class Worker:
         # Accept once the checks passed and the credential is loaded, before the call.
         await self.send(accept=self.pb.Accept(task=self.ref(attempt)))
         if attempt.cancel.is_set():
-            return await self.finish(attempt, "CANCELLED", None, "cancelled", attempt.cancel_reason)
+            return await self.finish(attempt, "CANCELLED", None, "cancelled_before_call", attempt.cancel_reason)
         if time.monotonic() - self.last_heard > self.lease - self.interval:
             return await self.finish(attempt, "CANCELLED", None, "lease_lost",
                                      "heard nothing from the orchestrator for its lease: not starting")
