@@ -49,6 +49,29 @@ pub const WAIT_WORKER_SECS: u32 = 20;
 /// templates.
 pub const ADDR: &str = "@ADDR@";
 
+/// `private-worker`'s config for the pack, with the world's values as
+/// placeholders that `conformance --worker-cmd` users fill from its
+/// variables (`orchestrator-mock/conformance/private-worker.toml.in` holds
+/// it; a test keeps the two equal).
+pub fn reference_config_template() -> String {
+    let (ca, cert, key, audit) = (
+        Path::new("@CA_CERT@"),
+        Path::new("@CERT@"),
+        Path::new("@KEY@"),
+        Path::new("@DIR@/audit.jsonl"),
+    );
+    catalog::worker_config_toml(&WorkerSetup {
+        orchestrator_address: ADDR.into(),
+        server_name: "@SERVER_NAME@",
+        ca_cert: ca,
+        cert,
+        key,
+        api_base: "@API_URL@",
+        audit_log: audit,
+        max_in_flight: MAX_IN_FLIGHT,
+    })
+}
+
 /// `orchestrator-mock/conformance/`.
 pub fn pack_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../orchestrator-mock/conformance");

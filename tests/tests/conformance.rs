@@ -89,3 +89,62 @@ async fn the_python_worker_passes_the_conformance_pack() {
         run.worker_log
     );
 }
+
+/// The shell command README's "Contract tests in CI" gives for running the
+/// pack against `private-worker` through `conformance --worker-cmd`: the
+/// config template filled from the documented variables.
+fn documented_worker_cmd(private_worker: &Path) -> String {
+    let template = conformance::pack_dir().join("private-worker.toml.in");
+    format!(
+        "sed -e \"s|@ADDR@|$ORCHESTRATOR_GRPC_ADDR|\" -e \"s|@SERVER_NAME@|$CONFORMANCE_SERVER_NAME|\" \
+         -e \"s|@CA_CERT@|$CONFORMANCE_CA_CERT|\" -e \"s|@CERT@|$CONFORMANCE_CERT|\" -e \"s|@KEY@|$CONFORMANCE_KEY|\" \
+         -e \"s|@API_URL@|$CONFORMANCE_API_URL|\" -e \"s|@DIR@|$CONFORMANCE_DIR|\" '{}' > \"$CONFORMANCE_DIR/worker.toml\" \
+         && exec '{}' --config \"$CONFORMANCE_DIR/worker.toml\"",
+        template.display(),
+        private_worker.display()
+    )
+}
+
+#[test]
+fn the_shipped_worker_config_template_is_the_one_the_harness_uses() {
+    let path = conformance::pack_dir().join("private-worker.toml.in");
+    if std::env::var_os("UPDATE_CONFORMANCE_TEMPLATE").is_some() {
+        std::fs::write(&path, conformance::reference_config_template()).unwrap();
+    }
+    let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        shipped,
+        conformance::reference_config_template(),
+        "orchestrator-mock/conformance/private-worker.toml.in is out of date: run this test \
+         with UPDATE_CONFORMANCE_TEMPLATE=1 to write it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_command_runs_a_worker_of_your_own_from_the_documented_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("report.xml");
+    let command = documented_worker_cmd(&private_worker_tests::procs::binary("private-worker"));
+    let mut conformance =
+        std::process::Command::new(private_worker_tests::procs::binary("conformance"));
+    conformance
+        .arg("--worker-cmd")
+        .arg(command)
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--filter")
+        .arg("happy");
+    let out = tokio::task::spawn_blocking(move || conformance.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+    let report = conformance::Junit::parse(&std::fs::read_to_string(&junit).unwrap());
+    assert_eq!(report.cases.len(), 1, "{report:?}");
+    assert!(report.failures.is_empty(), "{report:?}");
+}
