@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use private_worker_proto::audit::{GENESIS_HASH, Record, truncation_marker};
+use private_worker_proto::audit::{Record, truncation_marker};
 use private_worker_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -28,10 +28,11 @@ use crate::state::AssignedAttempt;
 /// How far behind the highest sequence seen from an identity a record may
 /// arrive (results race each other; a worker holds at most its
 /// `max_in_flight` unacknowledged results plus a few refused ones).
-pub const REORDER_WINDOW: u64 = 4096;
+pub const REORDER_WINDOW: u64 = 8192;
 
-/// Links remembered per worker identity (the most recent sequences).
-pub const KEPT_PER_IDENTITY: usize = 8192;
+/// Links remembered per worker identity (the most recent sequences); each
+/// is two 32-byte digests, so about 1.5 MiB per identity at most.
+pub const KEPT_PER_IDENTITY: usize = 16384;
 
 /// The verdict stored with each audit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,9 +52,15 @@ impl AuditCheck {
         }
     }
 
-    /// Whether every check passed.
+    /// Whether every check passed (records stored before checks existed
+    /// are `unchecked`, not ok).
     pub fn is_ok(&self) -> bool {
-        self.problems.is_empty()
+        self.verdict == "ok"
+    }
+
+    /// Whether a check failed.
+    pub fn is_flagged(&self) -> bool {
+        self.verdict == "flagged"
     }
 }
 
@@ -158,8 +165,8 @@ pub fn check_record(
 /// One sequence's place in a chain.
 #[derive(Debug, Clone)]
 struct Link {
-    prev_hash: String,
-    record_hash: String,
+    prev_hash: [u8; 32],
+    record_hash: [u8; 32],
 }
 
 #[derive(Debug, Default)]
@@ -174,30 +181,53 @@ pub struct Chains {
     by_identity: HashMap<String, IdentityChain>,
 }
 
+fn digest(text: &str) -> Option<[u8; 32]> {
+    if !private_worker_proto::audit::is_digest(text) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
 impl Chains {
     /// Takes `record` from `identity` (the certificate's) into its chain;
     /// returns what is wrong with its place in it (empty when it fits).
     pub fn follow(&mut self, identity: &str, record: &pb::AuditRecord) -> Vec<String> {
-        let chain = self.by_identity.entry(identity.to_string()).or_default();
-        let (sequence, prev, hash) = (
-            record.sequence,
-            record.prev_hash.as_str(),
-            record.record_hash.as_str(),
-        );
-        let mut problems = Vec::new();
+        let (Some(prev), Some(hash)) = (digest(&record.prev_hash), digest(&record.record_hash))
+        else {
+            // Not kept: only well-formed digests enter the chain, so
+            // memory stays at two digests per link whatever is sent.
+            return vec!["prev_hash or record_hash is not 64 lower-case hex digits".into()];
+        };
+        let sequence = record.sequence;
         if sequence == 0 {
-            problems.push("sequence 0 (sequences start at 1)".to_string());
-            return problems;
+            return vec!["sequence 0 (sequences start at 1)".into()];
         }
+        let genesis = [0u8; 32];
+        let chain = self.by_identity.entry(identity.to_string()).or_default();
+        let mut problems = Vec::new();
         if let Some(seen) = chain.links.get(&sequence) {
-            if seen.record_hash != hash {
+            if seen.record_hash == hash {
+                return problems; // the same record again (a re-sent result)
+            }
+            if sequence != 1 || prev != genesis {
                 problems.push(format!(
                     "fork: sequence {sequence} arrived before with another record_hash"
                 ));
+                return problems;
             }
-            return problems;
         }
-        if sequence == 1 && prev != GENESIS_HASH {
+        if sequence == 1 && prev == genesis && chain.highest > 0 {
+            // The worker's log started over (moved aside, a new disk):
+            // said once, here; the chain follows the new log from now on.
+            problems.push(format!(
+                "the log started over: sequence 1 after {} (an earlier log of this identity was replaced)",
+                chain.highest
+            ));
+            *chain = IdentityChain::default();
+        }
+        if sequence == 1 && prev != genesis {
             problems.push("the first record's prev_hash is not 64 zeros".into());
         }
         if let Some(before) = chain.links.get(&(sequence - 1))
@@ -226,8 +256,8 @@ impl Chains {
         chain.links.insert(
             sequence,
             Link {
-                prev_hash: prev.to_string(),
-                record_hash: hash.to_string(),
+                prev_hash: prev,
+                record_hash: hash,
             },
         );
         while chain.links.len() > KEPT_PER_IDENTITY {
@@ -240,6 +270,7 @@ impl Chains {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use private_worker_proto::audit::GENESIS_HASH;
 
     fn chained(n: u64) -> Vec<pb::AuditRecord> {
         let mut prev = GENESIS_HASH.to_string();
@@ -280,21 +311,50 @@ mod tests {
     }
 
     #[test]
-    fn a_log_started_over_is_caught_going_back() {
+    fn a_log_started_over_is_flagged_once_and_then_followed() {
         let mut chains = Chains::default();
+        for record in chained(5) {
+            assert!(chains.follow("w", &record).is_empty());
+        }
+        // A new log: other records under the same sequences.
+        let mut fresh = chained(3);
+        for (i, r) in fresh.iter_mut().enumerate() {
+            r.record_hash = format!("{:064x}", 1000 + i);
+            if i > 0 {
+                r.prev_hash = format!("{:064x}", 1000 + i - 1);
+            }
+        }
+        let problems = chains.follow("w", &fresh[0]);
+        assert!(
+            problems[0].starts_with("the log started over"),
+            "{problems:?}"
+        );
+        assert!(chains.follow("w", &fresh[1]).is_empty());
+        assert!(chains.follow("w", &fresh[2]).is_empty());
+        // A record far behind the highest sequence seen is flagged.
         let far = pb::AuditRecord {
-            sequence: 10_000,
+            sequence: 100_000,
             prev_hash: "a".repeat(64),
             record_hash: "b".repeat(64),
             ..Default::default()
         };
         assert!(chains.follow("w", &far).is_empty());
-        let restarted = chained(1).remove(0);
-        let problems = chains.follow("w", &restarted);
-        assert!(
-            problems[0].starts_with("sequence went back"),
-            "{problems:?}"
-        );
+        let mut behind = chained(50).pop().unwrap();
+        behind.record_hash = "c".repeat(64);
+        assert!(chains.follow("w", &behind)[0].starts_with("sequence went back"));
+    }
+
+    #[test]
+    fn a_record_with_malformed_hashes_is_flagged_and_never_kept() {
+        let mut chains = Chains::default();
+        let huge = pb::AuditRecord {
+            sequence: 1,
+            prev_hash: "0".repeat(2 * 1024 * 1024),
+            record_hash: "b".repeat(64),
+            ..Default::default()
+        };
+        assert!(chains.follow("w", &huge)[0].contains("64 lower-case hex"));
+        assert!(!chains.by_identity.contains_key("w"), "nothing was kept");
     }
 
     #[test]

@@ -431,7 +431,11 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
         PlanCommand::Audit { id } => {
             let records = client.audit(&id).await?;
             print(admin, &records)?;
-            let flagged: Vec<_> = records.iter().filter(|r| !r.check.is_ok()).collect();
+            let flagged: Vec<_> = records.iter().filter(|r| r.check.is_flagged()).collect();
+            let unchecked = records
+                .iter()
+                .filter(|r| !r.check.is_ok() && !r.check.is_flagged())
+                .count();
             for r in &flagged {
                 eprintln!(
                     "flagged: task {} attempt {} (sequence {} from {}): {}",
@@ -443,7 +447,7 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
                 );
             }
             eprintln!(
-                "audit: {} records, {} flagged",
+                "audit: {} records, {} flagged, {unchecked} stored before checks existed",
                 records.len(),
                 flagged.len()
             );

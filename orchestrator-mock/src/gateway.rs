@@ -429,7 +429,9 @@ impl Inner {
         let results_in_progress = Arc::new(tokio::sync::Semaphore::new(MAX_RESULTS_IN_PROGRESS));
         loop {
             if drain_deadline.is_some() && self.lock().in_flight(session_id) == 0 {
-                return "drained for orchestrator shutdown".into();
+                let reason = "orchestrator shutting down (drained)";
+                let _ = out.send(Err(Status::unavailable(reason))).await;
+                return reason.into();
             }
             tokio::select! {
                 biased;
@@ -444,7 +446,9 @@ impl Inner {
                     drain_deadline = Some(Instant::now() + DRAIN_GRACE);
                 }
                 _ = sleep_until(drain_deadline), if drain_deadline.is_some() => {
-                    return "drain grace period over".into();
+                    let reason = "orchestrator shutting down (drain grace period over)";
+                    let _ = out.send(Err(Status::unavailable(reason))).await;
+                    return reason.into();
                 }
                 received = inbound.message() => {
                     last_received = Instant::now();
@@ -687,10 +691,43 @@ impl Inner {
                 record_hash: a.record_hash.clone(),
                 check,
             });
-        if audit.is_none() {
-            tracing::warn!("result arrived without an audit record");
-        }
-        match self.store.append_once(stored.clone(), audit.clone()).await {
+        // Every result must carry its record: one without is kept with a
+        // flagged stand-in, so the plan's audit trail shows the gap.
+        let audit = audit.unwrap_or_else(|| {
+            tracing::warn!("result arrived without an audit record; flagged");
+            StoredAudit {
+                plan_id: plan_id.clone(),
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+                worker_identity: conn.identity.clone(),
+                session_id: session_id.to_string(),
+                received_at: stored.received_at.clone(),
+                task_name: assigned
+                    .as_ref()
+                    .map(|a| a.task_name.clone())
+                    .unwrap_or_default(),
+                task_version: assigned
+                    .as_ref()
+                    .map(|a| a.task_version.clone())
+                    .unwrap_or_default(),
+                inputs: Value::Null,
+                output: None,
+                assignment_received_at: None,
+                started_at: None,
+                finished_at: None,
+                outcome: stored.outcome.clone(),
+                error_code: None,
+                error_message: None,
+                claimed_worker_identity: String::new(),
+                sequence: 0,
+                prev_hash: String::new(),
+                record_hash: String::new(),
+                check: AuditCheck::from_problems(vec![
+                    "no audit record came with this result".into(),
+                ]),
+            }
+        });
+        match self.store.append_once(stored.clone(), Some(audit)).await {
             Err(e) => {
                 tracing::error!(error = %e, "cannot store the result; refusing it (the worker sends it again)");
                 return Verdict::Refused(task, REFUSED_RESULT_STORE);
@@ -752,21 +789,17 @@ impl Inner {
 /// across a restart of the orchestrator.
 fn chains_from(store: &Store) -> Chains {
     let mut chains = Chains::default();
-    match store.all_audit() {
-        Ok(records) => {
-            for r in records {
-                let link = pb::AuditRecord {
-                    sequence: r.sequence,
-                    prev_hash: r.prev_hash,
-                    record_hash: r.record_hash,
-                    ..Default::default()
-                };
-                chains.follow(&r.worker_identity, &link);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the stored audit records; chain checks start afresh");
-        }
+    let rebuilt = store.for_each_audit_link(|r| {
+        let link = pb::AuditRecord {
+            sequence: r.sequence,
+            prev_hash: r.prev_hash,
+            record_hash: r.record_hash,
+            ..Default::default()
+        };
+        chains.follow(&r.worker_identity, &link);
+    });
+    if let Err(e) = rebuilt {
+        tracing::warn!(error = %e, "cannot read the stored audit records; chain checks start afresh");
     }
     chains
 }

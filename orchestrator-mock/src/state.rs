@@ -163,6 +163,13 @@ impl Session {
     }
 }
 
+/// `Assignment.inputs_json` for a step's inputs: compact JSON text with
+/// every number as submitted (canonical JSON would read integers beyond
+/// 2^53 as doubles and change them), the same text for every attempt.
+fn inputs_text(inputs: &serde_json::Value) -> String {
+    inputs.to_string()
+}
+
 /// An attempt as the orchestrator sent it (see [`State::assigned_attempt`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssignedAttempt {
@@ -586,7 +593,7 @@ impl State {
             plan_id: plan_id.clone(),
             task_name: step.view.task.clone(),
             task_version: step.view.version.clone(),
-            inputs_json: private_worker_proto::canonical_json(&step.view.inputs),
+            inputs_json: inputs_text(&step.view.inputs),
             worker: holder.worker.clone(),
         })
     }
@@ -1053,7 +1060,7 @@ impl State {
             }
             (None, None) => None,
         };
-        let inputs_json = private_worker_proto::canonical_json(&step.view.inputs);
+        let inputs_json = inputs_text(&step.view.inputs);
         step.view.attempt = attempt;
         step.view.status = StepStatus::Assigned;
         step.view.worker = Some(session.info.identity.clone());

@@ -22,7 +22,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -61,9 +61,11 @@ pub enum StoreError {
 struct Files {
     results: File,
     audit: File,
-    /// (task_id, attempt, worker identity) of every stored result: a result
-    /// forged by another worker cannot take the real one's place.
-    seen: HashSet<(String, u32, String)>,
+    /// (plan id, task_id, attempt, worker identity) of every stored result:
+    /// a result forged by another worker cannot take the real one's place,
+    /// and one stored unattributed (plan id `""`) cannot take the place of
+    /// the attempt's own result later.
+    seen: HashSet<ResultKey>,
 }
 
 /// Most results committed in one write and sync.
@@ -114,10 +116,10 @@ impl Store {
         };
         let results = open(RESULTS_FILE)?;
         let audit = open(AUDIT_FILE)?;
-        let seen = read_lines::<StoredResult>(&dir.join(RESULTS_FILE))?
-            .into_iter()
-            .map(|r| (r.task_id, r.attempt, r.worker_identity))
-            .collect();
+        let mut seen = HashSet::new();
+        for_each_line::<KeyFields>(&dir.join(RESULTS_FILE), |r| {
+            seen.insert((r.plan_id, r.task_id, r.attempt, r.worker_identity));
+        })?;
         let files = Arc::new(Mutex::new(Files {
             results,
             audit,
@@ -189,14 +191,15 @@ impl Store {
         read_lines::<StoredResult>(&self.dir.join(RESULTS_FILE))
     }
 
-    /// Every stored audit record, in arrival order (read once at start to
-    /// rebuild the chain checks).
+    /// Calls `each` with the chain fields of every stored audit record, in
+    /// arrival order, reading the file one line at a time (once at start,
+    /// to rebuild the chain checks without holding the records).
     ///
     /// # Errors
     /// [`StoreError`] when the file cannot be read or holds a bad line.
-    pub fn all_audit(&self) -> Result<Vec<StoredAudit>, StoreError> {
+    pub fn for_each_audit_link(&self, each: impl FnMut(AuditLink)) -> Result<(), StoreError> {
         let _guard = self.files.lock();
-        read_lines::<StoredAudit>(&self.dir.join(AUDIT_FILE))
+        for_each_line::<AuditLink>(&self.dir.join(AUDIT_FILE), each)
     }
 
     /// Every stored audit record of a plan, in arrival order.
@@ -249,6 +252,7 @@ impl Writer {
         let (mut audit_bytes, mut result_bytes) = (Vec::new(), Vec::new());
         for pending in batch {
             let key = (
+                pending.result.plan_id.clone(),
                 pending.result.task_id.clone(),
                 pending.result.attempt,
                 pending.result.worker_identity.clone(),
@@ -405,10 +409,45 @@ impl SeekEndAndWrite for File {
     }
 }
 
+/// The de-duplication key of a stored result (see `Files::seen`).
+type ResultKey = (String, String, u32, String);
+
+/// The fields of a stored result that make its key.
+#[derive(serde::Deserialize)]
+struct KeyFields {
+    plan_id: String,
+    task_id: String,
+    attempt: u32,
+    worker_identity: String,
+}
+
+/// The fields of a stored audit record its sender's chain is made of.
+#[derive(Debug, serde::Deserialize)]
+pub struct AuditLink {
+    /// The sender's certificate identity.
+    pub worker_identity: String,
+    /// Position in the sender's log.
+    pub sequence: u64,
+    /// Hash of the record before it.
+    pub prev_hash: String,
+    /// Its hash.
+    pub record_hash: String,
+}
+
 fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for_each_line(path, |item| out.push(item))?;
+    Ok(out)
+}
+
+/// Reads `path` one JSON line at a time (a missing file has none).
+fn for_each_line<T: DeserializeOwned>(
+    path: &Path,
+    mut each: impl FnMut(T),
+) -> Result<(), StoreError> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
             return Err(StoreError::Io {
                 path: path.to_path_buf(),
@@ -416,8 +455,10 @@ fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, StoreError> {
             });
         }
     };
-    let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
+    // Only the bytes the file holds now: a device (a test's /dev/full) or
+    // a file still growing never makes this read for ever.
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    for (n, line) in BufReader::new(file.take(len)).lines().enumerate() {
         let line = line.map_err(|source| StoreError::Io {
             path: path.to_path_buf(),
             source,
@@ -425,12 +466,12 @@ fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, StoreError> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(&line).map_err(|e| StoreError::Json {
+        each(serde_json::from_str(&line).map_err(|e| StoreError::Json {
             path: path.to_path_buf(),
             message: format!("line {}: {e}", n + 1),
         })?);
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -451,6 +451,10 @@ async fn shutdown_sends_drain_to_every_session_and_frees_the_port() {
         Ok(Some(Down::Drain(d))) => assert!(d.reason.contains("shutting down"), "{d:?}"),
         other => panic!("expected Drain, got {other:?}"),
     }
+    // Nothing in flight: the stream ends with the contract's status, never OK.
+    let status = worker.next().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
     tokio::time::timeout(WAIT, stopping)
         .await
         .expect("shutdown hung")
@@ -1065,11 +1069,56 @@ async fn audit_records_that_break_the_chain_or_contradict_the_assignment_are_fla
             .any(|p| p.contains("record_hash does not match")),
         "{check:?}"
     );
-    // The log started over: sequence 1 again, with another record.
-    let (check, _) = chain_case(1, &genesis, false).await;
+    // The log started over: sequence 1 again, with another record (said
+    // once; the chain then follows the new log).
+    let (check, first) = chain_case(1, &genesis, false).await;
     assert!(
-        check.problems.iter().any(|p| p.starts_with("fork")),
+        check
+            .problems
+            .iter()
+            .any(|p| p.starts_with("the log started over")),
         "{check:?}"
+    );
+    let (check, _) = chain_case(2, &first, false).await;
+    assert_eq!(check.verdict, "ok", "the new log is followed: {check:?}");
+    // A record whose hashes are not digests (megabytes of them) is flagged.
+    let (check, _) = {
+        let plan_id = approved_plan(&env).await;
+        let a = worker.expect_assignment().await;
+        let (mut message, hash) = honest_result(&a, IDENTITY, 3, &"0".repeat(64), |_| {});
+        if let Up::Result(r) = &mut message {
+            r.audit.as_mut().unwrap().prev_hash = "f".repeat(1024 * 1024);
+        }
+        worker.send(message).await;
+        worker.expect_ack().await;
+        worker.send(Up::Credit(pb::Credit { grant: 1 })).await;
+        (
+            env.admin.audit(&plan_id).await.unwrap()[0].check.clone(),
+            hash,
+        )
+    };
+    assert!(
+        check
+            .problems
+            .iter()
+            .any(|p| p.contains("not 64 lower-case hex")),
+        "{check:?}"
+    );
+    // A result without any audit record is applied, with a flagged stand-in.
+    let plan_id = approved_plan(&env).await;
+    let a = worker.expect_assignment().await;
+    let (mut message, _) = honest_result(&a, IDENTITY, 4, &"0".repeat(64), |_| {});
+    if let Up::Result(r) = &mut message {
+        r.audit = None;
+    }
+    worker.send(message).await;
+    worker.expect_ack().await;
+    let audit = env.admin.audit(&plan_id).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert!(
+        audit[0].check.problems[0].contains("no audit record"),
+        "{:?}",
+        audit[0].check
     );
 }
 

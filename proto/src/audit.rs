@@ -63,7 +63,104 @@ pub struct Record {
     pub record_hash: String,
 }
 
+/// The 17 members of the record form, in the .proto's field order.
+pub const FIELDS: [&str; 17] = [
+    "task_id",
+    "attempt",
+    "plan_id",
+    "task_name",
+    "task_version",
+    "inputs_json",
+    "output_json",
+    "received_at",
+    "started_at",
+    "finished_at",
+    "outcome",
+    "error_code",
+    "error_message",
+    "worker_identity",
+    "sequence",
+    "prev_hash",
+    "record_hash",
+];
+
+/// Largest `sequence` the form holds (integers above it do not survive
+/// canonical JSON's doubles).
+pub const MAX_SEQUENCE: u64 = (1 << 53) - 1;
+
+/// Whether `text` is a SHA-256 digest as the contract writes it: 64
+/// lower-case hex digits.
+pub fn is_digest(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 impl Record {
+    /// Checks what the form requires beyond JSON types: ids by the
+    /// contract's rule, `attempt` and `sequence` from 1 (a sequence below
+    /// 2^53), an outcome the contract names, `received_at` and
+    /// `finished_at` present and every timestamp exactly in the form
+    /// [`timestamp_text`] writes, a `worker_identity`, and both hashes 64
+    /// lower-case hex digits.
+    ///
+    /// # Errors
+    /// The first thing that breaks the form, naming the field.
+    pub fn check_form(&self) -> Result<(), String> {
+        for (field, value) in [
+            ("task_id", &self.task_id),
+            ("plan_id", &self.plan_id),
+            ("task_name", &self.task_name),
+            ("task_version", &self.task_version),
+        ] {
+            crate::check_id(value).map_err(|why| format!("{field} {why}"))?;
+        }
+        if self.attempt == 0 {
+            return Err("attempt is 0 (attempts count from 1)".into());
+        }
+        if self.sequence == 0 || self.sequence > MAX_SEQUENCE {
+            return Err(format!(
+                "sequence {} is outside 1 to 2^53 - 1",
+                self.sequence
+            ));
+        }
+        match pb::Outcome::from_str_name(&self.outcome) {
+            None | Some(pb::Outcome::Unspecified) => {
+                return Err(format!(
+                    "outcome {:?} is not an outcome name of this contract",
+                    self.outcome
+                ));
+            }
+            Some(_) => {}
+        }
+        for (field, value, required) in [
+            ("received_at", &self.received_at, true),
+            ("started_at", &self.started_at, false),
+            ("finished_at", &self.finished_at, true),
+        ] {
+            match value {
+                None if required => return Err(format!("{field} is null")),
+                None => {}
+                Some(text) if parse_timestamp(text).is_none() => {
+                    return Err(format!(
+                        "{field} is not RFC 3339 UTC with nine fractional digits"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.worker_identity.is_empty() {
+            return Err("worker_identity is empty".into());
+        }
+        for (field, value) in [
+            ("prev_hash", &self.prev_hash),
+            ("record_hash", &self.record_hash),
+        ] {
+            if !is_digest(value) {
+                return Err(format!("{field} is not 64 lower-case hex digits"));
+            }
+        }
+        Ok(())
+    }
+
     /// The canonical JSON of this record's form without `record_hash`:
     /// the bytes `record_hash` is the SHA-256 of.
     pub fn hashed_text(&self) -> String {
@@ -85,21 +182,29 @@ impl Record {
         crate::canonical_json(&serde_json::to_value(self).unwrap_or_default())
     }
 
-    /// Parses one log line.
+    /// Parses one log line: a JSON object with exactly the 17 members of
+    /// the form, of the right types, passing [`Record::check_form`].
     ///
     /// # Errors
-    /// What is wrong with it: not JSON, a field missing, unknown or of the
-    /// wrong type (serde's message, which names the field).
+    /// What is wrong with it, naming the member.
     pub fn from_line(line: &str) -> Result<Record, String> {
-        serde_json::from_str(line).map_err(|e| e.to_string())
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let object = value.as_object().ok_or("not a JSON object")?;
+        if let Some(missing) = FIELDS.iter().find(|f| !object.contains_key(**f)) {
+            return Err(format!("missing member `{missing}`"));
+        }
+        let record: Record = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        record.check_form()?;
+        Ok(record)
     }
 
     /// The record form of a record received on the wire.
     ///
     /// # Errors
-    /// The message cannot be put in the form: an outcome value this
-    /// contract version does not name, or a timestamp outside years 1 to
-    /// 9999. Such a record cannot be verified.
+    /// The message cannot be put in the form (an outcome value this
+    /// contract version does not name, a timestamp outside years 1 to
+    /// 9999) or breaks it ([`Record::check_form`]). Such a record cannot
+    /// be verified.
     pub fn from_message(message: &pb::AuditRecord) -> Result<Record, String> {
         let outcome = pb::Outcome::try_from(message.outcome).map_err(|_| {
             format!(
@@ -113,7 +218,7 @@ impl Record {
                 .map(Some)
                 .ok_or_else(|| format!("{field} is outside years 1 to 9999")),
         };
-        Ok(Record {
+        let record = Record {
             task_id: message.task_id.clone(),
             attempt: message.attempt,
             plan_id: message.plan_id.clone(),
@@ -131,7 +236,9 @@ impl Record {
             sequence: message.sequence,
             prev_hash: message.prev_hash.clone(),
             record_hash: message.record_hash.clone(),
-        })
+        };
+        record.check_form()?;
+        Ok(record)
     }
 
     /// The wire message for this record. Lossless for records this crate
@@ -313,6 +420,37 @@ mod tests {
             prev_hash: GENESIS_HASH.into(),
             record_hash: String::new(),
         }
+    }
+
+    #[test]
+    fn lines_that_break_the_form_are_refused_naming_the_member() {
+        let mut r = record();
+        r.record_hash = r.compute_hash();
+        let good = serde_json::to_value(&r).unwrap();
+        let broken = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = good.clone();
+            edit(&mut v);
+            Record::from_line(&v.to_string()).unwrap_err()
+        };
+        assert!(
+            broken(&|v| v["received_at"] = "2026-12-02T13:08:21.12Z".into())
+                .contains("received_at")
+        );
+        assert!(broken(&|v| v["received_at"] = "yesterday".into()).contains("received_at"));
+        assert!(broken(&|v| v["finished_at"] = serde_json::Value::Null).contains("finished_at"));
+        assert!(broken(&|v| v["outcome"] = "succeeded".into()).contains("outcome"));
+        assert!(broken(&|v| v["task_id"] = "".into()).contains("task_id"));
+        assert!(broken(&|v| v["attempt"] = 0.into()).contains("attempt"));
+        assert!(broken(&|v| v["sequence"] = 0.into()).contains("sequence"));
+        assert!(broken(&|v| v["worker_identity"] = "".into()).contains("worker_identity"));
+        assert!(broken(&|v| v["prev_hash"] = "AB".repeat(32).into()).contains("prev_hash"));
+        assert!(
+            broken(&|v| {
+                v.as_object_mut().unwrap().remove("started_at");
+            })
+            .contains("missing member `started_at`")
+        );
+        assert!(Record::from_line(&good.to_string()).is_ok());
     }
 
     #[test]

@@ -528,8 +528,28 @@ impl Config {
                 "no task is allowed; add at least one [tasks.\"<name>\"] table".into(),
             );
         }
+        if raw.tasks.len() > private_worker_proto::MAX_MANIFEST_ENTRIES {
+            problem(
+                "tasks".into(),
+                format!(
+                    "{} tasks; the contract's manifest holds at most {}",
+                    raw.tasks.len(),
+                    private_worker_proto::MAX_MANIFEST_ENTRIES
+                ),
+            );
+        }
         for (name, task) in raw.tasks {
             let at = format!("tasks.{name}");
+            if let Err(why) = private_worker_proto::check_id(&name) {
+                // The name is not echoed: it may be what breaks the rule.
+                problems.push(ConfigProblem {
+                    path: "tasks".into(),
+                    message: format!(
+                        "a task name {why} (the contract's id rule: 1 to 128 bytes of A-Z a-z 0-9 . _ - :)"
+                    ),
+                });
+                continue;
+            }
             match validate_task(&name, task, &at) {
                 Ok(task) => {
                     tasks.insert(name, task);
@@ -745,8 +765,11 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
     let mut problem = |path: String, message: String| {
         problems.push(ConfigProblem { path, message });
     };
-    if raw.version.trim().is_empty() {
-        problem(format!("{at}.version"), "must not be empty".into());
+    if let Err(why) = private_worker_proto::check_id(&raw.version) {
+        problem(
+            format!("{at}.version"),
+            format!("{why} (the contract's id rule: 1 to 128 bytes of A-Z a-z 0-9 . _ - :)"),
+        );
     }
     let input_schema = match serde_json::to_value(&raw.input_schema) {
         Ok(schema) => {
@@ -963,6 +986,26 @@ mod tests {
             paths.contains(&"tasks.crm.create_ticket.http.auth.secret"),
             "{paths:?}"
         );
+    }
+
+    #[test]
+    fn task_names_and_versions_follow_the_contracts_id_rule() {
+        let bad = GOOD
+            .replace("\"crm.create_ticket\"", "\"crm create ticket\"")
+            .replacen("version = \"1\"", "version = \"v 1\"", 1);
+        let err = Config::from_toml_str(&bad, Path::new("/")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("a task name holds a character outside"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("crm create ticket"),
+            "the bad name is not echoed: {text}"
+        );
+        let bad_version = GOOD.replacen("version = \"1\"", "version = \"v 1\"", 1);
+        let err = Config::from_toml_str(&bad_version, Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains(".version"), "{err}");
     }
 
     #[test]

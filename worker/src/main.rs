@@ -22,8 +22,8 @@ struct Cli {
     config: Option<PathBuf>,
     /// Verify an audit log in the contract's record form (this worker's, or
     /// one written by any other implementation), print where its chain
-    /// ends or the first bad line, and exit (0 intact, 2 broken). Needs no
-    /// config.
+    /// ends or the first bad line, and exit (0 intact, 2 broken, 1 cannot
+    /// be read). Needs no config.
     #[arg(long, value_name = "FILE", conflicts_with = "check")]
     verify_audit: Option<PathBuf>,
     /// Validate the config, TLS files, audit log and secret references, print a report and exit.
@@ -142,6 +142,10 @@ fn verify_audit(log: &std::path::Path) -> ExitCode {
                 log.display()
             );
             ExitCode::SUCCESS
+        }
+        Err(e @ private_worker::audit::AuditError::Io { .. }) => {
+            eprintln!("error: cannot read the log: {e}");
+            ExitCode::FAILURE
         }
         Err(e) => {
             println!("{e}");

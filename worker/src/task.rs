@@ -541,10 +541,7 @@ impl Runner {
         } else {
             assignment.inputs_json
         };
-        let output_json = output
-            .as_ref()
-            .map(private_worker_proto::canonical_json)
-            .unwrap_or_default();
+        let output_json = output.as_ref().map(ToString::to_string).unwrap_or_default();
         let record = Record {
             task_id: assignment.task_id,
             attempt: assignment.attempt,
@@ -590,7 +587,7 @@ impl Runner {
 /// The output itself when its JSON text fits [`MAX_OUTPUT_BYTES`], else a
 /// marker saying it was cut, with its size and SHA-256.
 fn bounded_output(output: Value) -> Value {
-    let text = private_worker_proto::canonical_json(&output);
+    let text = output.to_string();
     if text.len() <= MAX_OUTPUT_BYTES {
         output
     } else {
