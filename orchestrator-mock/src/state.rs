@@ -1351,6 +1351,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn inputs_are_sent_as_submitted_and_large_integers_keep_every_digit() {
+        let mut state = State::new(false);
+        let mut rx = connect(&mut state, "s1", &["a"], 4);
+        let mut big = step("a");
+        big.inputs =
+            json!({"account": 9_007_199_254_740_993_u64, "order": 12_345_678_901_234_567_891_u64});
+        let plan = state.submit(None, vec![big]);
+        state.approve(&plan.id).unwrap();
+        let a = assignments(&mut rx).remove(0);
+        assert!(
+            a.inputs_json.contains("9007199254740993"),
+            "{}",
+            a.inputs_json
+        );
+        assert!(
+            a.inputs_json.contains("12345678901234567891"),
+            "{}",
+            a.inputs_json
+        );
+        // What the audit check compares against is the same text.
+        let sent = state.assigned_attempt(&a.task_id, 1).unwrap();
+        assert_eq!(sent.inputs_json, a.inputs_json);
+    }
+
     fn manifest(tasks: &[&str]) -> Vec<ManifestEntryView> {
         tasks
             .iter()
