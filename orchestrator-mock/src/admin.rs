@@ -12,6 +12,7 @@
 //! | GET | `/v1/plans/{id}/audit` | stored audit records of the plan |
 //! | GET | `/v1/workers` | connected sessions (with lease and held attempts) |
 //! | GET | `/v1/identities` | every worker identity known, connected or not: last seen, lease expiry, held attempts |
+//! | GET | `/v1/unattributed` | results (and their audit records) kept as evidence but part of no plan: sent for an attempt never assigned, or assigned to another identity, each with the reason |
 //! | GET | `/v1/tasks` | the registry |
 //! | GET | `/healthz` | `{"status":"ok"}` |
 //!
@@ -39,7 +40,7 @@ use axum::routing::{get, post};
 
 use crate::api::{
     CancelRequest, ErrorBody, IdentityView, PlanSubmission, PlanView, Problem, RejectRequest,
-    StoredAudit, StoredResult, TaskView, WorkerView,
+    StoredAudit, StoredResult, TaskView, Unattributed, WorkerView,
 };
 use crate::durable::journal::Durable;
 use crate::registry::Registry;
@@ -131,6 +132,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/plans/{id}/cancel", post(cancel_plan))
         .route("/v1/plans/{id}/steps/{index}/cancel", post(cancel_step))
         .route("/v1/identities", get(identities))
+        .route("/v1/unattributed", get(unattributed))
         .route("/v1/plans/{id}/results", get(results))
         .route("/v1/plans/{id}/audit", get(audit))
         .route("/v1/workers", get(workers))
@@ -325,6 +327,14 @@ async fn audit(
     let stored = app.store.audit(&id)?;
     known(&app, &id, stored.is_empty())?;
     Ok(Json(stored))
+}
+
+async fn unattributed(State(app): State<AdminState>) -> ApiResult<Unattributed> {
+    // Stored under no plan: the plan id is the empty string.
+    Ok(Json(Unattributed {
+        results: app.store.results("")?,
+        audit: app.store.audit("")?,
+    }))
 }
 
 /// 404 for a plan neither in the state nor in the result files (results

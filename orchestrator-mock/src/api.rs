@@ -413,6 +413,16 @@ pub struct StoredAudit {
     pub check: crate::audit_check::AuditCheck,
 }
 
+/// Results and audit records kept as evidence but part of no plan (see
+/// [`StoredResult::problem`]), as `GET /v1/unattributed` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unattributed {
+    /// The results, each with the reason it was not attributed.
+    pub results: Vec<StoredResult>,
+    /// Their audit records, with the checks' verdicts.
+    pub audit: Vec<StoredAudit>,
+}
+
 /// A connected worker session, as `GET /v1/workers` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerView {

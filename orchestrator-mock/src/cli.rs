@@ -95,6 +95,14 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// List results (and their audit records) kept as evidence but part of
+    /// no plan: sent for an attempt never assigned, or assigned to another
+    /// identity.
+    Unattributed {
+        /// Admin connection.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List registered tasks.
     Tasks {
         /// Admin connection.
@@ -280,6 +288,11 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         Command::Identities { admin } => {
             let identities = AdminClient::new(&admin.admin_url).identities().await?;
             print(&admin, &identities)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unattributed { admin } => {
+            let evidence = AdminClient::new(&admin.admin_url).unattributed().await?;
+            print(&admin, &evidence)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tasks { admin } => {

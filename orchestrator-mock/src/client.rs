@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     CancelRequest, ErrorBody, IdentityView, PlanRequest, PlanSubmission, PlanView, Problem,
-    RejectRequest, StoredAudit, StoredResult, TaskView, WorkerView,
+    RejectRequest, StoredAudit, StoredResult, TaskView, Unattributed, WorkerView,
 };
 
 /// How often [`AdminClient::wait_for_plan`] polls.
@@ -172,6 +172,14 @@ impl AdminClient {
     /// Transport or decode errors.
     pub async fn identities(&self) -> Result<Vec<IdentityView>, ClientError> {
         self.send(self.http.get(self.url("/v1/identities"))).await
+    }
+
+    /// Results and audit records kept as evidence but part of no plan.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn unattributed(&self) -> Result<Unattributed, ClientError> {
+        self.send(self.http.get(self.url("/v1/unattributed"))).await
     }
 
     /// Reads a plan.

@@ -951,14 +951,24 @@ async fn results_and_accepts_from_an_identity_that_does_not_hold_the_attempt_cha
         env.admin.results("plan-made-up").await.is_err(),
         "a plan id only a message named is not served"
     );
-    // The forgeries are kept as evidence, with the reason.
-    let stored = std::fs::read_to_string(env.config.data_dir.join("results.jsonl")).unwrap();
-    assert_eq!(stored.lines().count(), 3);
+    // The forgeries are kept as evidence, with the reason, and shown apart.
+    let evidence = env.admin.unattributed().await.unwrap();
+    assert_eq!(evidence.results.len(), 3, "{evidence:#?}");
+    assert_eq!(evidence.audit.len(), 3, "{evidence:#?}");
+    let reasons: Vec<_> = evidence
+        .results
+        .iter()
+        .filter_map(|r| r.problem.clone())
+        .collect();
     assert!(
-        stored.contains("assigned to spiffe://test.example/worker/w1"),
-        "{stored}"
+        reasons[0].contains("assigned to spiffe://test.example/worker/w1"),
+        "{reasons:?}"
     );
-    assert!(stored.contains("no such attempt"), "{stored}");
+    assert!(reasons[1].contains("no such attempt"), "{reasons:?}");
+    assert!(
+        evidence.audit.iter().all(|a| a.check.is_flagged()),
+        "{evidence:#?}"
+    );
 
     // The holder's own Accept and result are taken.
     holder
