@@ -293,6 +293,9 @@ impl Inner {
             let _ = out.send(Err(Status::invalid_argument(why))).await;
             return;
         }
+        // The connection said Hello: it is no longer idle (see `tls`).
+        conn.said_hello
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let manifest: Vec<ManifestEntryView> = hello
             .manifest
             .iter()

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -110,7 +110,7 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 
 /// Who is on the other end of an accepted connection; available to the
 /// gRPC service as a request extension.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WorkerConnInfo {
     /// The worker identity from the client certificate's URI SAN.
     pub identity: String,
@@ -118,13 +118,26 @@ pub struct WorkerConnInfo {
     pub remote_addr: SocketAddr,
     /// Connection number (also names the wire capture file).
     pub conn_id: u64,
+    /// Set by the gateway once a valid `Hello` arrived on this connection.
+    pub said_hello: Arc<AtomicBool>,
 }
 
-/// An authenticated worker connection: TLS, optionally teed to a capture file.
+/// How long after its TLS handshake a connection that has not said `Hello`
+/// is closed: the gateway's [`crate::gateway::HELLO_TIMEOUT`] for a stream,
+/// plus two seconds so that a stream which opened gets its
+/// `DEADLINE_EXCEEDED` first.
+pub const NO_HELLO_CLOSE: Duration = Duration::from_secs(12);
+
+/// An authenticated worker connection: TLS, optionally teed to a capture
+/// file. One that has not said `Hello` within [`NO_HELLO_CLOSE`] of its
+/// handshake (no stream opened, or none that said it) is closed: idle
+/// authenticated connections cannot pile up.
 pub struct WorkerConn {
     io: TlsStream<TcpStream>,
     capture: Option<File>,
     info: WorkerConnInfo,
+    /// Until a `Hello`: when the connection is closed for idling.
+    hello_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connected for WorkerConn {
@@ -142,6 +155,21 @@ impl AsyncRead for WorkerConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Some(deadline) = this.hello_deadline.as_mut() {
+            if this.info.said_hello.load(Ordering::Relaxed) {
+                this.hello_deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                tracing::warn!(
+                    conn_id = this.info.conn_id,
+                    identity = %this.info.identity,
+                    "no Hello on this connection within {NO_HELLO_CLOSE:?} of its handshake; closing it"
+                );
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no Hello on this connection in time",
+                )));
+            }
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
         if let (Poll::Ready(Ok(())), Some(file)) = (&poll, this.capture.as_mut()) {
@@ -287,6 +315,8 @@ async fn authenticate(
             identity,
             remote_addr: peer,
             conn_id,
+            said_hello: Arc::new(AtomicBool::new(false)),
         },
+        hello_deadline: Some(Box::pin(tokio::time::sleep(NO_HELLO_CLOSE))),
     })
 }

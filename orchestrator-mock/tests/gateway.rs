@@ -1229,3 +1229,39 @@ async fn a_malformed_message_ends_the_stream_with_invalid_argument_saying_so_nev
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("malformed"), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_connection_that_never_says_hello_is_closed_while_a_worker_is_served() {
+    let env = Env::start().await;
+    // A real worker, connected the whole time.
+    let mut worker = connected(&env, IDENTITY).await;
+    // An idle connection: handshake and HTTP/2 preface, then nothing.
+    let (other_cert, other_key) = env.ca.worker(OTHER, true);
+    let mut idle = env.tls(&other_cert, &other_key).await.unwrap();
+    h2_answer(&mut idle).await.unwrap();
+    let started = std::time::Instant::now();
+    let limit = orchestrator_mock::tls::NO_HELLO_CLOSE * 2;
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue, // settings, pings, GOAWAY
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection is still open after {limit:?}"
+    );
+    assert!(started.elapsed() >= orchestrator_mock::tls::NO_HELLO_CLOSE / 2);
+    // The worker was served throughout.
+    let plan_id = approved_plan(&env).await;
+    let a = worker.expect_assignment().await;
+    let (result, _) = honest_result(&a, IDENTITY, 1, &"0".repeat(64), |_| {});
+    worker.send(result).await;
+    worker.expect_ack().await;
+    let done = env.admin.wait_for_plan(&plan_id, WAIT).await.unwrap();
+    assert_eq!(done.status, PlanStatus::Succeeded);
+}
