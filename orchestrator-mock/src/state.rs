@@ -146,6 +146,11 @@ pub struct NewSession {
 
 struct Session {
     info: NewSession,
+    /// The credit rule (worker.proto): the orchestrator's credit on a stream is
+    /// `Hello.max_in_flight` plus every `Credit.grant` received on that stream minus
+    /// every `Assignment` sent on it, and it never sends an assignment when that is
+    /// zero; the worker grants one credit back when a `ResultAck` frees one of its
+    /// slots.
     credit: u32,
     in_flight: BTreeSet<(String, u32)>,
     draining: bool,

@@ -36,6 +36,12 @@ use crate::outcome::{ErrorCode, TaskError};
 struct Live {
     tx: mpsc::UnboundedSender<pb::WorkerMessage>,
     /// Assignments the orchestrator may still send on this stream.
+    ///
+    /// The credit rule (worker.proto): the orchestrator's credit on a stream is
+    /// `Hello.max_in_flight` plus every `Credit.grant` received on that stream minus
+    /// every `Assignment` sent on it, and it never sends an assignment when that is
+    /// zero; the worker grants one credit back when a `ResultAck` frees one of its
+    /// slots.
     credit: u32,
     /// Whether `Draining` was sent on this stream.
     announced_drain: bool,
