@@ -10,6 +10,10 @@
 //! - `POST /echo` -> 200 echoing the request headers and body back
 //!   (including the credential: the worker must redact it).
 //! - `GET /slow/{ms}` and `POST /slow/{ms}` -> 200 after a delay.
+//! - `GET /leak/{form}` -> 200 answering the caller's own bearer token in
+//!   one encoding ([`LEAK_FORMS`]), inside a longer value, next to fields
+//!   that must survive the worker's masking (a hostile or careless API: the
+//!   worker must mask every form).
 //!
 //! It is a test double, not a CRM: state lives in memory.
 
@@ -72,6 +76,7 @@ impl InternalApi {
             .route("/tickets/{id}/comments", post(add_comment))
             .route("/echo", post(echo))
             .route("/slow/{ms}", get(slow).post(slow))
+            .route("/leak/{form}", get(leak))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 record_and_authorize,
@@ -247,4 +252,109 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: String) -> Jso
 async fn slow(Path(ms): Path<u64>) -> Json<Value> {
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     Json(json!({"slept_ms": ms}))
+}
+
+/// The encodings `GET /leak/{form}` answers the caller's token in: the raw
+/// value; standard base64 and base64url with the token at offset 0, 1 or 2
+/// of a 3-byte group inside a longer encoded value; percent-encoding with
+/// upper- and lower-case hex; hex in lower and upper case; and a
+/// JSON-escaped token inside a body that is not JSON itself (JSONP, so the
+/// worker keeps it as text and the escapes stay).
+pub const LEAK_FORMS: [&str; 10] = [
+    "raw",
+    "base64-0",
+    "base64-1",
+    "base64-2",
+    "base64url-0",
+    "base64url-1",
+    "base64url-2",
+    "url",
+    "hex",
+    "json",
+];
+
+/// Text next to the leaked token that must come through the worker intact.
+pub const LEAK_KEPT: &str = "the rest of the answer stays";
+
+/// The token in `form` (one of [`LEAK_FORMS`]), inside the value
+/// `GET /leak/{form}` answers; `None` for an unknown form.
+pub fn leak_encoding(token: &str, form: &str) -> Option<Vec<String>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let embedded = |offset: usize| {
+        let mut bytes = b"id:"[..offset].to_vec();
+        bytes.extend_from_slice(token.as_bytes());
+        bytes.extend_from_slice(b":expires=3600");
+        bytes
+    };
+    let b64 = |engine: &base64::engine::GeneralPurpose, form: &str| {
+        let offset: usize = form.rsplit('-').next()?.parse().ok()?;
+        Some(vec![engine.encode(embedded(offset))])
+    };
+    match form {
+        "raw" => Some(vec![format!("token={token}")]),
+        "base64-0" | "base64-1" | "base64-2" => b64(&STANDARD, form),
+        "base64url-0" | "base64url-1" | "base64url-2" => b64(&URL_SAFE, form),
+        "url" => {
+            let upper = percent_encoding::utf8_percent_encode(token, RESERVED).to_string();
+            let mut lower = String::new();
+            let mut hex_left = 0;
+            for c in upper.chars() {
+                if c == '%' {
+                    hex_left = 2;
+                    lower.push(c);
+                } else if hex_left > 0 {
+                    hex_left -= 1;
+                    lower.push(c.to_ascii_lowercase());
+                } else {
+                    lower.push(c);
+                }
+            }
+            Some(vec![
+                format!("https://sso.internal/cb?token={upper}&next=%2Fhome"),
+                format!("https://sso.internal/cb?token={lower}&next=%2fhome"),
+            ])
+        }
+        "hex" => Some(vec![
+            format!("0x{}", hex::encode(token)),
+            format!("0x{}", hex::encode_upper(token)),
+        ]),
+        "json" => {
+            let escaped = serde_json::to_string(token).ok()?.replace('/', "\\/");
+            Some(vec![escaped[1..escaped.len() - 1].to_string()])
+        }
+        _ => None,
+    }
+}
+
+async fn leak(Path(form): Path<String>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let Some(leaked) = leak_encoding(token, &form) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such form", "form": form})),
+        )
+            .into_response();
+    };
+    if form == "json" {
+        let body = format!(
+            "callback({{\"form\":\"json\",\"token\":\"{}\",\"note\":\"{LEAK_KEPT}\"}});",
+            leaked[0]
+        );
+        return (
+            [(axum::http::header::CONTENT_TYPE, "application/javascript")],
+            body,
+        )
+            .into_response();
+    }
+    Json(json!({"form": form, "leaked": leaked, "note": LEAK_KEPT})).into_response()
 }

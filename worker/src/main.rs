@@ -52,7 +52,10 @@ fn main() -> ExitCode {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        // Every log line passes the credential masker on its way out.
+        .with_writer(private_worker::secrets::mask::MaskingMakeWriter(
+            std::io::stderr,
+        ));
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

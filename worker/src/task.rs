@@ -531,9 +531,16 @@ impl Runner {
         execution: Execution,
     ) -> Result<TaskReport, RecordError> {
         let outcome = execution.outcome();
-        let output = execution.output.map(bounded_output);
+        // Every credential loaded so far, raw and encoded, leaves the output
+        // and the error here, before the result, the journal and the audit
+        // record are made of them.
+        let masker = crate::secrets::mask::current();
+        let output = execution.output.map(|mut output| {
+            masker.mask_value(&mut output);
+            bounded_output(output)
+        });
         let error = execution.error.map(|mut e| {
-            e.message = crate::journal::cut_to_summary(&e.message);
+            e.message = crate::journal::cut_to_summary(&masker.mask(&e.message));
             e
         });
         let inputs_json = if assignment.inputs_json.len() > MAX_AUDIT_INPUT_BYTES {

@@ -5,8 +5,8 @@
 //! only in the path and query, so inputs can never change the host), fixed
 //! headers, a JSON body template, and how to put the credential on the
 //! request. Redirects are not followed. The response body is read up to a
-//! cap; any occurrence of the credential in it is redacted before it leaves
-//! this module.
+//! cap; the credential, raw or encoded, is masked in it
+//! ([`crate::secrets::mask`]) before it leaves this module.
 //!
 //! It does not decide whether a task may run, load credentials, or retry.
 
@@ -15,9 +15,10 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
 
-use super::{ErrorCode, Execution, TaskError, redact_text, redact_value};
+use super::{ErrorCode, Execution, TaskError};
 use crate::config::AuthConfig;
 use crate::secrets::SecretValue;
+use crate::secrets::mask::Masker;
 
 /// Characters left as they are in a substituted value: RFC 3986 unreserved.
 const VALUE_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -281,7 +282,7 @@ impl HttpExecutor {
         idempotency_key: &str,
         timeout: Duration,
     ) -> Execution {
-        let secrets: Vec<&SecretValue> = credential.into_iter().collect();
+        let masker = Masker::for_values(credential);
         let request = match self.build(config, inputs, credential, idempotency_key) {
             Ok(r) => r,
             Err(error) => return Execution::failed(error),
@@ -321,7 +322,7 @@ impl HttpExecutor {
                 })
             }
             Ok(Ok((status, body, truncated))) => {
-                let body = body_value(&body, truncated, &secrets);
+                let body = body_value(&body, truncated, &masker);
                 let output = serde_json::json!({
                     "status": status.as_u16(),
                     "body": body,
@@ -423,26 +424,18 @@ async fn read_capped(
 }
 
 /// The response body as JSON when it is JSON, as text otherwise, with every
-/// credential removed. A cut body also loses any tail that could be the
-/// start of a credential.
-fn body_value(body: &[u8], truncated: bool, secrets: &[&SecretValue]) -> Value {
+/// form of the credential masked (see [`crate::secrets::mask`]). A cut body
+/// also loses any tail that could be the start of one.
+fn body_value(body: &[u8], truncated: bool, masker: &Masker) -> Value {
     if !truncated && let Ok(mut value) = serde_json::from_slice::<Value>(body) {
-        redact_value(&mut value, secrets);
+        masker.mask_value(&mut value);
         return value;
     }
     let mut text = String::from_utf8_lossy(body).into_owned();
     if truncated {
-        for secret in secrets {
-            let s = secret.expose();
-            let cut = (1..s.len().min(text.len() + 1))
-                .rev()
-                .find(|&n| s.is_char_boundary(n) && text.ends_with(&s[..n]));
-            if let Some(n) = cut {
-                text.truncate(text.len() - n);
-            }
-        }
+        masker.cut_partial_tail(&mut text);
     }
-    Value::String(redact_text(&text, secrets))
+    Value::String(masker.mask(&text).into_owned())
 }
 
 #[cfg(test)]
@@ -537,10 +530,10 @@ mod tests {
 
     #[test]
     fn a_cut_body_loses_a_trailing_partial_credential() {
-        let secret = SecretValue::new("abcdef".into());
-        let v = body_value(b"token=abc", true, &[&secret]);
+        let masker = Masker::new(["abcdef"]);
+        let v = body_value(b"token=abc", true, &masker);
         assert_eq!(v, Value::String("token=".into()));
-        let v = body_value(br#"{"t":"abcdef"}"#, false, &[&secret]);
+        let v = body_value(br#"{"t":"abcdef"}"#, false, &masker);
         assert_eq!(v, serde_json::json!({"t": "[REDACTED]"}));
     }
 }

@@ -12,12 +12,14 @@
 //!
 //! Values live in [`SecretValue`], whose `Debug` never shows them and which
 //! is wiped from memory on drop. This module does not decide where a value
-//! goes: only the executor exposes it, to put it on a request and to redact
-//! it from what comes back.
+//! goes: only the executor exposes it, to put it on a request. Every value
+//! loaded is handed to [`mask`], which removes it, raw and encoded, from
+//! outputs, errors, audit records and logs.
 
 pub mod env;
 pub mod file;
 pub mod keyvault;
+pub mod mask;
 
 use std::fmt;
 use std::future::Future;
@@ -290,6 +292,7 @@ pub fn load_local_now(reference: &SecretRef) -> Result<SecretValue, SecretError>
             reference: reference.clone(),
         });
     }
+    mask::remember(&value);
     Ok(value)
 }
 
@@ -359,6 +362,7 @@ impl Secrets {
                 reference: reference.clone(),
             });
         }
+        mask::remember(&value);
         Ok(value)
     }
 }
