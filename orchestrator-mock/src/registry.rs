@@ -163,7 +163,7 @@ impl Registry {
                 problems.push(format!("{label}: input_schema must be a JSON object"));
                 continue;
             }
-            let validator = match jsonschema::validator_for(&t.input_schema) {
+            let validator = match compile_schema(&t.input_schema) {
                 Ok(v) => v,
                 Err(e) => {
                     problems.push(format!(
@@ -387,10 +387,55 @@ impl Registry {
     }
 }
 
+/// Compiles a task's input schema with its `format` assertions enforced
+/// (the jsonschema crate only annotates `format` unless told otherwise),
+/// as the worker does for its local allowlist: a `format: uuid` guards on
+/// both sides.
+///
+/// # Errors
+/// The schema is not a valid JSON Schema.
+pub fn compile_schema(
+    schema: &Value,
+) -> Result<jsonschema::Validator, jsonschema::ValidationError<'static>> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_format_uuid_in_the_registry_schema_refuses_a_non_uuid() {
+        let registry = Registry::from_json_str(
+            &json!({"tasks": [
+                {"name": "crm.get_ticket", "version": "1",
+                 "input_schema": {"type": "object", "required": ["id"],
+                    "properties": {"id": {"type": "string", "format": "uuid"}}}}
+            ]})
+            .to_string(),
+        )
+        .unwrap();
+        let problems = registry
+            .validate_plan(&plan(vec![(
+                "crm.get_ticket",
+                None,
+                json!({"id": "not-a-uuid"}),
+            )]))
+            .unwrap_err();
+        assert!(problems.iter().any(|p| p.path == "/id"), "{problems:?}");
+        assert!(
+            registry
+                .validate_plan(&plan(vec![(
+                    "crm.get_ticket",
+                    None,
+                    json!({"id": "6f1c2a52-3f0e-4a53-9d5e-1b2c3d4e5f60"})
+                )]))
+                .is_ok()
+        );
+    }
 
     pub(crate) fn sample() -> Registry {
         Registry::from_json_str(

@@ -49,6 +49,7 @@ struct Gateway {
     policy: Arc<Mutex<ResultPolicy>>,
     heartbeat: Duration,
     lease: Arc<Mutex<Duration>>,
+    problems: Arc<Mutex<Vec<pb::ManifestProblem>>>,
 }
 
 type Out = Pin<Box<dyn Stream<Item = Result<pb::OrchestratorMessage, tonic::Status>> + Send>>;
@@ -71,6 +72,7 @@ impl WorkerGateway for Gateway {
         let policy = self.policy.clone();
         let heartbeat = self.heartbeat;
         let lease = *self.lease.lock().unwrap();
+        let problems = self.problems.lock().unwrap().clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(heartbeat);
             loop {
@@ -95,7 +97,7 @@ impl WorkerGateway for Gateway {
                                     session_id: format!("scripted-{}", inner.streams),
                                     worker_identity: "scripted".into(),
                                     heartbeat_interval: heartbeat.try_into().ok(),
-                                    manifest_problems: vec![],
+                                    manifest_problems: problems.clone(),
                                     lease_timeout: lease.try_into().ok(),
                                 };
                                 let _ = tx.send(Ok(message(Down::Welcome(welcome))));
@@ -129,6 +131,7 @@ pub struct ScriptedOrchestrator {
     inner: Arc<Mutex<Inner>>,
     policy: Arc<Mutex<ResultPolicy>>,
     lease: Arc<Mutex<Duration>>,
+    problems: Arc<Mutex<Vec<pb::ManifestProblem>>>,
     stop: CancellationToken,
 }
 
@@ -151,11 +154,13 @@ impl ScriptedOrchestrator {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let policy = Arc::new(Mutex::new(policy));
         let lease = Arc::new(Mutex::new(DEFAULT_LEASE));
+        let problems = Arc::new(Mutex::new(Vec::new()));
         let gateway = Gateway {
             inner: inner.clone(),
             policy: policy.clone(),
             heartbeat,
             lease: lease.clone(),
+            problems: problems.clone(),
         };
         let (addr, stop) = serve(
             tls,
@@ -169,6 +174,7 @@ impl ScriptedOrchestrator {
             inner,
             policy,
             lease,
+            problems,
             stop,
         }
     }
@@ -181,6 +187,12 @@ impl ScriptedOrchestrator {
     /// Changes the lease announced in the next `Welcome`s.
     pub fn set_lease(&self, lease: Duration) {
         *self.lease.lock().unwrap() = lease;
+    }
+
+    /// Sets the manifest problems announced in the next `Welcome`s
+    /// (arbitrary text, as a hostile orchestrator may send).
+    pub fn set_manifest_problems(&self, problems: Vec<pb::ManifestProblem>) {
+        *self.problems.lock().unwrap() = problems;
     }
 
     /// Changes how results are answered from now on.

@@ -450,7 +450,7 @@ impl Config {
 
     fn parse(text: &str, base: &Path) -> Result<Config, ParseFailure> {
         let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string()))?;
+            toml::from_str(text).map_err(|e| ParseFailure::Syntax(syntax_message(text, &e)))?;
         let mut problems = Vec::new();
         let mut problem = |path: String, message: String| {
             problems.push(ConfigProblem { path, message });
@@ -773,7 +773,7 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
     }
     let input_schema = match serde_json::to_value(&raw.input_schema) {
         Ok(schema) => {
-            if let Err(e) = jsonschema::validator_for(&schema) {
+            if let Err(e) = crate::task::compile_schema(&schema) {
                 problem(
                     format!("{at}.input_schema"),
                     format!("not a valid JSON Schema: {e}"),
@@ -824,6 +824,111 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
     }
 }
 
+/// A TOML error without the offending line: where it is (line, column,
+/// and the key when it can be named) and what is wrong, with any quoted
+/// value left out. The toml crate's own `Display` quotes the source line,
+/// which would print a secret typed without quotes (`token = sk-live-1`).
+fn syntax_message(text: &str, error: &toml::de::Error) -> String {
+    let mut out = String::new();
+    if let Some(span) = error.span() {
+        let start = span.start.min(text.len());
+        let before = &text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        out.push_str(&format!("line {line}, column {column}"));
+        if let Some(key) = key_at(text, start) {
+            out.push_str(&format!(" (key `{key}`)"));
+        }
+        out.push_str(": ");
+    }
+    out.push_str(&scrub_values(error.message()));
+    out
+}
+
+/// The dotted key assigned on the line holding byte `at` (with its table
+/// header), when every part looks like a key; `None` otherwise, so that
+/// nothing else from the line is ever shown.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    let plausible = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | ' '))
+    };
+    let key = key.trim();
+    if !plausible(key) {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim())
+        .filter(|t| plausible(t));
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+/// The parser's message with quoted values replaced (`invalid type:
+/// string "…"`, `unknown variant `…``) and on one line.
+fn scrub_values(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message.trim();
+    while let Some(open) = rest.find('"') {
+        let Some(len) = rest[open + 1..].find('"') else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str("\"…\"");
+        rest = &rest[open + 1 + len + 1..];
+    }
+    out.push_str(rest);
+    if let Some(i) = out.find("unknown variant `")
+        && let Some(len) = out[i + 17..].find('`')
+    {
+        out.replace_range(i + 17..i + 17 + len, "…");
+    }
+    out.lines().map(str::trim).collect::<Vec<_>>().join("; ")
+}
+
+/// Whether a URL (template) names a user or password before its host
+/// (`https://user:pass@host/...`): credentials typed into the config.
+fn has_userinfo(url: &str) -> bool {
+    let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
+    let authority = after_scheme
+        .find(['/', '?', '#'])
+        .map_or(after_scheme, |end| &after_scheme[..end]);
+    authority.contains('@')
+}
+
+/// Whether a header name carries credentials (case-insensitive):
+/// `Authorization`, `Proxy-Authorization`, `Cookie`, `X-Api-Key` and any
+/// name mentioning auth, token, secret, password, session or an API key.
+/// Such headers are set only through `auth` with a secret reference.
+fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(name.as_str(), "cookie" | "set-cookie")
+        || [
+            "auth",
+            "token",
+            "secret",
+            "password",
+            "passwd",
+            "apikey",
+            "api-key",
+            "api_key",
+            "session",
+            "signature",
+        ]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
 fn validate_http(
     raw: RawHttp,
     http_at: &str,
@@ -843,15 +948,36 @@ fn validate_http(
             http::Method::GET
         }
     };
-    let url = match UrlTemplate::parse(&raw.url) {
-        Ok(t) => Some(t),
-        Err(message) => {
-            problem(format!("{http_at}.url"), message);
-            None
+    let url = if has_userinfo(&raw.url) {
+        // Not echoed: the userinfo is a credential.
+        problem(
+            format!("{http_at}.url"),
+            "carries credentials (`user:password@`); the URL is not shown. Credentials \
+             come only through a secret reference in `auth`"
+                .into(),
+        );
+        None
+    } else {
+        match UrlTemplate::parse(&raw.url) {
+            Ok(t) => Some(t),
+            Err(message) => {
+                problem(format!("{http_at}.url"), message);
+                None
+            }
         }
     };
     let mut headers = http::HeaderMap::new();
     for (key, value) in &raw.headers {
+        if is_credential_header(key) {
+            // Not echoed: the value is a credential.
+            problem(
+                format!("{http_at}.headers.{key}"),
+                "a literal credential header is not allowed; the value is not shown. Use \
+                 `auth` with a secret reference (`type = \"bearer\"` or `type = \"header\"`)"
+                    .into(),
+            );
+            continue;
+        }
         match (
             http::HeaderName::from_bytes(key.as_bytes()),
             http::HeaderValue::from_str(value),
@@ -1164,6 +1290,90 @@ mod tests {
         );
         let err = Config::from_toml_str(&budget, Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("keyvault.retry_budget"), "{err}");
+    }
+
+    fn problems_of(text: &str) -> Vec<ConfigProblem> {
+        match Config::from_toml_str(text, Path::new("/")).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => problems,
+            other => panic!("expected problems, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_url_with_userinfo_is_refused_without_echoing_it() {
+        for url in [
+            "http://admin:hunter2@127.0.0.1:9000/tickets/{title}",
+            "https://hunter2@crm.internal/tickets",
+            "https://admin:hunter2@crm.internal",
+        ] {
+            let bad = GOOD.replace("http://127.0.0.1:9000/tickets/{title}", url);
+            let problems = problems_of(&bad);
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert_eq!(problems[0].path, "tasks.crm.create_ticket.http.url");
+            let shown = Config::from_toml_str(&bad, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        // An `@` after the host is a path character, not userinfo.
+        let fine = GOOD.replace("/tickets/{title}", "/users/@{title}");
+        assert!(Config::from_toml_str(&fine, Path::new("/")).is_ok());
+    }
+
+    #[test]
+    fn literal_credential_headers_are_refused_in_any_case_without_echoing_them() {
+        for name in [
+            "Authorization",
+            "authorization",
+            "PROXY-AUTHORIZATION",
+            "Cookie",
+            "X-Api-Key",
+            "x-api-key",
+            "X-Auth-Token",
+            "Api-Key",
+        ] {
+            let bad = GOOD.replace(
+                "auth = { type",
+                &format!("headers = {{ \"{name}\" = \"sk-live-123\" }}\n        auth = {{ type"),
+            );
+            let problems = problems_of(&bad);
+            assert_eq!(problems.len(), 1, "{name}: {problems:?}");
+            assert_eq!(
+                problems[0].path,
+                format!("tasks.crm.create_ticket.http.headers.{name}")
+            );
+            let shown = Config::from_toml_str(&bad, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(!shown.contains("sk-live-123"), "{shown}");
+        }
+        // Ordinary headers still pass.
+        let fine = GOOD.replace(
+            "auth = { type",
+            "headers = { Accept = \"application/json\", \"X-Request-Source\" = \"worker\" }\n        auth = { type",
+        );
+        assert!(Config::from_toml_str(&fine, Path::new("/")).is_ok());
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_and_key_but_never_echoes_the_line() {
+        let bad = GOOD.replace(
+            "max_in_flight = 4",
+            "max_in_flight = 4\n        token = sk-live-123",
+        );
+        let shown = Config::from_toml_str(&bad, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("sk-live"), "{shown}");
+        assert!(shown.contains("line 11"), "{shown}");
+        assert!(shown.contains("worker.token"), "{shown}");
+        // A value of the wrong type is not quoted back either.
+        let bad = GOOD.replace("max_in_flight = 4", "max_in_flight = \"sk-live-123\"");
+        let shown = Config::from_toml_str(&bad, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("sk-live"), "{shown}");
+        assert!(shown.contains("worker.max_in_flight"), "{shown}");
     }
 
     #[test]

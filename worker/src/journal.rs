@@ -479,7 +479,7 @@ fn apply(current: Option<Entry>, change: Change, next_seq: &mut u64) -> Option<(
         (Some(entry), Change::Received(assignment, _))
             if assignment.attempt <= entry.attempt || entry.stage == Stage::Finished =>
         {
-            tracing::warn!(task_id = %assignment.task_id, attempt = assignment.attempt, current = entry.attempt, stage = ?entry.stage, "journal: not replacing the current attempt");
+            tracing::warn!(task_id = %crate::shown::shown(&assignment.task_id), attempt = assignment.attempt, current = entry.attempt, stage = ?entry.stage, "journal: not replacing the current attempt");
             None
         }
         (current, Change::Received(assignment, started)) => {

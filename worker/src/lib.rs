@@ -37,6 +37,7 @@ pub mod journal;
 pub mod outcome;
 pub mod secrets;
 pub mod session;
+pub mod shown;
 pub mod task;
 pub mod tls;
 

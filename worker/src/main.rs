@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use private_worker::shown::shown;
 use tokio_util::sync::CancellationToken;
 
 /// The private worker: dials out to the orchestrator and runs locally allowed tasks.
@@ -100,8 +101,8 @@ fn main() -> ExitCode {
         match private_worker::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "worker stopped");
-                eprintln!("error: {e}");
+                tracing::error!(error = %shown(&e), "worker stopped");
+                eprintln!("error: {}", shown(&e));
                 ExitCode::FAILURE
             }
         }

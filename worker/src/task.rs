@@ -82,6 +82,21 @@ pub struct Allowlist {
     tasks: BTreeMap<String, AllowedTask>,
 }
 
+/// Compiles an input schema with its `format` assertions enforced (the
+/// jsonschema crate only annotates `format` unless told otherwise, so a
+/// `format: uuid` would not guard anything). Every schema the worker
+/// checks inputs against is compiled here.
+///
+/// # Errors
+/// The schema is not a valid JSON Schema.
+pub fn compile_schema(
+    schema: &Value,
+) -> Result<jsonschema::Validator, jsonschema::ValidationError<'static>> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+}
+
 /// Most schema errors listed in one rejection message.
 const MAX_LISTED_SCHEMA_ERRORS: usize = 5;
 
@@ -94,7 +109,7 @@ impl Allowlist {
     pub fn new(config: &Config) -> Result<Allowlist, String> {
         let mut tasks = BTreeMap::new();
         for (name, task) in &config.tasks {
-            let validator = jsonschema::validator_for(&task.input_schema)
+            let validator = compile_schema(&task.input_schema)
                 .map_err(|e| format!("tasks.{name}.input_schema: {e}"))?;
             tasks.insert(
                 name.clone(),
@@ -381,7 +396,7 @@ impl Runner {
         gate: &StartGate,
     ) -> Result<Ready<'_>, Execution> {
         let (task, inputs) = self.allowlist.check(assignment).map_err(|error| {
-            tracing::warn!(code = %error.code, reason = %error.message, "assignment rejected");
+            tracing::warn!(code = %error.code, reason = %crate::shown::shown(&error.message), "assignment rejected");
             Execution::failed(error)
         })?;
         let credential = match task.config.executor.secret() {
@@ -697,6 +712,43 @@ mod tests {
         assert!(
             list.check(&assignment("crm.create_ticket", "2", r#"{"title":"ok"}"#))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_format_uuid_in_the_local_schema_refuses_a_non_uuid() {
+        let config = Config::from_toml_str(
+            r#"
+            [orchestrator]
+            address = "127.0.0.1:1"
+            server_name = "o"
+            [tls]
+            ca_cert = "ca.pem"
+            cert = "w.pem"
+            key = "w.key"
+            [tasks."crm.get_ticket"]
+            version = "1"
+            input_schema = { type = "object", required = ["id"], properties = { id = { type = "string", format = "uuid" } } }
+            [tasks."crm.get_ticket".http]
+            method = "GET"
+            url = "http://127.0.0.1:1/t/{id}"
+            "#,
+            Path::new("/"),
+        )
+        .unwrap();
+        let list = Allowlist::new(&config).unwrap();
+        let err = list
+            .check(&assignment("crm.get_ticket", "1", r#"{"id":"not-a-uuid"}"#))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidInput);
+        assert!(err.message.contains("/id"), "{}", err.message);
+        assert!(
+            list.check(&assignment(
+                "crm.get_ticket",
+                "1",
+                r#"{"id":"6f1c2a52-3f0e-4a53-9d5e-1b2c3d4e5f60"}"#
+            ))
+            .is_ok()
         );
     }
 

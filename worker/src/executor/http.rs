@@ -147,7 +147,9 @@ impl UrlTemplate {
     ///
     /// # Errors
     /// `invalid_input` when an input the URL needs is absent or is not a
-    /// string, number or boolean.
+    /// string, number or boolean, or when a placeholder in the path renders
+    /// empty (`/tickets/{id}` with `""` would call `/tickets/`, another
+    /// endpoint).
     pub fn render(&self, inputs: &Map<String, Value>) -> Result<String, TaskError> {
         let mut out = String::new();
         for part in &self.parts {
@@ -155,6 +157,14 @@ impl UrlTemplate {
                 Part::Literal(s) => out.push_str(s),
                 Part::Input(name) => {
                     let text = scalar_text(name, inputs.get(name))?;
+                    if text.is_empty() && !out.contains(['?', '#']) {
+                        return Err(TaskError::new(
+                            ErrorCode::InvalidInput,
+                            format!(
+                                "input `{name}` is empty; a path placeholder must not render empty"
+                            ),
+                        ));
+                    }
                     out.extend(utf8_percent_encode(&text, VALUE_ENCODE));
                 }
             }
@@ -490,6 +500,21 @@ mod tests {
             ext.render(&inputs(serde_json::json!({"name": "report", "ext": "pdf"})))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_path_placeholder_that_renders_empty_is_refused() {
+        let t = UrlTemplate::parse("https://crm.internal/tickets/{ticket_id}?q={q}").unwrap();
+        let err = t
+            .render(&inputs(serde_json::json!({"ticket_id": "", "q": "x"})))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidInput);
+        assert!(err.message.contains("ticket_id"), "{}", err.message);
+        // Empty in the query is a value, not another endpoint.
+        let url = t
+            .render(&inputs(serde_json::json!({"ticket_id": "7", "q": ""})))
+            .unwrap();
+        assert_eq!(url, "https://crm.internal/tickets/7?q=");
     }
 
     #[test]

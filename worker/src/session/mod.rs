@@ -44,6 +44,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::journal::{JournalError, Recovered, Stage, Unfinished};
 use crate::outcome::{ErrorCode, TaskError};
+use crate::shown::shown;
 use crate::task::{Assignment, Receipt, RecordError, Runner, StartGate};
 use crate::tls::{ClientTls, DialError};
 
@@ -271,7 +272,7 @@ impl Worker {
                 return self.fail(error, &shutdown).await;
             }
             tracing::warn!(
-                error = %error,
+                error = %shown(&error),
                 in_flight = self.ledger.running_count(),
                 unacknowledged = self.ledger.unacknowledged_count(),
                 "session ended; will reconnect"
@@ -296,7 +297,7 @@ impl Worker {
         error: SessionError,
         shutdown: &CancellationToken,
     ) -> Result<(), FatalError> {
-        tracing::error!(error = %error, "stopping: this failure cannot be retried; draining first");
+        tracing::error!(error = %shown(&error), "stopping: this failure cannot be retried; draining first");
         self.ledger
             .start_drain(Instant::now(), self.config.drain_grace);
         self.wait_disconnected(shutdown, None).await;
@@ -372,7 +373,7 @@ impl Worker {
                 Some(result)
             }
             Err(error) => {
-                tracing::error!(task_id = %done.key.0, attempt = done.key.1, error = %error, "an attempt could not be recorded; the worker will drain and stop");
+                tracing::error!(task_id = %shown(&done.key.0), attempt = done.key.1, error = %shown(&error), "an attempt could not be recorded; the worker will drain and stop");
                 self.ledger.forget(&done.key);
                 self.ledger
                     .start_drain(Instant::now(), self.config.drain_grace);
@@ -412,7 +413,7 @@ impl Worker {
                         results += 1;
                     }
                     Err(e) => {
-                        tracing::error!(task_id = %key.0, attempt = key.1, error = %e, "journal entry holds no readable result; it cannot be re-sent");
+                        tracing::error!(task_id = %shown(&key.0), attempt = key.1, error = %shown(&e), "journal entry holds no readable result; it cannot be re-sent");
                     }
                 }
                 continue;
@@ -431,7 +432,7 @@ impl Worker {
                 continue;
             }
             let Some(assignment) = assignment else {
-                tracing::error!(task_id = %key.0, attempt = key.1, stage = ?entry.stage, "journal entry is incomplete; skipping it");
+                tracing::error!(task_id = %shown(&key.0), attempt = key.1, stage = ?entry.stage, "journal entry is incomplete; skipping it");
                 continue;
             };
             let idempotent = self.runner.is_idempotent(&assignment.task_name);
@@ -507,10 +508,10 @@ impl Worker {
         let done_tx = self.done_tx.clone();
         let span = tracing::info_span!(
             "task",
-            task_id = %assignment.task_id,
+            task_id = %shown(&assignment.task_id),
             attempt = assignment.attempt,
-            plan_id = %assignment.plan_id,
-            task = %assignment.task_name,
+            plan_id = %shown(&assignment.plan_id),
+            task = %shown(&assignment.task_name),
         );
         let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
         tokio::spawn(

@@ -31,6 +31,7 @@ use super::{
 use crate::config::DEFAULT_HEARTBEAT_INTERVAL;
 use crate::journal::Stage;
 use crate::outcome::{ErrorCode, TaskError};
+use crate::shown::shown;
 
 /// State of one live stream.
 struct Live {
@@ -124,7 +125,8 @@ pub(super) async fn run(
     worker.start_deferred(start_window);
     worker.stream_generation += 1;
     let generation = worker.stream_generation;
-    // Wire text is logged with `?` so control characters are escaped.
+    // Wire text is logged with `?` or `shown` (crate::shown) so control
+    // characters are escaped.
     let span = tracing::info_span!("session", session_id = ?welcome.session_id);
     async move {
         tracing::info!(
@@ -363,17 +365,17 @@ fn assign(
     let assignment = match wire::assignment(message) {
         Ok(assignment) => assignment,
         Err(why) => {
-            tracing::warn!(reason = %why, "ignoring an assignment that breaks the contract's id rules; it is not accepted");
+            tracing::warn!(reason = %shown(&why), "ignoring an assignment that breaks the contract's id rules; it is not accepted");
             return ignore(worker, live);
         }
     };
     let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
     let _span = tracing::info_span!(
         "task",
-        task_id = %key.0,
+        task_id = %shown(&key.0),
         attempt = key.1,
-        plan_id = %assignment.plan_id,
-        task = %assignment.task_name,
+        plan_id = %shown(&assignment.plan_id),
+        task = %shown(&assignment.task_name),
     )
     .entered();
     if worker.ledger.is_running(&key) {
