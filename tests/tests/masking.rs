@@ -74,9 +74,10 @@ fn hostile_token() -> String {
     format!("{}/a+b=\"c\\d", common::unique_secret())
 }
 
-/// Runs `diag.leak` for `form` against a worker whose token is
-/// [`hostile_token`], and checks every place the token must not reach.
-async fn the_token_in(form: &str) {
+/// The test's world: the orchestrator (registry checks off, wire
+/// captured) and a worker whose token is [`hostile_token`], with the
+/// `diag.leak` task in its config.
+async fn leak_world() -> (Env, private_worker_tests::procs::Process) {
     let mut env = Env::start(Options {
         wire_capture: true,
         insecure_skip_checks: true,
@@ -103,7 +104,11 @@ async fn the_token_in(form: &str) {
     std::fs::write(&config, text).unwrap();
     let worker = env.start_worker_with(&config, "worker");
     env.wait_connected(&env.pki.worker_identity).await;
+    (env, worker)
+}
 
+/// Runs one `diag.leak` step with `form` as its input and waits for the end.
+async fn run_leak(env: &Env, form: &str) -> orchestrator_mock::api::PlanView {
     let plan = env
         .admin
         .submit_plan(&PlanRequest {
@@ -117,11 +122,17 @@ async fn the_token_in(form: &str) {
         .await
         .unwrap();
     env.admin.approve(&plan.id).await.unwrap();
-    let plan = env
-        .admin
+    env.admin
         .wait_for_plan(&plan.id, common::WAIT)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `diag.leak` for `form` against a worker whose token is
+/// [`hostile_token`], and checks every place the token must not reach.
+async fn the_token_in(form: &str) {
+    let (env, worker) = leak_world().await;
+    let plan = run_leak(&env, form).await;
     assert_eq!(plan.status, PlanStatus::Succeeded, "{plan:#?}");
     let step = &plan.steps[0];
     assert_eq!(step.status, StepStatus::Succeeded, "{step:#?}");
@@ -137,25 +148,6 @@ async fn the_token_in(form: &str) {
             "{form}: {f} not in {answered}"
         );
     }
-
-    // The task succeeded with the rest of the answer intact, the token
-    // replaced by the marker.
-    let output = step.output.as_ref().expect("an output");
-    assert_eq!(output["status"], 200, "{output}");
-    let body = &output["body"];
-    let shown = match body {
-        Value::String(text) => {
-            assert!(text.starts_with("callback({\"form\":\"json\""), "{text}");
-            assert!(text.contains(LEAK_KEPT), "{text}");
-            text.clone()
-        }
-        other => {
-            assert_eq!(other["note"], LEAK_KEPT, "{other}");
-            assert_eq!(other["form"], form, "{other}");
-            other["leaked"].to_string()
-        }
-    };
-    assert!(shown.contains(REDACTED), "{form}: no marker in {shown}");
 
     // Nowhere: not in the token's form, not as a JSON store holds it, and
     // not raw.
@@ -209,6 +201,25 @@ async fn the_token_in(form: &str) {
             "{form}: the worker log holds the token"
         );
     }
+    // The task succeeded with the rest of the answer intact, the token
+    // replaced by the marker.
+    let output = step.output.as_ref().expect("an output");
+    assert_eq!(output["status"], 200, "{output}");
+    let body = &output["body"];
+    let shown = match body {
+        Value::String(text) => {
+            assert!(text.starts_with("callback({\"form\":\"json\""), "{text}");
+            assert!(text.contains(LEAK_KEPT), "{text}");
+            text.clone()
+        }
+        other => {
+            assert_eq!(other["note"], LEAK_KEPT, "{other}");
+            assert_eq!(other["form"], form, "{other}");
+            other["leaked"].to_string()
+        }
+    };
+    assert!(shown.contains(REDACTED), "{form}: no marker in {shown}");
+
     drop(worker);
 }
 
@@ -260,4 +271,54 @@ async fn a_hex_token_in_lower_and_upper_case_is_masked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_escaped_token_in_a_text_body_is_masked() {
     the_token_in("json").await;
+}
+
+/// The other way a credential can come back: in an error message and the
+/// log line that reports it. Here an orchestrator that knows the token (a
+/// compromised cloud side probing) sends it hex-encoded as an input that
+/// breaks the local schema; the refusal's message quotes the input, and
+/// the worker masks it there and in its log. (The input itself is kept in
+/// the audit record as received: the orchestrator sent it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hex_token_quoted_in_an_error_message_and_a_log_line_is_masked() {
+    let (env, worker) = leak_world().await;
+    let hex_token = hex::encode(&env.token);
+    let plan = run_leak(&env, &hex_token).await;
+    let step = &plan.steps[0];
+    assert_eq!(step.status, StepStatus::Rejected, "{step:#?}");
+    assert_eq!(
+        step.error_code.as_deref(),
+        Some("invalid_input"),
+        "{step:#?}"
+    );
+    let message = step.error_message.as_deref().unwrap_or_default();
+    assert!(message.contains(REDACTED), "{message}");
+    assert!(!message.contains(&hex_token), "{message}");
+    assert_eq!(
+        common::requests_to(&env.api, "/leak"),
+        0,
+        "nothing was called"
+    );
+    let local_audit = std::fs::read_to_string(env.path("worker-audit.jsonl")).unwrap();
+    let record = local_audit.lines().last().unwrap();
+    let record: Value = serde_json::from_str(record).unwrap();
+    let audited = record["error_message"].as_str().unwrap();
+    assert!(
+        audited.contains(REDACTED) && !audited.contains(&hex_token),
+        "{audited}"
+    );
+    let log = worker.output();
+    assert!(
+        log.contains("assignment rejected"),
+        "the refusal was logged"
+    );
+    assert!(
+        log.contains(REDACTED),
+        "the log line quotes the masked input"
+    );
+    assert!(
+        !log.contains(&hex_token),
+        "the worker log holds the hex token"
+    );
+    drop(worker);
 }

@@ -26,7 +26,10 @@
 //!
 //! The worker keeps one process-wide set of every value it loaded
 //! ([`remember`], called by [`super::Secrets::load`] and
-//! [`super::load_local_now`]); [`current`] is the masker for all of them.
+//! [`super::load_local_now`]; at start every `env://` and `file://`
+//! credential the config names is read once for this, so it is known before
+//! its first task); [`current`] is the masker for all of them. A Key Vault
+//! value is known from its first fetch on.
 //! Task outputs and error messages ([`crate::task`]), and so the audit
 //! records made of them, go through it, as does every log line
 //! ([`MaskingMakeWriter`]).

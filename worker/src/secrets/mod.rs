@@ -296,6 +296,22 @@ pub fn load_local_now(reference: &SecretRef) -> Result<SecretValue, SecretError>
     Ok(value)
 }
 
+/// Reads every `env://` and `file://` credential the config's tasks name,
+/// only so that [`mask`] knows them from the start: an error message or a
+/// log line about a task refused before its credential was loaded (or an
+/// output of another task) is masked too. A value that cannot be read is
+/// skipped here; the task that needs it fails as before. Key Vault values
+/// are known once fetched.
+fn remember_local_values(config: &crate::config::Config) {
+    for task in config.tasks.values() {
+        if let Some(reference) = task.executor.secret()
+            && !reference.is_keyvault()
+        {
+            let _ = load_local_now(reference);
+        }
+    }
+}
+
 /// Routes each reference to the source for its scheme.
 #[derive(Clone)]
 pub struct Secrets {
@@ -326,6 +342,7 @@ impl Secrets {
     /// a client: the CA file is unreadable, the client secret cannot be
     /// loaded, or the SDK refuses the credential options.
     pub fn from_config(config: &crate::config::Config) -> Result<Self, SecretError> {
+        remember_local_values(config);
         let mut secrets = Secrets::default();
         if let Some(settings) = &config.keyvault {
             let kv_config = keyvault::KeyVaultConfig::from_settings(settings)?;
