@@ -74,7 +74,10 @@ impl WorkerGateway for Gateway {
         let lease = *self.lease.lock().unwrap();
         let problems = self.problems.lock().unwrap().clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(heartbeat);
+            // The first beat one period in: a beat sent at once could
+            // reach the worker before the Welcome and break the stream.
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
