@@ -91,9 +91,10 @@ impl Masker {
     /// A masker for `secrets` (empty values are ignored).
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Masker {
         let mut patterns: Vec<Zeroizing<String>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for secret in secrets {
             for variant in variants(secret) {
-                if !patterns.iter().any(|p| **p == *variant) {
+                if seen.insert(pattern_digest(&variant)) {
                     patterns.push(variant);
                 }
             }
@@ -215,6 +216,13 @@ impl Masker {
             }
         }
     }
+}
+
+/// A digest standing for a pattern in the de-duplication set, so the set
+/// holds no copy of a credential's form.
+fn pattern_digest(pattern: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(pattern.as_bytes()).into()
 }
 
 /// Every distinct form of `secret` that is masked, the raw value first.
