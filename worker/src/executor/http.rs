@@ -517,6 +517,39 @@ mod tests {
         assert_eq!(url, "https://crm.internal/tickets/7?q=");
     }
 
+    #[tokio::test]
+    async fn an_empty_path_placeholder_is_rejected_before_any_call() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = HttpExecutorConfig {
+            method: http::Method::GET,
+            url: UrlTemplate::parse(&format!("http://127.0.0.1:{port}/tickets/{{ticket_id}}"))
+                .unwrap(),
+            headers: http::HeaderMap::new(),
+            body: None,
+            auth: None,
+            max_response_bytes: 1024,
+        };
+        let execution = HttpExecutor::new()
+            .unwrap()
+            .execute(
+                &config,
+                &inputs(serde_json::json!({"ticket_id": ""})),
+                None,
+                "T-1",
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(execution.outcome(), crate::outcome::Outcome::Rejected);
+        assert_eq!(execution.error.unwrap().code, ErrorCode::InvalidInput);
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the internal API was called"
+        );
+    }
+
     #[test]
     fn a_placeholder_in_the_host_is_refused_at_config_time() {
         for bad in [
