@@ -17,7 +17,7 @@
 //! - JSON-escaped, as the value appears inside a JSON string: `\"`, `\\`,
 //!   control characters, optionally `\/`, and `\uXXXX` (lower or upper
 //!   hex) for non-ASCII and HTML-sensitive characters, as common encoders
-//!   write it.
+//!   write it; and as Rust's `Debug` escapes it in a log field.
 //!
 //! Every occurrence of any of these is replaced by [`REDACTED`] (overlapping
 //! occurrences become one marker). Encoded forms shorter
@@ -253,6 +253,11 @@ fn variants(secret: &str) -> Vec<Zeroizing<String>> {
         add(lower_percent_hex(&upper).replace("%20", "+"));
         add(upper);
     }
+    // As a log field written with `?` (Rust's `Debug`) or escaped for a log
+    // line shows it (`\u{1b}` rather than JSON's `\u001b`).
+    let debug = format!("{secret:?}");
+    add(debug[1..debug.len() - 1].to_string());
+    add(secret.escape_debug().to_string());
     for slash in [false, true] {
         for style in [
             Unicode::None,
@@ -567,6 +572,16 @@ mod tests {
             assert_eq!(back, SECRET);
             assert_masked(&format!("\"{escaped}\""), &escaped);
         }
+    }
+
+    #[test]
+    fn debug_escaped_in_a_log_field() {
+        let secret = "tok\u{1b}en-\"value\"-42";
+        let m = Masker::new([secret]);
+        let line = format!("WARN reason={secret:?} done");
+        assert_eq!(m.mask(&line), "WARN reason=\"[REDACTED]\" done");
+        let escaped = secret.escape_debug().to_string();
+        assert_eq!(m.mask(&escaped), REDACTED);
     }
 
     #[test]
