@@ -416,7 +416,7 @@ impl Runner {
                     }
                     Some(Ok(value)) => Some(value),
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "credential unavailable");
+                        tracing::warn!(error = %crate::shown::shown(&e), "credential unavailable");
                         return Err(Execution::failed(TaskError::new(
                             ErrorCode::CredentialUnavailable,
                             e.to_string(),

@@ -311,7 +311,7 @@ impl HttpExecutor {
                 format!("internal API did not answer within {timeout:?}; its effect is unknown"),
             )),
             Ok(Err(e)) => {
-                tracing::warn!(error = %error_chain(&e), "internal API call failed");
+                tracing::warn!(error = %crate::shown::shown(error_chain(&e)), "internal API call failed");
                 // A request that failed after it was sent may have had its
                 // effect; only a refused connection proves nothing was sent.
                 Execution::failed(if e.is_connect() {
