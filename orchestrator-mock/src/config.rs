@@ -23,6 +23,13 @@
 //! [testing]
 //! fault_injection = false             # default false; the /v1/testing/... hooks of contract tests (see crate::testing)
 //!
+//! [admission]                         # optional; see crate::admission
+//! identities = ["spiffe://example.org/worker/*", "spiffe://example.org/worker/crm-eu-?"]
+//!                                     # default: none set, every identity the CA certified is
+//!                                     # admitted (a warning at start). `*` = any run of
+//!                                     # characters without `/`, `?` = one character other
+//!                                     # than `/`, on the whole URI SAN; an empty list admits no one
+//!
 //! [tls]
 //! ca_cert = "certs/ca.pem"            # trust anchors for worker certificates
 //! cert = "certs/orchestrator.pem"     # server chain, leaf first
@@ -32,6 +39,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::admission::IdentityPattern;
 
 /// Default gRPC (worker gateway) listen address.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7443";
@@ -74,6 +83,17 @@ pub struct Config {
     /// Off by default; contract tests only (`serve --fault-injection` sets
     /// it too).
     pub fault_injection: bool,
+    /// `[admission]`: which worker identities may connect.
+    pub admission: AdmissionConfig,
+}
+
+/// `[admission]`: rules applied to a worker connection after its TLS
+/// handshake (see [`crate::admission`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AdmissionConfig {
+    /// `identities`: the allowlist of worker identity patterns; `None`
+    /// (absent) admits every identity certified by the CA.
+    pub identities: Option<Vec<IdentityPattern>>,
 }
 
 /// TLS files of the worker gateway.
@@ -176,6 +196,7 @@ impl Config {
             "wire_capture_dir",
             "sync_writes",
             "testing",
+            "admission",
         ];
         r.unknown_keys(&table, "", TOP);
         let grpc_listen = r.addr(&table, "grpc_listen", DEFAULT_GRPC_LISTEN);
@@ -227,6 +248,7 @@ impl Config {
                 false
             }
         };
+        let admission = r.admission(&table);
         let tls = match table.get("tls") {
             Some(toml::Value::Table(t)) => {
                 r.unknown_keys(t, "tls.", &["ca_cert", "cert", "key"]);
@@ -275,6 +297,7 @@ impl Config {
                 wire_capture_dir,
                 sync_writes,
                 fault_injection,
+                admission,
             }),
             _ => Err(ConfigError::Invalid(r.problems)),
         }
@@ -294,6 +317,54 @@ impl Reader<'_> {
                 default
             }
         }
+    }
+}
+
+impl Reader<'_> {
+    fn admission(&mut self, table: &toml::Table) -> AdmissionConfig {
+        let t = match table.get("admission") {
+            None => return AdmissionConfig::default(),
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => {
+                self.problem(
+                    "admission",
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                return AdmissionConfig::default();
+            }
+        };
+        self.unknown_keys(t, "admission.", &["identities"]);
+        let identities = match t.get("identities") {
+            None => None,
+            Some(toml::Value::Array(items)) => {
+                let mut patterns = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("admission.identities[{i}]");
+                    match item {
+                        toml::Value::String(s) => match IdentityPattern::new(s) {
+                            Ok(p) => patterns.push(p),
+                            Err(e) => self.problem(&path, e),
+                        },
+                        other => self.problem(
+                            &path,
+                            format!("expected a string, found {}", other.type_str()),
+                        ),
+                    }
+                }
+                Some(patterns)
+            }
+            Some(other) => {
+                self.problem(
+                    "admission.identities",
+                    format!(
+                        "expected an array of identity patterns, found {}",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        };
+        AdmissionConfig { identities }
     }
 }
 
@@ -492,6 +563,42 @@ mod tests {
         let err = Config::from_toml_str(&format!("lease_timeout = \"0s\"\n{GOOD}"), Path::new("."))
             .unwrap_err();
         assert_eq!(err.problems()[0].path, "lease_timeout");
+    }
+
+    #[test]
+    fn admission_identities_are_optional_patterns_and_bad_ones_are_reported() {
+        let c = Config::from_toml_str(GOOD, Path::new(".")).unwrap();
+        assert_eq!(c.admission.identities, None, "no allowlist by default");
+        let c = Config::from_toml_str(
+            &format!(
+                "{GOOD}\n[admission]\nidentities = [\"spiffe://e.org/worker/*\", \"spiffe://e.org/w/crm-eu-?\"]\n"
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        let patterns = c.admission.identities.unwrap();
+        assert_eq!(patterns.len(), 2);
+        assert!(patterns[1].matches("spiffe://e.org/w/crm-eu-1"));
+        let err = Config::from_toml_str(
+            &format!("{GOOD}\n[admission]\nidentities = [\"\", 3]\nidentity = []\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "admission.identity",
+                "admission.identities[0]",
+                "admission.identities[1]"
+            ]
+        );
+        let err = Config::from_toml_str(
+            &format!("{GOOD}\n[admission]\nidentities = \"spiffe://e.org/*\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems()[0].path, "admission.identities");
     }
 
     #[test]

@@ -46,6 +46,7 @@
 //! ```
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod audit_check;
 pub mod cli;
@@ -127,6 +128,7 @@ pub struct OrchestratorHandle {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     journal: durable::journal::JournalHandle,
+    admission: Arc<admission::Admission>,
 }
 
 impl OrchestratorHandle {
@@ -138,6 +140,11 @@ impl OrchestratorHandle {
     /// The admin API base URL, e.g. `http://127.0.0.1:7070`.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr)
+    }
+
+    /// The admission rules in force and their refusal counters.
+    pub fn admission(&self) -> &admission::Admission {
+        &self.admission
     }
 
     /// Graceful shutdown: stop accepting, send `Drain` to every session,
@@ -174,6 +181,10 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     }
     let registry = Arc::new(registry::Registry::load(&config.registry)?);
     let tls_config = tls::server_config(&config.tls)?;
+    let admission = Arc::new(admission::Admission::new(
+        config.admission.identities.clone(),
+    ));
+    admission.log_start();
     let store = Arc::new(store::Store::open(&config.data_dir, config.sync_writes)?);
     let (state, durable, journal) = open_state(&config, &store)?;
     if let Some(dir) = &config.wire_capture_dir {
@@ -209,6 +220,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     let accept = tokio::spawn(tls::accept_loop(
         grpc_listener,
         tls_config,
+        admission.clone(),
         config.wire_capture_dir.clone(),
         conn_tx,
         shutdown.clone(),
@@ -278,6 +290,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         shutdown,
         tasks: vec![accept, grpc, admin, sweeper],
         journal,
+        admission,
     })
 }
 

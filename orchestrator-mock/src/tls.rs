@@ -17,8 +17,12 @@
 //! that the orchestrator received (e.g. for a secret that must not be
 //! there). Never enable it in production: it records task inputs and results.
 //!
+//! Admission ([`crate::admission`]): a verified identity that matches no
+//! pattern of `[admission] identities` is refused right after the
+//! handshake, like a certificate without an identity.
+//!
 //! What it does not do: certificate revocation, hot reload of certificates
-//! (roadmap), or authorization beyond "has a valid worker identity".
+//! (roadmap), or authorization beyond the identity allowlist.
 
 use std::fs::File;
 use std::io::Write;
@@ -42,6 +46,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use crate::admission::Admission;
 use crate::config::TlsConfig;
 
 /// How long a client may take to complete the TLS handshake.
@@ -216,11 +221,12 @@ impl AsyncWrite for WorkerConn {
 }
 
 /// Accepts TCP connections until `shutdown`, authenticates each in its own
-/// task and sends the good ones to `out` (tonic's incoming stream).
-/// Dropping the listener on return frees the port.
+/// task, applies `admission` and sends the good ones to `out` (tonic's
+/// incoming stream). Dropping the listener on return frees the port.
 pub async fn accept_loop(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    admission: Arc<Admission>,
     capture_dir: Option<PathBuf>,
     out: mpsc::Sender<Result<WorkerConn, std::io::Error>>,
     shutdown: CancellationToken,
@@ -248,11 +254,23 @@ pub async fn accept_loop(
         let out = out.clone();
         let capture_dir = capture_dir.clone();
         let shutdown = shutdown.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
             let conn = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 conn = authenticate(&acceptor, tcp, peer, conn_id, capture_dir.as_deref()) => conn,
             };
+            let conn = conn.and_then(|conn| {
+                if admission.admit_identity(&conn.info.identity) {
+                    Ok(conn)
+                } else {
+                    // Debug formatting escapes whatever the SAN holds.
+                    Err(format!(
+                        "worker identity {:?} matches no [admission] identities pattern",
+                        conn.info.identity
+                    ))
+                }
+            });
             match conn {
                 Ok(conn) => {
                     tracing::info!(peer = %peer, worker = %conn.info.identity, conn_id, "worker connection authenticated");

@@ -1,0 +1,240 @@
+//! Admission of worker connections (`[admission]` in the config): the
+//! orchestrator in process over real sockets and mutual TLS, PKI generated
+//! per test with rcgen, a hand-written worker (a tonic client).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+mod common;
+
+use common::{Ca, schema_one};
+use orchestrator_mock::client::AdminClient;
+use orchestrator_mock::{Config, OrchestratorHandle};
+use private_worker_proto::v1 as pb;
+use private_worker_proto::v1::orchestrator_message::Kind as Down;
+use private_worker_proto::v1::worker_message::Kind as Up;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Env {
+    _dir: tempfile::TempDir,
+    ca: Ca,
+    handle: OrchestratorHandle,
+    admin: AdminClient,
+}
+
+impl Env {
+    /// Starts with the test setup plus `extra` config text appended.
+    async fn start(extra: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, text) = common::write_setup(dir.path());
+        let config = Config::from_toml_str(&format!("{text}\n{extra}"), dir.path()).unwrap();
+        let handle = orchestrator_mock::spawn(config).await.unwrap();
+        let admin = AdminClient::new(&handle.admin_url());
+        Env {
+            _dir: dir,
+            ca,
+            handle,
+            admin,
+        }
+    }
+
+    /// One mTLS connection as a worker with `cert`/`key` (client side of
+    /// the handshake done; the server may still close it right after).
+    async fn tls(
+        &self,
+        cert: &str,
+        key: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca.issuer.pem().as_bytes()).unwrap())
+            .unwrap();
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.handle.grpc_addr())
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Opens a session as a worker with `cert`/`key`, says Hello and waits
+    /// for the Welcome; the session stays open while the returned sender
+    /// and stream live.
+    async fn session(&self, cert: &str, key: &str) -> Result<Session, String> {
+        let stream = self.tls(cert, key).await?;
+        let slot = Arc::new(std::sync::Mutex::new(Some(stream)));
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.handle.grpc_addr()))
+                .unwrap()
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let slot = slot.clone();
+                    async move {
+                        let s = slot
+                            .lock()
+                            .unwrap()
+                            .take()
+                            .ok_or_else(|| std::io::Error::other("used"))?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                    }
+                }))
+                .await
+                .map_err(|e| format!("channel: {e}"))?;
+        let mut client = pb::worker_gateway_client::WorkerGatewayClient::new(channel);
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(pb::WorkerMessage {
+            kind: Some(hello()),
+        })
+        .await
+        .unwrap();
+        let mut inbound = tokio::time::timeout(
+            WAIT,
+            client.session(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
+        .map_err(|_| "no response headers".to_string())?
+        .map_err(|s| format!("session: {s}"))?
+        .into_inner();
+        loop {
+            let message = tokio::time::timeout(WAIT, inbound.message())
+                .await
+                .map_err(|_| "nothing received".to_string())?
+                .map_err(|s| format!("stream: {s}"))?;
+            match message.and_then(|m| m.kind) {
+                Some(Down::Heartbeat(_)) => continue,
+                Some(Down::Welcome(welcome)) => {
+                    return Ok(Session {
+                        welcome,
+                        _tx: tx,
+                        _inbound: inbound,
+                    });
+                }
+                other => return Err(format!("expected Welcome, got {other:?}")),
+            }
+        }
+    }
+}
+
+struct Session {
+    welcome: pb::Welcome,
+    _tx: mpsc::Sender<pb::WorkerMessage>,
+    _inbound: tonic::Streaming<pb::OrchestratorMessage>,
+}
+
+fn hello() -> Up {
+    Up::Hello(pb::Hello {
+        worker_version: "hand-written test worker".into(),
+        manifest: vec![pb::ManifestEntry {
+            name: "crm.create_ticket".into(),
+            version: "1".into(),
+            input_schema_sha256: orchestrator_mock::canonical_sha256(&schema_one()),
+        }],
+        max_in_flight: 1,
+        pending_results: vec![],
+        instance_id: "instance-1".into(),
+        running: vec![],
+    })
+}
+
+/// Whether an HTTP/2 server answers on `stream` (its SETTINGS frame).
+async fn h2_answer(
+    stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin),
+) -> Result<usize, String> {
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+        Err(_) => Err("no answer".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(0)) => Err("closed".into()),
+        Ok(Ok(n)) if n >= 9 && buf[3] == 0x04 => Ok(n),
+        Ok(Ok(n)) => Err(format!("not HTTP/2: {:?}", &buf[..n])),
+    }
+}
+
+const ALLOWLIST: &str = r#"
+[admission]
+identities = ["spiffe://test.example/worker/crm-eu-?", "spiffe://test.example/worker/ops-*"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_outside_the_allowlist_cannot_open_a_session_and_one_inside_can() {
+    let env = Env::start(ALLOWLIST).await;
+
+    for (n, outside) in [
+        "spiffe://test.example/worker/crm-us-1",
+        "spiffe://test.example/worker/crm-eu-12",
+        "spiffe://other.example/worker/crm-eu-1",
+        "spiffe://test.example/workers/ops-1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (cert, key) = env.ca.worker(outside, true);
+        let refused = env.session(&cert, &key).await;
+        assert!(refused.is_err(), "{outside} opened a session");
+        let refused = match env.tls(&cert, &key).await {
+            Err(e) => Err(e),
+            Ok(mut s) => h2_answer(&mut s).await,
+        };
+        assert!(refused.is_err(), "{outside} got an HTTP/2 answer");
+        assert_eq!(
+            env.handle.admission().refused_identities(),
+            2 * (n as u64 + 1)
+        );
+    }
+    assert!(env.admin.workers().await.unwrap().is_empty());
+
+    for inside in [
+        "spiffe://test.example/worker/crm-eu-1",
+        "spiffe://test.example/worker/ops-batch",
+    ] {
+        let (cert, key) = env.ca.worker(inside, true);
+        let session = env.session(&cert, &key).await.unwrap();
+        assert_eq!(session.welcome.worker_identity, inside);
+    }
+    assert_eq!(env.handle.admission().refused_identities(), 8);
+    env.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_admission_rules_every_identity_of_the_ca_is_admitted() {
+    let env = Env::start("").await;
+    let (cert, key) = env.ca.worker("spiffe://anything.example/worker/x", true);
+    let session = env.session(&cert, &key).await.unwrap();
+    assert_eq!(
+        session.welcome.worker_identity,
+        "spiffe://anything.example/worker/x"
+    );
+    assert_eq!(env.handle.admission().refused_identities(), 0);
+    env.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_allowlist_admits_no_one() {
+    let env = Env::start("[admission]\nidentities = []\n").await;
+    let (cert, key) = env.ca.worker("spiffe://test.example/worker/crm-eu-1", true);
+    assert!(env.session(&cert, &key).await.is_err());
+    assert_eq!(env.handle.admission().refused_identities(), 1);
+    env.handle.shutdown().await;
+}
