@@ -1,5 +1,7 @@
-//! Admission of worker connections after the TLS handshake: which verified
-//! worker identities may open a session at all (`[admission] identities`).
+//! Admission of worker connections: which verified worker identities may
+//! open a session at all (`[admission] identities`), and how many
+//! connections they may hold (`max_connections_per_identity`,
+//! `max_connections_before_hello`).
 //!
 //! A client certificate that chains to the CA and carries a worker identity
 //! (see [`crate::tls`]) is then checked against the allowlist. With no
@@ -24,8 +26,34 @@
 //!
 //! A pattern must not be empty nor contain whitespace or control
 //! characters. An identity is admitted when any pattern matches it.
+//!
+//! # Connection limits
+//!
+//! - `max_connections_before_hello` (default
+//!   [`DEFAULT_MAX_CONNECTIONS_BEFORE_HELLO`]) bounds, across all peers, the
+//!   connections that have not said `Hello` yet: TCP connections in their
+//!   TLS handshake and authenticated ones whose `Hello` has not been seen.
+//!   A TCP connection accepted past it is closed at once, before any TLS.
+//!   A connection frees its place when its `Hello` is accepted or when it
+//!   closes (at the latest [`crate::tls::NO_HELLO_CLOSE`] after its
+//!   handshake, or [`crate::tls::HANDSHAKE_TIMEOUT`] after accept).
+//! - `max_connections_per_identity` (default
+//!   [`DEFAULT_MAX_CONNECTIONS_PER_IDENTITY`]) bounds the live
+//!   authenticated connections of one identity, `Hello` said or not; one
+//!   past it is closed right after its handshake. A flood from one
+//!   certificate thus holds at most that many places and cannot lock other
+//!   workers out (tested in `tests/admission.rs`).
+//!
+//! Each refusal is logged as a warning and counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Default `max_connections_per_identity`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 4;
+/// Default `max_connections_before_hello`.
+pub const DEFAULT_MAX_CONNECTIONS_BEFORE_HELLO: usize = 256;
 
 /// One glob-like pattern on a full worker identity (see the module docs for
 /// the syntax).
@@ -80,20 +108,72 @@ impl IdentityPattern {
     }
 }
 
-/// The admission rules in force and what they refused.
-#[derive(Debug, Default)]
+/// The admission rules in force, the places they hand out and what they
+/// refused.
+#[derive(Debug)]
 pub struct Admission {
     identities: Option<Vec<IdentityPattern>>,
+    max_per_identity: usize,
+    max_before_hello: usize,
+    before_hello: AtomicUsize,
+    per_identity: Mutex<HashMap<String, usize>>,
     refused_identities: AtomicU64,
+    refused_identity_limit: AtomicU64,
+    refused_before_hello_limit: AtomicU64,
+}
+
+/// A place among the connections that have not said `Hello`; given back
+/// when dropped.
+#[derive(Debug)]
+pub struct BeforeHelloSlot(Arc<Admission>);
+
+impl Drop for BeforeHelloSlot {
+    fn drop(&mut self) {
+        self.0.before_hello.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A place among the live connections of one identity; given back when
+/// dropped.
+#[derive(Debug)]
+pub struct IdentitySlot {
+    admission: Arc<Admission>,
+    identity: String,
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .admission
+            .per_identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.identity);
+            }
+        }
+    }
 }
 
 impl Admission {
-    /// Rules from the config: `identities` is the allowlist, `None` for
-    /// "every identity of the CA".
-    pub fn new(identities: Option<Vec<IdentityPattern>>) -> Admission {
+    /// Rules from the config: `identities` is the allowlist (`None` for
+    /// "every identity of the CA"), then the two connection limits.
+    pub fn new(
+        identities: Option<Vec<IdentityPattern>>,
+        max_per_identity: usize,
+        max_before_hello: usize,
+    ) -> Admission {
         Admission {
             identities,
+            max_per_identity,
+            max_before_hello,
+            before_hello: AtomicUsize::new(0),
+            per_identity: Mutex::new(HashMap::new()),
             refused_identities: AtomicU64::new(0),
+            refused_identity_limit: AtomicU64::new(0),
+            refused_before_hello_limit: AtomicU64::new(0),
         }
     }
 
@@ -108,6 +188,11 @@ impl Admission {
                 "worker identities admitted"
             ),
         }
+        tracing::info!(
+            max_connections_per_identity = self.max_per_identity,
+            max_connections_before_hello = self.max_before_hello,
+            "worker connection limits"
+        );
     }
 
     /// Whether `identity` may open a connection; a refusal is counted.
@@ -122,10 +207,62 @@ impl Admission {
         admitted
     }
 
+    /// A place for a new connection that has not said `Hello`, or `None`
+    /// (counted) when `max_connections_before_hello` are taken.
+    pub fn before_hello_slot(self: &Arc<Self>) -> Option<BeforeHelloSlot> {
+        let taken = self
+            .before_hello
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_before_hello).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Some(BeforeHelloSlot(self.clone())),
+            Err(_) => {
+                self.refused_before_hello_limit
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// A place for one more live connection of `identity`, or `None`
+    /// (counted) when it holds `max_connections_per_identity` already.
+    pub fn identity_slot(self: &Arc<Self>, identity: &str) -> Option<IdentitySlot> {
+        let mut map = self.per_identity.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(identity.to_string()).or_insert(0);
+        if *n >= self.max_per_identity {
+            drop(map);
+            self.refused_identity_limit.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(IdentitySlot {
+            admission: self.clone(),
+            identity: identity.to_string(),
+        })
+    }
+
     /// How many connections were refused because their identity matched no
     /// pattern, since start.
     pub fn refused_identities(&self) -> u64 {
         self.refused_identities.load(Ordering::Relaxed)
+    }
+
+    /// How many connections were refused because their identity held
+    /// `max_connections_per_identity` already, since start.
+    pub fn refused_identity_limit(&self) -> u64 {
+        self.refused_identity_limit.load(Ordering::Relaxed)
+    }
+
+    /// How many TCP connections were closed at accept because
+    /// `max_connections_before_hello` were taken, since start.
+    pub fn refused_before_hello_limit(&self) -> u64 {
+        self.refused_before_hello_limit.load(Ordering::Relaxed)
+    }
+
+    /// Connections holding a place before `Hello` right now.
+    pub fn connections_before_hello(&self) -> usize {
+        self.before_hello.load(Ordering::Acquire)
     }
 }
 
@@ -184,19 +321,46 @@ mod tests {
 
     #[test]
     fn without_an_allowlist_everything_is_admitted_and_refusals_are_counted() {
-        let open = Admission::new(None);
+        let open = Admission::new(None, 4, 256);
         assert!(open.admit_identity("spiffe://any/worker/x"));
         assert_eq!(open.refused_identities(), 0);
-        let closed = Admission::new(Some(vec![
-            IdentityPattern::new("spiffe://e.org/worker/*").unwrap(),
-            IdentityPattern::new("spiffe://e.org/other/a").unwrap(),
-        ]));
+        let closed = Admission::new(
+            Some(vec![
+                IdentityPattern::new("spiffe://e.org/worker/*").unwrap(),
+                IdentityPattern::new("spiffe://e.org/other/a").unwrap(),
+            ]),
+            4,
+            256,
+        );
         assert!(closed.admit_identity("spiffe://e.org/worker/1"));
         assert!(closed.admit_identity("spiffe://e.org/other/a"));
         assert!(!closed.admit_identity("spiffe://e.org/other/b"));
         assert!(!closed.admit_identity("spiffe://e.org/worker/1/2"));
         assert_eq!(closed.refused_identities(), 2);
-        let none = Admission::new(Some(vec![]));
+        let none = Admission::new(Some(vec![]), 4, 256);
         assert!(!none.admit_identity("spiffe://e.org/worker/1"));
+    }
+
+    #[test]
+    fn slots_are_bounded_and_given_back_when_dropped() {
+        let a = Arc::new(Admission::new(None, 2, 3));
+        let one = a.identity_slot("x").unwrap();
+        let two = a.identity_slot("x").unwrap();
+        assert!(a.identity_slot("x").is_none());
+        let other = a.identity_slot("y").unwrap();
+        drop(one);
+        let three = a.identity_slot("x").unwrap();
+        assert!(a.identity_slot("x").is_none());
+        assert_eq!(a.refused_identity_limit(), 2);
+        drop((two, three, other));
+        assert!(a.per_identity.lock().unwrap().is_empty(), "no leftovers");
+
+        let held: Vec<_> = (0..3).map(|_| a.before_hello_slot().unwrap()).collect();
+        assert!(a.before_hello_slot().is_none());
+        assert_eq!(a.connections_before_hello(), 3);
+        drop(held);
+        assert_eq!(a.connections_before_hello(), 0);
+        assert!(a.before_hello_slot().is_some());
+        assert_eq!(a.refused_before_hello_limit(), 1);
     }
 }

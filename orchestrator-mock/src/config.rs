@@ -29,6 +29,9 @@
 //!                                     # admitted (a warning at start). `*` = any run of
 //!                                     # characters without `/`, `?` = one character other
 //!                                     # than `/`, on the whole URI SAN; an empty list admits no one
+//! max_connections_per_identity = 4    # default 4: live connections of one identity; more are closed after the handshake
+//! max_connections_before_hello = 256  # default 256: connections (all peers) in their handshake or not yet past Hello;
+//!                                     # more are closed at accept, before TLS
 //!
 //! [tls]
 //! ca_cert = "certs/ca.pem"            # trust anchors for worker certificates
@@ -40,7 +43,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::admission::IdentityPattern;
+use crate::admission::{
+    DEFAULT_MAX_CONNECTIONS_BEFORE_HELLO, DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, IdentityPattern,
+};
 
 /// Default gRPC (worker gateway) listen address.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7443";
@@ -87,13 +92,29 @@ pub struct Config {
     pub admission: AdmissionConfig,
 }
 
-/// `[admission]`: rules applied to a worker connection after its TLS
-/// handshake (see [`crate::admission`]).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// `[admission]`: rules applied to worker connections (see
+/// [`crate::admission`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdmissionConfig {
     /// `identities`: the allowlist of worker identity patterns; `None`
     /// (absent) admits every identity certified by the CA.
     pub identities: Option<Vec<IdentityPattern>>,
+    /// `max_connections_per_identity`: live authenticated connections one
+    /// identity may hold (1 to 65536).
+    pub max_connections_per_identity: usize,
+    /// `max_connections_before_hello`: connections, across all peers, in
+    /// their TLS handshake or not yet past `Hello` (1 to 1048576).
+    pub max_connections_before_hello: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            identities: None,
+            max_connections_per_identity: DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
+            max_connections_before_hello: DEFAULT_MAX_CONNECTIONS_BEFORE_HELLO,
+        }
+    }
 }
 
 /// TLS files of the worker gateway.
@@ -333,7 +354,36 @@ impl Reader<'_> {
                 return AdmissionConfig::default();
             }
         };
-        self.unknown_keys(t, "admission.", &["identities"]);
+        self.unknown_keys(
+            t,
+            "admission.",
+            &[
+                "identities",
+                "max_connections_per_identity",
+                "max_connections_before_hello",
+            ],
+        );
+        let mut limit = |key: &str, default: usize, max: i64| match t.get(key) {
+            None => default,
+            Some(toml::Value::Integer(n)) if (1..=max).contains(n) => *n as usize,
+            Some(other) => {
+                self.problem(
+                    &format!("admission.{key}"),
+                    format!("expected an integer from 1 to {max}, found {other}"),
+                );
+                default
+            }
+        };
+        let max_connections_per_identity = limit(
+            "max_connections_per_identity",
+            DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
+            65_536,
+        );
+        let max_connections_before_hello = limit(
+            "max_connections_before_hello",
+            DEFAULT_MAX_CONNECTIONS_BEFORE_HELLO,
+            1_048_576,
+        );
         let identities = match t.get("identities") {
             None => None,
             Some(toml::Value::Array(items)) => {
@@ -364,7 +414,11 @@ impl Reader<'_> {
                 None
             }
         };
-        AdmissionConfig { identities }
+        AdmissionConfig {
+            identities,
+            max_connections_per_identity,
+            max_connections_before_hello,
+        }
     }
 }
 
@@ -569,6 +623,8 @@ mod tests {
     fn admission_identities_are_optional_patterns_and_bad_ones_are_reported() {
         let c = Config::from_toml_str(GOOD, Path::new(".")).unwrap();
         assert_eq!(c.admission.identities, None, "no allowlist by default");
+        assert_eq!(c.admission.max_connections_per_identity, 4);
+        assert_eq!(c.admission.max_connections_before_hello, 256);
         let c = Config::from_toml_str(
             &format!(
                 "{GOOD}\n[admission]\nidentities = [\"spiffe://e.org/worker/*\", \"spiffe://e.org/w/crm-eu-?\"]\n"
@@ -599,6 +655,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems()[0].path, "admission.identities");
+    }
+
+    #[test]
+    fn admission_connection_limits_are_positive_integers() {
+        let c = Config::from_toml_str(
+            &format!("{GOOD}\n[admission]\nmax_connections_per_identity = 2\nmax_connections_before_hello = 10\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.admission.max_connections_per_identity, 2);
+        assert_eq!(c.admission.max_connections_before_hello, 10);
+        assert_eq!(c.admission.identities, None);
+        let err = Config::from_toml_str(
+            &format!("{GOOD}\n[admission]\nmax_connections_per_identity = 0\nmax_connections_before_hello = \"many\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "admission.max_connections_per_identity",
+                "admission.max_connections_before_hello"
+            ]
+        );
     }
 
     #[test]

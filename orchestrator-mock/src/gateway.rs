@@ -294,8 +294,7 @@ impl Inner {
             return;
         }
         // The connection said Hello: it is no longer idle (see `tls`).
-        conn.said_hello
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        conn.said_hello.set();
         let manifest: Vec<ManifestEntryView> = hello
             .manifest
             .iter()

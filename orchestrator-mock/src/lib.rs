@@ -183,6 +183,8 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     let tls_config = tls::server_config(&config.tls)?;
     let admission = Arc::new(admission::Admission::new(
         config.admission.identities.clone(),
+        config.admission.max_connections_per_identity,
+        config.admission.max_connections_before_hello,
     ));
     admission.log_start();
     let store = Arc::new(store::Store::open(&config.data_dir, config.sync_writes)?);

@@ -17,9 +17,12 @@
 //! that the orchestrator received (e.g. for a secret that must not be
 //! there). Never enable it in production: it records task inputs and results.
 //!
-//! Admission ([`crate::admission`]): a verified identity that matches no
-//! pattern of `[admission] identities` is refused right after the
-//! handshake, like a certificate without an identity.
+//! Admission ([`crate::admission`]): a TCP connection past
+//! `max_connections_before_hello` is closed at accept, before any TLS; a
+//! verified identity that matches no pattern of `[admission] identities`,
+//! or that holds `max_connections_per_identity` live connections already,
+//! is refused right after the handshake, like a certificate without an
+//! identity.
 //!
 //! What it does not do: certificate revocation, hot reload of certificates
 //! (roadmap), or authorization beyond the identity allowlist.
@@ -46,7 +49,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, BeforeHelloSlot, IdentitySlot};
 use crate::config::TlsConfig;
 
 /// How long a client may take to complete the TLS handshake.
@@ -124,7 +127,34 @@ pub struct WorkerConnInfo {
     /// Connection number (also names the wire capture file).
     pub conn_id: u64,
     /// Set by the gateway once a valid `Hello` arrived on this connection.
-    pub said_hello: Arc<AtomicBool>,
+    pub said_hello: Arc<HelloFlag>,
+}
+
+/// Whether a connection said `Hello`; setting it also gives back the
+/// connection's place among those that have not
+/// (`max_connections_before_hello`).
+#[derive(Debug, Default)]
+pub struct HelloFlag {
+    said: AtomicBool,
+    slot: std::sync::Mutex<Option<BeforeHelloSlot>>,
+}
+
+impl HelloFlag {
+    /// Records that a valid `Hello` arrived and frees the connection's
+    /// place before `Hello`.
+    pub fn set(&self) {
+        self.said.store(true, Ordering::Relaxed);
+        drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// Whether [`HelloFlag::set`] was called.
+    pub fn is_set(&self) -> bool {
+        self.said.load(Ordering::Relaxed)
+    }
+
+    fn hold(&self, slot: BeforeHelloSlot) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+    }
 }
 
 /// How long after its TLS handshake a connection that has not said `Hello`
@@ -143,6 +173,9 @@ pub struct WorkerConn {
     info: WorkerConnInfo,
     /// Until a `Hello`: when the connection is closed for idling.
     hello_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Its place among its identity's live connections, held until it is
+    /// dropped.
+    _identity_slot: Option<IdentitySlot>,
 }
 
 impl Connected for WorkerConn {
@@ -161,7 +194,7 @@ impl AsyncRead for WorkerConn {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if let Some(deadline) = this.hello_deadline.as_mut() {
-            if this.info.said_hello.load(Ordering::Relaxed) {
+            if this.info.said_hello.is_set() {
                 this.hello_deadline = None;
             } else if deadline.as_mut().poll(cx).is_ready() {
                 tracing::warn!(
@@ -250,6 +283,15 @@ pub async fn accept_loop(
             }
         };
         let conn_id = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(before_hello) = admission.before_hello_slot() else {
+            tracing::warn!(
+                peer = %peer,
+                conn_id,
+                "dropped connection: max_connections_before_hello connections are in their handshake or have not said Hello yet"
+            );
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let out = out.clone();
         let capture_dir = capture_dir.clone();
@@ -260,16 +302,23 @@ pub async fn accept_loop(
                 _ = shutdown.cancelled() => return,
                 conn = authenticate(&acceptor, tcp, peer, conn_id, capture_dir.as_deref()) => conn,
             };
-            let conn = conn.and_then(|conn| {
-                if admission.admit_identity(&conn.info.identity) {
-                    Ok(conn)
-                } else {
-                    // Debug formatting escapes whatever the SAN holds.
-                    Err(format!(
+            let conn = conn.and_then(|mut conn| {
+                // Debug formatting escapes whatever the SAN holds.
+                if !admission.admit_identity(&conn.info.identity) {
+                    return Err(format!(
                         "worker identity {:?} matches no [admission] identities pattern",
                         conn.info.identity
-                    ))
+                    ));
                 }
+                let Some(slot) = admission.identity_slot(&conn.info.identity) else {
+                    return Err(format!(
+                        "worker identity {:?} holds max_connections_per_identity live connections already",
+                        conn.info.identity
+                    ));
+                };
+                conn._identity_slot = Some(slot);
+                conn.info.said_hello.hold(before_hello);
+                Ok(conn)
             });
             match conn {
                 Ok(conn) => {
@@ -333,8 +382,9 @@ async fn authenticate(
             identity,
             remote_addr: peer,
             conn_id,
-            said_hello: Arc::new(AtomicBool::new(false)),
+            said_hello: Arc::new(HelloFlag::default()),
         },
         hello_deadline: Some(Box::pin(tokio::time::sleep(NO_HELLO_CLOSE))),
+        _identity_slot: None,
     })
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 mod common;
 
 use common::{Ca, schema_one};
+use orchestrator_mock::api::{PlanRequest, PlanStatus, StepRequest};
 use orchestrator_mock::client::AdminClient;
 use orchestrator_mock::{Config, OrchestratorHandle};
 use private_worker_proto::v1 as pb;
@@ -15,6 +16,7 @@ use private_worker_proto::v1::orchestrator_message::Kind as Down;
 use private_worker_proto::v1::worker_message::Kind as Up;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -123,8 +125,8 @@ impl Env {
                 Some(Down::Welcome(welcome)) => {
                     return Ok(Session {
                         welcome,
-                        _tx: tx,
-                        _inbound: inbound,
+                        tx,
+                        inbound,
                     });
                 }
                 other => return Err(format!("expected Welcome, got {other:?}")),
@@ -135,8 +137,92 @@ impl Env {
 
 struct Session {
     welcome: pb::Welcome,
-    _tx: mpsc::Sender<pb::WorkerMessage>,
-    _inbound: tonic::Streaming<pb::OrchestratorMessage>,
+    tx: mpsc::Sender<pb::WorkerMessage>,
+    inbound: tonic::Streaming<pb::OrchestratorMessage>,
+}
+
+impl Session {
+    async fn send(&self, kind: Up) {
+        self.tx
+            .send(pb::WorkerMessage { kind: Some(kind) })
+            .await
+            .unwrap();
+    }
+
+    /// The next message other than a heartbeat.
+    async fn next(&mut self) -> Down {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.inbound.message())
+                .await
+                .expect("nothing received")
+                .expect("stream failed");
+            match message.and_then(|m| m.kind) {
+                Some(Down::Heartbeat(_)) => continue,
+                Some(other) => return other,
+                None => panic!("stream ended"),
+            }
+        }
+    }
+
+    /// Runs one assignment to success, as a worker would.
+    async fn run_one(&mut self) {
+        let Down::Assignment(a) = self.next().await else {
+            panic!("expected an assignment")
+        };
+        let task = pb::TaskRef {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+        };
+        self.send(Up::Accept(pb::Accept {
+            task: Some(task.clone()),
+        }))
+        .await;
+        self.send(Up::Result(pb::TaskResult {
+            task: Some(task),
+            outcome: pb::Outcome::Succeeded as i32,
+            output_json: "{}".into(),
+            error_code: String::new(),
+            error_message: String::new(),
+            audit: None,
+        }))
+        .await;
+        match self.next().await {
+            Down::ResultAck(ack) => assert_eq!(ack.task.unwrap().task_id, a.task_id),
+            other => panic!("expected a result ack, got {other:?}"),
+        }
+    }
+}
+
+/// Retries `session` until it opens (places are given back asynchronously,
+/// when the server sees a connection close).
+async fn session_eventually(env: &Env, cert: &str, key: &str) -> Session {
+    let start = std::time::Instant::now();
+    loop {
+        match env.session(cert, key).await {
+            Ok(s) => return s,
+            Err(e) if start.elapsed() > WAIT => panic!("no session: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn run_a_plan(env: &Env, worker: &mut Session) {
+    let submitted = env
+        .admin
+        .submit_plan(&PlanRequest {
+            name: Some("admission".into()),
+            steps: vec![StepRequest {
+                task: "crm.create_ticket".into(),
+                version: None,
+                inputs: json!({"title": "served"}),
+            }],
+        })
+        .await
+        .unwrap();
+    env.admin.approve(&submitted.id).await.unwrap();
+    worker.run_one().await;
+    let done = env.admin.wait_for_plan(&submitted.id, WAIT).await.unwrap();
+    assert_eq!(done.status, PlanStatus::Succeeded, "{done:?}");
 }
 
 fn hello() -> Up {
@@ -236,5 +322,86 @@ async fn an_empty_allowlist_admits_no_one() {
     let (cert, key) = env.ca.worker("spiffe://test.example/worker/crm-eu-1", true);
     assert!(env.session(&cert, &key).await.is_err());
     assert_eq!(env.handle.admission().refused_identities(), 1);
+    env.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_identity_that_never_says_hello_is_capped_while_another_worker_runs_a_plan()
+ {
+    let env = Env::start("[admission]\nmax_connections_per_identity = 3\n").await;
+    let (flood_cert, flood_key) = env.ca.worker("spiffe://test.example/worker/flood", true);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        match env.tls(&flood_cert, &flood_key).await {
+            Err(_) => refused += 1,
+            Ok(mut s) => match h2_answer(&mut s).await {
+                Ok(_) => held.push(s),
+                Err(_) => refused += 1,
+            },
+        }
+    }
+    assert_eq!(held.len(), 3, "the per-identity limit holds");
+    assert_eq!(refused, 7);
+    assert_eq!(env.handle.admission().refused_identity_limit(), 7);
+
+    // Another identity is served meanwhile, start to finish.
+    let (cert, key) = env.ca.worker("spiffe://test.example/worker/real", true);
+    let mut real = env.session(&cert, &key).await.unwrap();
+    run_a_plan(&env, &mut real).await;
+
+    // The flood's places come back when its connections close.
+    drop(held);
+    let flood = session_eventually(&env, &flood_cert, &flood_key).await;
+    assert_eq!(
+        flood.welcome.worker_identity,
+        "spiffe://test.example/worker/flood"
+    );
+    env.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_before_hello_are_closed_at_accept_and_hello_frees_a_place() {
+    let env = Env::start("[admission]\nmax_connections_before_hello = 2\n").await;
+    let (cert, key) = env.ca.worker("spiffe://test.example/worker/real", true);
+
+    // A worker that said Hello holds no place before Hello.
+    let mut real = env.session(&cert, &key).await.unwrap();
+    let start = std::time::Instant::now();
+    while env.handle.admission().connections_before_hello() != 0 {
+        assert!(start.elapsed() < WAIT, "Hello did not free the place");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Two TCP connections that never start TLS take both places ...
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(
+            tokio::net::TcpStream::connect(env.handle.grpc_addr())
+                .await
+                .unwrap(),
+        );
+    }
+    let start = std::time::Instant::now();
+    while env.handle.admission().connections_before_hello() != 2 {
+        assert!(
+            start.elapsed() < WAIT,
+            "the silent connections hold no place"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... so a third is closed before TLS, and a new session cannot open,
+    let (other_cert, other_key) = env.ca.worker("spiffe://test.example/worker/other", true);
+    assert!(env.session(&other_cert, &other_key).await.is_err());
+    assert!(env.handle.admission().refused_before_hello_limit() >= 1);
+    // while the worker already in keeps being served.
+    run_a_plan(&env, &mut real).await;
+
+    drop(silent);
+    let other = session_eventually(&env, &other_cert, &other_key).await;
+    assert_eq!(
+        other.welcome.worker_identity,
+        "spiffe://test.example/worker/other"
+    );
     env.handle.shutdown().await;
 }
