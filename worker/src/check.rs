@@ -3,7 +3,8 @@
 //! the secret sources (Azure Key Vault included, through the same
 //! `[keyvault]` settings the worker uses), and prints a report: which
 //! reference resolved (with its length) and which failed and why. It never
-//! prints a credential's value. It does not dial the orchestrator.
+//! prints a credential's value. It does not dial the orchestrator. It says
+//! whether the local kill switch is on, and which file it is.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -81,6 +82,20 @@ pub async fn check(config: &Config) -> CheckReport {
         report.item(
             true,
             format!("audit log {}: will be created", config.audit_log.display()),
+        );
+    }
+    // Informational either way: a switch that is on is the operator's
+    // choice, not a broken install.
+    let kill_switch = config.kill_switch.display();
+    if config.kill_switch.exists() {
+        report.item(
+            true,
+            format!("kill switch {kill_switch}: ON (the file exists): every assignment is refused (kill_switch) and nothing runs until it is removed"),
+        );
+    } else {
+        report.item(
+            true,
+            format!("kill switch {kill_switch}: off (create the file to refuse every assignment)"),
         );
     }
     let journal = config.journal.display();

@@ -66,6 +66,10 @@ pub struct Config {
     pub max_in_flight: u32,
     /// Where the worker's local, hash-chained audit log is appended.
     pub audit_log: PathBuf,
+    /// The local kill switch: while this file exists every assignment is
+    /// refused (`kill_switch`, REJECTED) and nothing runs. Default: `STOP`
+    /// in the audit log's directory.
+    pub kill_switch: PathBuf,
     /// Whether each audit commit waits for the disk (`fdatasync`). On by
     /// default; off only where losing the last records in a power cut is
     /// acceptable (benchmarks).
@@ -323,6 +327,7 @@ enum RawKeyVaultAuth {
 struct RawWorker {
     max_in_flight: Option<u32>,
     audit_log: Option<PathBuf>,
+    kill_switch: Option<PathBuf>,
     audit_fsync: Option<bool>,
     journal: Option<PathBuf>,
     journal_retain: Option<u64>,
@@ -598,6 +603,10 @@ impl Config {
                 .worker
                 .journal_retain
                 .unwrap_or(crate::journal::DEFAULT_RETAIN),
+            kill_switch: raw
+                .worker
+                .kill_switch
+                .map_or_else(|| audit_log.with_file_name("STOP"), |path| base.join(path)),
             audit_log,
             audit_fsync: raw.worker.audit_fsync.unwrap_or(true),
             drain_grace,
@@ -1085,6 +1094,24 @@ mod tests {
             http.auth.as_ref().unwrap().secret(),
             &"env://CRM_TOKEN".parse::<SecretRef>().unwrap()
         );
+    }
+
+    #[test]
+    fn the_kill_switch_defaults_to_stop_beside_the_audit_log_and_can_be_set() {
+        let config = Config::from_toml_str(GOOD, Path::new("/etc/pw")).unwrap();
+        assert_eq!(config.kill_switch, PathBuf::from("/etc/pw/STOP"));
+        let set = GOOD.replace(
+            "max_in_flight = 4",
+            "max_in_flight = 4\n        audit_log = \"/var/lib/pw/audit.jsonl\"",
+        );
+        let config = Config::from_toml_str(&set, Path::new("/etc/pw")).unwrap();
+        assert_eq!(config.kill_switch, PathBuf::from("/var/lib/pw/STOP"));
+        let set = GOOD.replace(
+            "max_in_flight = 4",
+            "max_in_flight = 4\n        kill_switch = \"/run/pw/HALT\"",
+        );
+        let config = Config::from_toml_str(&set, Path::new("/etc/pw")).unwrap();
+        assert_eq!(config.kill_switch, PathBuf::from("/run/pw/HALT"));
     }
 
     #[test]

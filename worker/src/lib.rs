@@ -19,6 +19,7 @@
 //!   (environment, files, Azure Key Vault).
 //! - [`audit`]: the local hash-chained audit log.
 //! - `batch`: group commit's shared half (take every waiting request).
+//! - [`kill_switch`]: the local file whose presence refuses every assignment.
 //! - [`check`]: `--check`: validate everything without connecting.
 //!
 //! # What it does not do
@@ -34,6 +35,7 @@ pub mod check;
 pub mod config;
 pub mod executor;
 pub mod journal;
+pub mod kill_switch;
 pub mod outcome;
 pub mod secrets;
 pub mod session;
@@ -114,7 +116,8 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
         audit,
         journal,
         tls.identity().to_string(),
-    );
+    )
+    .with_kill_switch(kill_switch::KillSwitch::new(config.kill_switch.clone()));
     tracing::info!(
         identity = tls.identity(),
         orchestrator = %config.orchestrator.address,

@@ -73,6 +73,8 @@ pub enum ErrorCode {
     /// This task id already ran on this worker as an earlier attempt and the
     /// task is not idempotent here; the earlier outcome is reported.
     AlreadyStarted,
+    /// The worker's local kill switch is on (its file exists); nothing ran.
+    KillSwitch,
 }
 
 impl ErrorCode {
@@ -96,6 +98,7 @@ impl ErrorCode {
             ErrorCode::Interrupted => "interrupted",
             ErrorCode::Panicked => "panicked",
             ErrorCode::AlreadyStarted => "already_started",
+            ErrorCode::KillSwitch => "kill_switch",
         }
     }
 
@@ -108,7 +111,8 @@ impl ErrorCode {
             | ErrorCode::InvalidInput
             | ErrorCode::CreditExceeded
             | ErrorCode::Draining
-            | ErrorCode::AttemptInProgress => Outcome::Rejected,
+            | ErrorCode::AttemptInProgress
+            | ErrorCode::KillSwitch => Outcome::Rejected,
             ErrorCode::CredentialUnavailable | ErrorCode::Unreachable | ErrorCode::HttpStatus => {
                 Outcome::Failed
             }
@@ -188,6 +192,7 @@ mod tests {
         assert_eq!(ErrorCode::CancelledBeforeCall.outcome(), Outcome::Cancelled);
         assert_eq!(ErrorCode::DeadlinePassed.outcome(), Outcome::TimedOut);
         assert_eq!(ErrorCode::NotAllowed.outcome(), Outcome::Rejected);
+        assert_eq!(ErrorCode::KillSwitch.outcome(), Outcome::Rejected);
     }
 
     #[test]
@@ -197,6 +202,7 @@ mod tests {
             ErrorCode::CancelledBeforeCall,
             ErrorCode::AlreadyStarted,
             ErrorCode::CredentialUnavailable,
+            ErrorCode::KillSwitch,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, code.as_str());

@@ -23,6 +23,7 @@ use crate::config::{Config, ExecutorConfig, TaskConfig};
 use crate::executor::http::HttpExecutor;
 use crate::executor::{ErrorCode, Execution, Outcome, TaskError};
 use crate::journal::{Journal, JournalError, Summary};
+use crate::kill_switch::KillSwitch;
 use crate::secrets::Secrets;
 use private_worker_proto::audit::{system_time_text, truncation_marker};
 
@@ -297,6 +298,7 @@ pub struct Runner {
     audit: AuditWriter,
     journal: Journal,
     identity: String,
+    kill_switch: Option<KillSwitch>,
 }
 
 impl Runner {
@@ -316,7 +318,16 @@ impl Runner {
             audit,
             journal,
             identity,
+            kill_switch: None,
         }
+    }
+
+    /// Refuses every assignment (`kill_switch`, REJECTED, nothing run)
+    /// while `switch`'s file exists; checked first, at each assignment.
+    #[must_use]
+    pub fn with_kill_switch(mut self, switch: KillSwitch) -> Self {
+        self.kill_switch = Some(switch);
+        self
     }
 
     /// The allowlist this runner enforces.
@@ -395,6 +406,11 @@ impl Runner {
         cancel: &CancellationToken,
         gate: &StartGate,
     ) -> Result<Ready<'_>, Execution> {
+        // First: while the operator's switch is on, nothing else happens.
+        if let Some(error) = self.kill_switch.as_ref().and_then(KillSwitch::refusal) {
+            tracing::warn!(code = %error.code, "assignment refused: the local kill switch is on");
+            return Err(Execution::failed(error));
+        }
         let (task, inputs) = self.allowlist.check(assignment).map_err(|error| {
             tracing::warn!(code = %error.code, reason = %crate::shown::shown(&error.message), "assignment rejected");
             Execution::failed(error)
