@@ -45,6 +45,10 @@
 //!   workers out (tested in `tests/admission.rs`).
 //!
 //! Each refusal is logged as a warning and counted.
+//!
+//! Revocation (`[admission] crl`) is checked during the TLS handshake by
+//! [`crate::tls::ClientVerifier`], which reloads the CRL file when it
+//! changes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -366,7 +366,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         ),
         Err(e) => report(false, "registry", e.to_string()),
     }
-    match crate::tls::server_config(&config.tls) {
+    match crate::tls::server_config(&config.tls, config.admission.crl.as_deref()) {
         Ok(_) => report(
             true,
             "tls",

@@ -32,6 +32,8 @@
 //! max_connections_per_identity = 4    # default 4: live connections of one identity; more are closed after the handshake
 //! max_connections_before_hello = 256  # default 256: connections (all peers) in their handshake or not yet past Hello;
 //!                                     # more are closed at accept, before TLS
+//! crl = "revoked.pem"                 # optional: CRLs (PEM, or one DER) of revoked worker certificates;
+//!                                     # checked on the leaf, reloaded within 2 s when the file changes
 //!
 //! [tls]
 //! ca_cert = "certs/ca.pem"            # trust anchors for worker certificates
@@ -105,6 +107,10 @@ pub struct AdmissionConfig {
     /// `max_connections_before_hello`: connections, across all peers, in
     /// their TLS handshake or not yet past `Hello` (1 to 1048576).
     pub max_connections_before_hello: usize,
+    /// `crl`: a file of certificate revocation lists (PEM with one or more
+    /// `X509 CRL` blocks, or one DER CRL) for worker certificates,
+    /// reloaded when it changes; `None` checks no revocation.
+    pub crl: Option<PathBuf>,
 }
 
 impl Default for AdmissionConfig {
@@ -113,6 +119,7 @@ impl Default for AdmissionConfig {
             identities: None,
             max_connections_per_identity: DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
             max_connections_before_hello: DEFAULT_MAX_CONNECTIONS_BEFORE_HELLO,
+            crl: None,
         }
     }
 }
@@ -361,8 +368,10 @@ impl Reader<'_> {
                 "identities",
                 "max_connections_per_identity",
                 "max_connections_before_hello",
+                "crl",
             ],
         );
+        let crl = self.path(t, "admission.", "crl", false);
         let mut limit = |key: &str, default: usize, max: i64| match t.get(key) {
             None => default,
             Some(toml::Value::Integer(n)) if (1..=max).contains(n) => *n as usize,
@@ -418,6 +427,7 @@ impl Reader<'_> {
             identities,
             max_connections_per_identity,
             max_connections_before_hello,
+            crl,
         }
     }
 }
@@ -667,6 +677,13 @@ mod tests {
         assert_eq!(c.admission.max_connections_per_identity, 2);
         assert_eq!(c.admission.max_connections_before_hello, 10);
         assert_eq!(c.admission.identities, None);
+        assert_eq!(c.admission.crl, None);
+        let c = Config::from_toml_str(
+            &format!("{GOOD}\n[admission]\ncrl = \"revoked.pem\"\n"),
+            Path::new("/etc/om"),
+        )
+        .unwrap();
+        assert_eq!(c.admission.crl, Some(PathBuf::from("/etc/om/revoked.pem")));
         let err = Config::from_toml_str(
             &format!("{GOOD}\n[admission]\nmax_connections_per_identity = 0\nmax_connections_before_hello = \"many\"\n"),
             Path::new("."),

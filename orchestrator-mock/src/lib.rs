@@ -180,7 +180,8 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         );
     }
     let registry = Arc::new(registry::Registry::load(&config.registry)?);
-    let tls_config = tls::server_config(&config.tls)?;
+    let (tls_config, client_verifier) =
+        tls::server_config(&config.tls, config.admission.crl.as_deref())?;
     let admission = Arc::new(admission::Admission::new(
         config.admission.identities.clone(),
         config.admission.max_connections_per_identity,
@@ -217,6 +218,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         shutdown.clone(),
     ));
 
+    let crl_watch = tokio::spawn(tls::watch_crl(client_verifier, shutdown.clone()));
     // Worker gateway: our TLS accept loop feeds tonic.
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
     let accept = tokio::spawn(tls::accept_loop(
@@ -290,7 +292,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         grpc_addr,
         admin_addr,
         shutdown,
-        tasks: vec![accept, grpc, admin, sweeper],
+        tasks: vec![accept, grpc, admin, sweeper, crl_watch],
         journal,
         admission,
     })

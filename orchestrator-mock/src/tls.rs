@@ -24,8 +24,13 @@
 //! is refused right after the handshake, like a certificate without an
 //! identity.
 //!
-//! What it does not do: certificate revocation, hot reload of certificates
-//! (roadmap), or authorization beyond the identity allowlist.
+//! Revocation: with `[admission] crl`, the client verifier
+//! ([`ClientVerifier`]) also checks the leaf against the CRLs of that file,
+//! which [`watch_crl`] reloads when it changes (the last good CRLs stay in
+//! force when a new file is broken).
+//!
+//! What it does not do: hot reload of certificates (roadmap), or
+//! authorization beyond the identity allowlist.
 
 use std::fs::File;
 use std::io::Write;
@@ -37,10 +42,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::RootCertStore;
+use std::sync::{Mutex, RwLock};
+
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -74,12 +83,20 @@ pub enum TlsError {
     Rustls(String),
 }
 
+/// How often the CRL file's modification time and size are checked.
+pub const CRL_POLL: Duration = Duration::from_secs(2);
+
 /// Builds the gateway's rustls server config: client certificates required
-/// and verified against `ca_cert`, ALPN `h2`, aws-lc-rs provider.
+/// and verified against `ca_cert` (and against the CRLs of `crl` when set),
+/// ALPN `h2`, aws-lc-rs provider. The returned [`ClientVerifier`] reloads
+/// the CRL file ([`watch_crl`]).
 ///
 /// # Errors
 /// [`TlsError`] naming the file or the rustls error.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    tls: &TlsConfig,
+    crl: Option<&Path>,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ClientVerifier>), TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
     for cert in read_certs("tls.ca_cert", &tls.ca_cert)? {
@@ -95,17 +112,215 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
         path: tls.key.clone(),
         message: format!("no PEM private key: {e}"),
     })?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Rustls(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(ClientVerifier::new(
+        Arc::new(roots),
+        provider.clone(),
+        crl.map(Path::to_path_buf),
+    )?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Rustls(format!("server certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
+}
+
+/// The client certificate verifier: webpki against the CA, plus the CRLs
+/// of the `[admission] crl` file when set, swapped for a new one when the
+/// file changes ([`ClientVerifier::reload_if_changed`]). Only the end
+/// entity's revocation is checked, and with a CRL file its issuer must
+/// have a CRL in it (an unknown status is refused).
+pub struct ClientVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    crl: Option<PathBuf>,
+    hints: Vec<DistinguishedName>,
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Modification time and size of the CRL file last read.
+    stamp: Mutex<Option<(std::time::SystemTime, u64)>>,
+}
+
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("crl", &self.crl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientVerifier {
+    fn new(
+        roots: Arc<RootCertStore>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        crl: Option<PathBuf>,
+    ) -> Result<ClientVerifier, TlsError> {
+        let file_error = |message: String| TlsError::File {
+            what: "admission.crl",
+            path: crl.clone().unwrap_or_default(),
+            message,
+        };
+        let (crls, stamp) = match &crl {
+            None => (Vec::new(), None),
+            Some(path) => {
+                let stamp = crl_stamp(path);
+                (read_crls(path).map_err(file_error)?, stamp)
+            }
+        };
+        let verifier = build_verifier(&roots, &provider, crls).map_err(|e| match &crl {
+            Some(_) => file_error(format!("unusable: {e}")),
+            None => TlsError::Rustls(format!("client verifier: {e}")),
+        })?;
+        Ok(ClientVerifier {
+            hints: verifier.root_hint_subjects().to_vec(),
+            roots,
+            provider,
+            crl,
+            current: RwLock::new(verifier),
+            stamp: Mutex::new(stamp),
+        })
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the CRL file again when its modification time or size
+    /// changed: a good one replaces the CRLs in force (logged), a broken
+    /// one is logged and the last good CRLs stay. Returns whether new CRLs
+    /// were taken.
+    pub fn reload_if_changed(&self) -> bool {
+        let Some(path) = &self.crl else { return false };
+        let stamp = crl_stamp(path);
+        {
+            let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == stamp {
+                return false;
+            }
+            *last = stamp;
+        }
+        let built = read_crls(path).and_then(|crls| {
+            let n = crls.len();
+            build_verifier(&self.roots, &self.provider, crls)
+                .map(|v| (v, n))
+                .map_err(|e| e.to_string())
+        });
+        match built {
+            Ok((verifier, n)) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+                tracing::info!(path = %path.display(), crls = n, "CRL file reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "CRL file changed but is unusable; keeping the last good CRLs");
+                false
+            }
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+fn build_verifier(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+    let builder = if crls.is_empty() {
+        builder
+    } else {
+        builder.with_crls(crls).only_check_end_entity_revocation()
+    };
+    builder.build()
+}
+
+fn crl_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The CRLs of a PEM file (one or more `X509 CRL` blocks) or of a DER
+/// file (one CRL).
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let crls: Vec<_> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("not a PEM CRL: {e}"))?
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    if crls.is_empty() {
+        return Err("no CRL in the file".into());
+    }
+    // Parsed when the verifier is built: a broken CRL is refused there,
+    // not at a handshake.
+    Ok(crls)
+}
+
+/// Polls the CRL file every [`CRL_POLL`] until `shutdown` and reloads it
+/// when it changed.
+pub async fn watch_crl(verifier: Arc<ClientVerifier>, shutdown: CancellationToken) {
+    if verifier.crl.is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CRL_POLL) => {}
+        }
+        let v = verifier.clone();
+        let _ = tokio::task::spawn_blocking(move || v.reload_if_changed()).await;
+    }
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -32,8 +32,14 @@ struct Env {
 impl Env {
     /// Starts with the test setup plus `extra` config text appended.
     async fn start(extra: &str) -> Env {
+        Env::start_with(extra, |_, _| {}).await
+    }
+
+    /// As [`Env::start`], after `prepare` ran on the directory and CA.
+    async fn start_with(extra: &str, prepare: impl FnOnce(&std::path::Path, &Ca)) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let (ca, text) = common::write_setup(dir.path());
+        prepare(dir.path(), &ca);
         let config = Config::from_toml_str(&format!("{text}\n{extra}"), dir.path()).unwrap();
         let handle = orchestrator_mock::spawn(config).await.unwrap();
         let admin = AdminClient::new(&handle.admin_url());
@@ -404,4 +410,92 @@ async fn connections_past_the_limit_before_hello_are_closed_at_accept_and_hello_
         "spiffe://test.example/worker/other"
     );
     env.handle.shutdown().await;
+}
+
+/// A worker certificate with a known serial number (for a CRL to name).
+fn worker_with_serial(ca: &Ca, identity: &str, serial: u64) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A CRL of `ca` revoking `serials`.
+fn crl(ca: &Ca, number: u64, serials: &[u64]) -> rcgen::CertificateRevocationList {
+    let now = time::OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|&s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(s),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca.issuer)
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_and_a_replaced_crl_takes_effect_without_restart() {
+    let crl_path = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = crl_path.clone();
+    let env = Env::start_with("[admission]\ncrl = \"revoked.pem\"\n", move |dir, ca| {
+        let path = dir.join("revoked.pem");
+        std::fs::write(&path, crl(ca, 1, &[1001]).pem().unwrap()).unwrap();
+        *slot.lock().unwrap() = Some(path);
+    })
+    .await;
+    let path = crl_path.lock().unwrap().clone().unwrap();
+    let (a_cert, a_key) = worker_with_serial(&env.ca, "spiffe://test.example/worker/a", 1001);
+    let (b_cert, b_key) = worker_with_serial(&env.ca, "spiffe://test.example/worker/b", 1002);
+
+    assert!(
+        env.session(&a_cert, &a_key).await.is_err(),
+        "revoked, yet admitted"
+    );
+    let b = env.session(&b_cert, &b_key).await.unwrap();
+    assert_eq!(b.welcome.worker_identity, "spiffe://test.example/worker/b");
+    drop(b);
+
+    // Replaced (DER this time): b revoked, a no longer; no restart.
+    std::fs::write(&path, crl(&env.ca, 2, &[1002]).der().as_ref()).unwrap();
+    let a = session_eventually(&env, &a_cert, &a_key).await;
+    assert_eq!(a.welcome.worker_identity, "spiffe://test.example/worker/a");
+    assert!(env.session(&b_cert, &b_key).await.is_err(), "b was revoked");
+
+    // A broken file keeps the last good CRL in force.
+    std::fs::write(
+        &path,
+        b"-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    tokio::time::sleep(orchestrator_mock::tls::CRL_POLL * 2).await;
+    assert!(env.session(&b_cert, &b_key).await.is_err(), "b was revoked");
+    let a2 = env.session(&a_cert, &a_key).await.unwrap();
+    assert_eq!(a2.welcome.worker_identity, "spiffe://test.example/worker/a");
+    env.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_broken_crl_file_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, text) = common::write_setup(dir.path());
+    let text = format!("{text}\n[admission]\ncrl = \"revoked.pem\"\n");
+    let config = Config::from_toml_str(&text, dir.path()).unwrap();
+    let err = orchestrator_mock::spawn(config.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("admission.crl"), "{err}");
+    std::fs::write(dir.path().join("revoked.pem"), b"\x30\x03\x02\x01\x00").unwrap();
+    let err = orchestrator_mock::spawn(config).await.unwrap_err();
+    assert!(err.to_string().contains("admission.crl"), "{err}");
 }
