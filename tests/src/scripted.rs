@@ -292,7 +292,14 @@ pub async fn serve<S>(
 where
     S: WorkerGateway,
 {
-    let config = orchestrator_mock::tls::server_config(tls).expect("server TLS config");
+    let (config, _verifier) =
+        orchestrator_mock::tls::server_config(tls, None).expect("server TLS config");
+    // No admission rules: this stand-in tests workers, not admission.
+    let admission = Arc::new(orchestrator_mock::admission::Admission::new(
+        None,
+        usize::MAX,
+        usize::MAX,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -302,6 +309,7 @@ where
     tokio::spawn(orchestrator_mock::tls::accept_loop(
         listener,
         config,
+        admission,
         None,
         tx,
         stop.clone(),

@@ -134,6 +134,10 @@ async fn start_orchestrator(
         "grpc_listen = \"127.0.0.1:0\"",
         &format!("grpc_listen = \"127.0.0.1:{grpc_port}\"\nsync_writes = {durable}"),
     );
+    // The scale section connects thousands of workers at once: the
+    // admission limit on connections before Hello (default 256) would turn
+    // the measurement into one of backoff.
+    let config = format!("{config}\n[admission]\nmax_connections_before_hello = 100000\n");
     let path = setup.dir.join(format!("{name}.toml"));
     std::fs::write(&path, config)?;
     let process = Process::start(
