@@ -2,7 +2,6 @@
 //! orchestrator in process over real sockets and mutual TLS, PKI generated
 //! per test with rcgen, a hand-written worker (a tonic client).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
@@ -14,8 +13,6 @@ use orchestrator_mock::{Config, OrchestratorHandle};
 use private_worker_proto::v1 as pb;
 use private_worker_proto::v1::orchestrator_message::Kind as Down;
 use private_worker_proto::v1::worker_message::Kind as Up;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -58,30 +55,7 @@ impl Env {
         cert: &str,
         key: &str,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.ca.issuer.pem().as_bytes()).unwrap())
-            .unwrap();
-        let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
-            .map(Result::unwrap)
-            .collect();
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(self.handle.grpc_addr())
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .map_err(|e| e.to_string())
+        common::connect_as_worker(&self.ca, self.handle.grpc_addr(), cert, key).await
     }
 
     /// Opens a session as a worker with `cert`/`key`, says Hello and waits
@@ -89,23 +63,7 @@ impl Env {
     /// and stream live.
     async fn session(&self, cert: &str, key: &str) -> Result<Session, String> {
         let stream = self.tls(cert, key).await?;
-        let slot = Arc::new(std::sync::Mutex::new(Some(stream)));
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.handle.grpc_addr()))
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let slot = slot.clone();
-                    async move {
-                        let s = slot
-                            .lock()
-                            .unwrap()
-                            .take()
-                            .ok_or_else(|| std::io::Error::other("used"))?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-                    }
-                }))
-                .await
-                .map_err(|e| format!("channel: {e}"))?;
+        let channel = common::channel_over(stream, self.handle.grpc_addr()).await?;
         let mut client = pb::worker_gateway_client::WorkerGatewayClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
         tx.send(pb::WorkerMessage {

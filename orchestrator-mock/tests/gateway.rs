@@ -3,7 +3,6 @@
 //! checked message by message. PKI is generated per test with rcgen.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
@@ -15,8 +14,6 @@ use orchestrator_mock::{Config, OrchestratorHandle};
 use private_worker_proto::v1 as pb;
 use private_worker_proto::v1::orchestrator_message::Kind as Down;
 use private_worker_proto::v1::worker_message::Kind as Up;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -63,52 +60,13 @@ impl Env {
         cert: &str,
         key: &str,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.ca.issuer.pem().as_bytes()).unwrap())
-            .unwrap();
-        let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
-            .map(Result::unwrap)
-            .collect();
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(self.addr())
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .map_err(|e| e.to_string())
+        common::connect_as_worker(&self.ca, self.addr(), cert, key).await
     }
 
     /// An HTTP/2 channel over one mTLS connection as a worker with
     /// `cert`/`key`.
     async fn channel(&self, cert: &str, key: &str) -> Result<tonic::transport::Channel, String> {
-        let stream = self.tls(cert, key).await?;
-        let slot = Arc::new(std::sync::Mutex::new(Some(stream)));
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr()))
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let slot = slot.clone();
-                async move {
-                    let s = slot
-                        .lock()
-                        .unwrap()
-                        .take()
-                        .ok_or_else(|| std::io::Error::other("used"))?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-                }
-            }))
-            .await
-            .map_err(|e| e.to_string())
+        common::channel_over(self.tls(cert, key).await?, self.addr()).await
     }
 
     /// Opens a session stream as a worker with `cert`/`key`.

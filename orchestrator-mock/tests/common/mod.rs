@@ -85,3 +85,64 @@ key = "server.key"
 "#;
     (ca, text.to_string())
 }
+
+/// One mTLS connection to the gateway at `addr` as a worker with
+/// `cert`/`key` (PEM), trusting `ca`'s issuer, offering HTTP/2; the client
+/// side of the handshake is done (the server may still close it right
+/// after).
+pub async fn connect_as_worker(
+    ca: &Ca,
+    addr: std::net::SocketAddr,
+    cert: &str,
+    key: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.issuer.pem().as_bytes()).unwrap())
+        .unwrap();
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A tonic channel over one already-established connection to `addr`.
+pub async fn channel_over(
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    addr: std::net::SocketAddr,
+) -> Result<tonic::transport::Channel, String> {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let slot = slot.clone();
+            async move {
+                let s = slot
+                    .lock()
+                    .unwrap()
+                    .take()
+                    .ok_or_else(|| std::io::Error::other("used"))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .map_err(|e| format!("channel: {e}"))
+}
