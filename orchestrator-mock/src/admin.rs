@@ -1,20 +1,33 @@
 //! The admin HTTP+JSON API (axum), on its own listener.
 //!
-//! | Method | Path | Does |
-//! |---|---|---|
-//! | POST | `/v1/plans` | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems`; a step may carry `"deadline": "<RFC 3339>"` |
-//! | GET | `/v1/plans/{id}` | the plan, each step with its attempts (holder, accepted, lease expiry, outcome) |
-//! | POST | `/v1/plans/{id}/approve` | approve (queues step 0); 409 unless pending |
-//! | POST | `/v1/plans/{id}/reject` | reject, body `{"reason": "..."}` optional; 409 unless pending |
-//! | POST | `/v1/plans/{id}/cancel` | cancel the plan, body `{"reason": "..."}` optional; 409 when finished |
-//! | POST | `/v1/plans/{id}/steps/{index}/cancel` | cancel from that step on; 409 when it finished, 404 no such step |
-//! | GET | `/v1/plans/{id}/results` | stored results of the plan |
-//! | GET | `/v1/plans/{id}/audit` | stored audit records of the plan |
-//! | GET | `/v1/workers` | connected sessions (with lease and held attempts) |
-//! | GET | `/v1/identities` | every worker identity known, connected or not: last seen, lease expiry, held attempts |
-//! | GET | `/v1/unattributed` | results (and their audit records) kept as evidence but part of no plan: sent for an attempt never assigned, or assigned to another identity, each with the reason |
-//! | GET | `/v1/tasks` | the registry |
-//! | GET | `/healthz` | `{"status":"ok"}` |
+//! | Method | Path | Role | Does |
+//! |---|---|---|---|
+//! | POST | `/v1/plans` | submit | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems`; a step may carry `"deadline": "<RFC 3339>"` |
+//! | GET | `/v1/plans/{id}` | read | the plan, each step with its attempts (holder, accepted, lease expiry, outcome) |
+//! | POST | `/v1/plans/{id}/approve` | approve | approve (queues step 0); 409 unless pending |
+//! | POST | `/v1/plans/{id}/reject` | approve | reject, body `{"reason": "..."}` optional; 409 unless pending |
+//! | POST | `/v1/plans/{id}/cancel` | submit | cancel the plan, body `{"reason": "..."}` optional; 409 when finished |
+//! | POST | `/v1/plans/{id}/steps/{index}/cancel` | submit | cancel from that step on; 409 when it finished, 404 no such step |
+//! | GET | `/v1/plans/{id}/results` | read | stored results of the plan |
+//! | GET | `/v1/plans/{id}/audit` | read | stored audit records of the plan |
+//! | GET | `/v1/workers` | read | connected sessions (with lease and held attempts) |
+//! | GET | `/v1/identities` | read | every worker identity known, connected or not: last seen, lease expiry, held attempts |
+//! | GET | `/v1/unattributed` | read | results (and their audit records) kept as evidence but part of no plan: sent for an attempt never assigned, or assigned to another identity, each with the reason |
+//! | GET | `/v1/tasks` | read | the registry |
+//! | GET | `/healthz` | none | `{"status":"ok"}` |
+//! | any | `/v1/testing/...` | operate | fault-injection hooks, when enabled ([`crate::testing`]) |
+//!
+//! Who may call it ([`crate::admin_auth`], one middleware in front of
+//! every route, so the handlers here never see a refused request):
+//! `Host` must be one of `[admin] allowed_hosts` (421 otherwise), an
+//! `Origin`, when sent, one of their http/https origins (403), every call
+//! but `/healthz` needs `Authorization: Bearer <token>` of a token in the
+//! token file (401 `unauthenticated`, `WWW-Authenticate: Bearer`) holding
+//! the role in the table (403 `forbidden`), and every POST needs
+//! `Content-Type: application/json`, bodiless ones included (415). Tokens
+//! and roles: [`crate::tokens`]. The `submit` and `approve` roles are
+//! meant for different holders: the agent that proposes a plan must not
+//! be able to consent to it.
 //!
 //! Errors are `{"error": code, "message": ...}` ([`ErrorBody`]); unknown
 //! plan ids give 404, malformed JSON bodies 400 with the parse error.
@@ -24,8 +37,8 @@
 //! [`DURABLE_WAIT`] the answer is 503 `store_unavailable` (the change is
 //! kept in memory and committed when the store recovers).
 //!
-//! What it does not do: authenticate callers. Bind it to loopback or a
-//! trusted network; approval is exactly what an attacker would want.
+//! What it does not do: listen off loopback without TLS ([`crate::spawn`]
+//! refuses to start; see [`crate::admin_tls`]), or rate-limit callers.
 
 use std::sync::Arc;
 

@@ -1,7 +1,12 @@
 //! The `orchestrator-mock` command line: `serve`, `check`, admin
 //! subcommands (`plan ...`, `workers`, `identities`, `tasks`) that call the
-//! admin API through [`crate::client`], and `test`, the scenario runner
+//! admin API through [`crate::client`], `token create|list|revoke` for the
+//! admin tokens ([`crate::tokens`]), and `test`, the scenario runner
 //! ([`crate::scenario`]).
+//!
+//! The admin subcommands send the token of `--token-file` or, without it,
+//! of the `ORCHESTRATOR_MOCK_TOKEN` environment variable; never of an
+//! argument, which other users of the host could read in the process list.
 //!
 //! Output is for people (pretty JSON, one problem per line); `--json`
 //! prints compact JSON for scripts. Exit codes: 0 success, 1 failure,
@@ -22,8 +27,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{PlanStatus, PlanSubmission};
-use crate::client::{AdminClient, ClientError};
+use crate::client::{AdminClient, ClientError, TOKEN_ENV};
 use crate::config::{Config, ConfigError};
+use crate::tokens::{Role, TokenError, TokenFile};
 
 /// Default admin API URL for the admin subcommands.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:7070";
@@ -109,6 +115,78 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Admin API tokens: create (printed once), list, revoke. Works on the
+    /// token file directly; a running server sees changes at its next
+    /// request.
+    Token {
+        /// Token subcommand.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// Where the token file is: from a config, or in a data directory.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("store").required(true).args(["config", "data_dir"])))]
+pub struct TokenStoreArgs {
+    /// The orchestrator's config file (its `[admin] tokens_file`, default
+    /// `admin_tokens.json` in its `data_dir`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The orchestrator's data directory (the token file is
+    /// `admin_tokens.json` in it).
+    #[arg(long, visible_alias = "state-dir")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl TokenStoreArgs {
+    fn file(&self) -> Result<TokenFile, CliError> {
+        match (&self.config, &self.data_dir) {
+            (Some(config), _) => Ok(TokenFile::new(
+                Config::from_toml_file(config)?.admin.tokens_file,
+            )),
+            (None, Some(dir)) => Ok(TokenFile::in_data_dir(dir)),
+            (None, None) => unreachable!("clap requires --config or --data-dir"),
+        }
+    }
+}
+
+/// Token subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (once: only its hash is stored). Give
+    /// the submitting agent `--role submit --role read` and the person who
+    /// approves a separate token with `--role approve --role read`.
+    Create {
+        /// Token file location.
+        #[command(flatten)]
+        store: TokenStoreArgs,
+        /// A name for who holds it (logged with each refusal): 1 to 64 of
+        /// A-Z a-z 0-9 . _ -
+        #[arg(long)]
+        name: String,
+        /// A role: read, submit, approve or operate; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<Role>,
+    },
+    /// List tokens: names, roles and creation times (never the tokens).
+    List {
+        /// Token file location.
+        #[command(flatten)]
+        store: TokenStoreArgs,
+        /// Print compact JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by name; refused from the next request on.
+    Revoke {
+        /// Token file location.
+        #[command(flatten)]
+        store: TokenStoreArgs,
+        /// The token's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Options of `orchestrator-mock test`.
@@ -143,6 +221,11 @@ pub struct TestArgs {
     /// Run only scenarios whose name or file path contains this.
     #[arg(long)]
     pub filter: Option<String>,
+    /// With --admin-url: a file holding an admin token with every role
+    /// (read, submit, approve, operate); default the ORCHESTRATOR_MOCK_TOKEN
+    /// environment variable. With --config the runner issues its own.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Where the admin API is and how to print.
@@ -154,6 +237,34 @@ pub struct AdminArgs {
     /// Print compact JSON instead of pretty output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A file holding the admin token (create one with `token create`);
+    /// without it the token comes from the ORCHESTRATOR_MOCK_TOKEN
+    /// environment variable.
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The token, from `--token-file` or the environment.
+    fn token(&self) -> Result<String, CliError> {
+        let token = match &self.token_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| CliError::Input {
+                path: path.clone(),
+                message: format!("cannot read the token file: {e}"),
+            })?,
+            None => std::env::var(TOKEN_ENV).unwrap_or_default(),
+        };
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(CliError::NoToken);
+        }
+        Ok(token)
+    }
+
+    /// A client of the admin API with the token.
+    fn client(&self) -> Result<AdminClient, CliError> {
+        Ok(AdminClient::new(&self.admin_url).with_token(self.token()?))
+    }
 }
 
 /// Plan subcommands.
@@ -237,6 +348,14 @@ pub enum CliError {
     /// Writing to stdout failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// An admin subcommand found no token.
+    #[error(
+        "no admin token: set ORCHESTRATOR_MOCK_TOKEN or pass --token-file (create a token with `orchestrator-mock token create --config <file> --name <name> --role <role>`)"
+    )]
+    NoToken,
+    /// The token file could not be read or written.
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
 }
 
 /// Runs one command. `shutdown` ends `serve`.
@@ -273,6 +392,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
                 wait_worker: Duration::from_secs(args.wait_worker),
                 junit: args.junit,
                 filter: args.filter,
+                token_file: args.token_file,
             };
             Ok(ExitCode::from(
                 crate::scenario::run(options, shutdown).await,
@@ -280,23 +400,24 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         }
         Command::Check { config } => Ok(check(&config)),
         Command::Plan { admin, command } => plan(&admin, command).await,
+        Command::Token { command } => token(command),
         Command::Workers { admin } => {
-            let workers = AdminClient::new(&admin.admin_url).workers().await?;
+            let workers = admin.client()?.workers().await?;
             print(&admin, &workers)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Identities { admin } => {
-            let identities = AdminClient::new(&admin.admin_url).identities().await?;
+            let identities = admin.client()?.identities().await?;
             print(&admin, &identities)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Unattributed { admin } => {
-            let evidence = AdminClient::new(&admin.admin_url).unattributed().await?;
+            let evidence = admin.client()?.unattributed().await?;
             print(&admin, &evidence)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tasks { admin } => {
-            let tasks = AdminClient::new(&admin.admin_url).tasks().await?;
+            let tasks = admin.client()?.tasks().await?;
             print(&admin, &tasks)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -386,6 +507,41 @@ fn check(path: &std::path::Path) -> ExitCode {
             format!("{}: {e}", config.data_dir.display()),
         ),
     }
+    match TokenFile::new(&config.admin.tokens_file).check() {
+        Ok(0) => report(
+            true,
+            "admin tokens",
+            format!(
+                "none yet in {} (create one with `token create`)",
+                config.admin.tokens_file.display()
+            ),
+        ),
+        Ok(n) => report(
+            true,
+            "admin tokens",
+            format!("{n} in {}", config.admin.tokens_file.display()),
+        ),
+        Err(e) => report(false, "admin tokens", e.to_string()),
+    }
+    match &config.admin.tls {
+        Some(tls) => match crate::admin_tls::server_config(&tls.cert, &tls.key) {
+            Ok(_) => report(
+                true,
+                "admin tls",
+                format!("certificate {}", tls.cert.display()),
+            ),
+            Err(e) => report(false, "admin tls", e.to_string()),
+        },
+        None if !config.admin_listen.ip().is_loopback() => report(
+            false,
+            "admin_listen",
+            crate::StartError::AdminWithoutTls {
+                addr: config.admin_listen,
+            }
+            .to_string(),
+        ),
+        None => {}
+    }
     if config.insecure_skip_checks {
         report(
             true,
@@ -401,7 +557,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliError> {
-    let client = AdminClient::new(&admin.admin_url);
+    let client = admin.client()?;
     match command {
         PlanCommand::Submit { file } => {
             let text = if file.as_os_str() == "-" {
@@ -479,6 +635,54 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
     Ok(ExitCode::SUCCESS)
 }
 
+fn token(command: TokenCommand) -> Result<ExitCode, CliError> {
+    match command {
+        TokenCommand::Create { store, name, roles } => {
+            let file = store.file()?;
+            let token = file.create(&name, &roles)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{token}")?;
+            out.flush()?;
+            let shown: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            eprintln!(
+                "created token {name:?} with roles [{}] in {}; it is shown only this once. Give it to its holder in a file (--token-file, mode 0600) or as {TOKEN_ENV}.",
+                shown.join(", "),
+                file.path().display()
+            );
+            if roles.contains(&Role::Submit) && roles.contains(&Role::Approve) {
+                eprintln!(
+                    "warning: this token can both submit and approve plans; the agent that submits should not be able to approve its own plans"
+                );
+            }
+        }
+        TokenCommand::List { store, json } => {
+            let tokens = store.file()?.list()?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&tokens).map_err(std::io::Error::other)?
+                )?;
+            } else {
+                for t in &tokens {
+                    let roles: Vec<&str> = t.roles.iter().map(|r| r.as_str()).collect();
+                    writeln!(out, "{}\t{}\t{}", t.name, roles.join(","), t.created_at)?;
+                }
+            }
+        }
+        TokenCommand::Revoke { store, name } => {
+            let file = store.file()?;
+            file.revoke(&name)?;
+            eprintln!(
+                "revoked token {name:?} in {}; refused from the next request",
+                file.path().display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print<T: Serialize>(admin: &AdminArgs, value: &T) -> Result<(), CliError> {
     let text = if admin.json {
         serde_json::to_string(value)
@@ -538,6 +742,67 @@ mod tests {
         ] {
             let err = Cli::try_parse_from(&bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn token_create_takes_a_store_a_name_and_repeated_roles() {
+        let cli = Cli::try_parse_from([
+            "orchestrator-mock",
+            "token",
+            "create",
+            "--state-dir",
+            "d",
+            "--name",
+            "agent",
+            "--role",
+            "submit",
+            "--role",
+            "read",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Token {
+                command: TokenCommand::Create { store, name, roles },
+            } => {
+                assert_eq!(store.data_dir, Some(PathBuf::from("d")));
+                assert_eq!(name, "agent");
+                assert_eq!(roles, [Role::Submit, Role::Read]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for bad in [
+            vec![
+                "orchestrator-mock",
+                "token",
+                "create",
+                "--name",
+                "a",
+                "--role",
+                "read",
+            ],
+            vec![
+                "orchestrator-mock",
+                "token",
+                "create",
+                "--data-dir",
+                "d",
+                "--name",
+                "a",
+            ],
+            vec![
+                "orchestrator-mock",
+                "token",
+                "create",
+                "--data-dir",
+                "d",
+                "--name",
+                "a",
+                "--role",
+                "admin",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
     }
 

@@ -4,6 +4,11 @@
 //! which polls). API errors come back as [`ClientError::Api`] with the
 //! server's code, message and, for a refused plan, its problems.
 //!
+//! Authentication: [`AdminClient::with_token`] makes every call send
+//! `Authorization: Bearer <token>` (see [`crate::tokens`] for the roles
+//! each call needs), and every POST goes out as JSON (`{}` when the call
+//! has no body), as the server requires.
+//!
 //! What it does not do: retry. Callers decide whether a failure is worth
 //! another try.
 
@@ -87,19 +92,63 @@ impl ClientError {
     }
 }
 
+/// The environment variable the CLI reads its admin token from.
+pub const TOKEN_ENV: &str = "ORCHESTRATOR_MOCK_TOKEN";
+
+/// A bearer token, kept out of `Debug` output.
+#[derive(Clone)]
+struct Token(std::sync::Arc<str>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
 /// A client for one orchestrator's admin API.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
+    token: Option<Token>,
 }
 
 impl AdminClient {
-    /// A client for `base_url`, e.g. `http://127.0.0.1:7070`.
+    /// A client for `base_url`, e.g. `http://127.0.0.1:7070`, without a
+    /// token (only `/healthz` answers it); add one with
+    /// [`AdminClient::with_token`].
     pub fn new(base_url: &str) -> Self {
         AdminClient {
             base: base_url.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer`.
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        let token: String = token.into();
+        self.token = Some(Token(token.trim().into()));
+        self
+    }
+
+    /// The same client over `http`, e.g. one that trusts the admin API's
+    /// TLS certificate.
+    #[must_use]
+    pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// A request to `path` (e.g. `/v1/testing/cut`) with this client's
+    /// token, for endpoints without a typed method. A POST needs a JSON
+    /// body (`.json(..)`).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(Token(t)) => request.bearer_auth(t),
+            None => request,
         }
     }
 
@@ -285,7 +334,28 @@ impl AdminClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let response = request.send().await?;
+        let mut request = request.build()?;
+        if let Some(Token(t)) = &self.token {
+            let value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                });
+            if let Ok(value) = value {
+                request
+                    .headers_mut()
+                    .insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
+        // The server takes only JSON on POST, bodiless calls included.
+        if request.method() == reqwest::Method::POST && request.body().is_none() {
+            *request.body_mut() = Some(reqwest::Body::from("{}"));
+            request.headers_mut().insert(
+                reqwest::header::CONTENT_TYPE,
+                reqwest::header::HeaderValue::from_static("application/json"),
+            );
+        }
+        let response = self.http.execute(request).await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
         if (200..300).contains(&status) {

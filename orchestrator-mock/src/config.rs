@@ -35,6 +35,14 @@
 //! crl = "revoked.pem"                 # optional: CRLs (PEM, or one DER) of revoked worker certificates;
 //!                                     # checked on the leaf, reloaded within 2 s when the file changes
 //!
+//! [admin]                             # optional; see crate::admin_auth and crate::tokens
+//! allowed_hosts = ["orch.example.com", "orch.example.com:443"]
+//!                                     # default: localhost, 127.0.0.1, [::1]; a name without
+//!                                     # a port means the admin listener's port
+//! tls_cert = "certs/admin.pem"        # optional; required when admin_listen is not loopback
+//! tls_key = "certs/admin.key"
+//! tokens_file = "admin_tokens.json"   # default: admin_tokens.json in data_dir
+//!
 //! [tls]
 //! ca_cert = "certs/ca.pem"            # trust anchors for worker certificates
 //! cert = "certs/orchestrator.pem"     # server chain, leaf first
@@ -45,6 +53,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::admin_auth::AllowedHost;
 use crate::admission::{
     DEFAULT_MAX_CONNECTIONS_BEFORE_HELLO, DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, IdentityPattern,
 };
@@ -92,6 +101,33 @@ pub struct Config {
     pub fault_injection: bool,
     /// `[admission]`: which worker identities may connect.
     pub admission: AdmissionConfig,
+    /// `[admin]`: who may call the admin API and how it is served.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the admin API's names, TLS and token file (see
+/// [`crate::admin_auth`] and [`crate::tokens`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `allowed_hosts`: the names `Host` and `Origin` may carry; default
+    /// [`crate::admin_auth::default_allowed_hosts`] (the loopback names).
+    pub allowed_hosts: Vec<AllowedHost>,
+    /// `tls_cert` and `tls_key`: serve the admin API over TLS with this
+    /// PEM chain and key. Required when `admin_listen` is not a loopback
+    /// address.
+    pub tls: Option<AdminTls>,
+    /// `tokens_file`: where the hashed tokens are; default
+    /// `admin_tokens.json` in `data_dir`.
+    pub tokens_file: PathBuf,
+}
+
+/// `[admin] tls_cert` and `tls_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// `[admission]`: rules applied to worker connections (see
@@ -225,6 +261,7 @@ impl Config {
             "sync_writes",
             "testing",
             "admission",
+            "admin",
         ];
         r.unknown_keys(&table, "", TOP);
         let grpc_listen = r.addr(&table, "grpc_listen", DEFAULT_GRPC_LISTEN);
@@ -277,6 +314,7 @@ impl Config {
             }
         };
         let admission = r.admission(&table);
+        let admin = r.admin(&table);
         let tls = match table.get("tls") {
             Some(toml::Value::Table(t)) => {
                 r.unknown_keys(t, "tls.", &["ca_cert", "cert", "key"]);
@@ -318,6 +356,13 @@ impl Config {
                 admin_listen,
                 tls: TlsConfig { ca_cert, cert, key },
                 registry,
+                admin: AdminConfig {
+                    allowed_hosts: admin.allowed_hosts,
+                    tls: admin.tls,
+                    tokens_file: admin
+                        .tokens_file
+                        .unwrap_or_else(|| data_dir.join(crate::tokens::DEFAULT_TOKENS_FILE)),
+                },
                 data_dir,
                 heartbeat_interval,
                 lease_timeout,
@@ -429,6 +474,98 @@ impl Reader<'_> {
             max_connections_before_hello,
             crl,
         }
+    }
+}
+
+/// `[admin]` as read, before the defaults that need `data_dir`.
+struct RawAdmin {
+    allowed_hosts: Vec<AllowedHost>,
+    tls: Option<AdminTls>,
+    tokens_file: Option<PathBuf>,
+}
+
+impl Reader<'_> {
+    fn admin(&mut self, table: &toml::Table) -> RawAdmin {
+        let mut raw = RawAdmin {
+            allowed_hosts: crate::admin_auth::default_allowed_hosts(),
+            tls: None,
+            tokens_file: None,
+        };
+        let t = match table.get("admin") {
+            None => return raw,
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => {
+                self.problem(
+                    "admin",
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                return raw;
+            }
+        };
+        self.unknown_keys(
+            t,
+            "admin.",
+            &["allowed_hosts", "tls_cert", "tls_key", "tokens_file"],
+        );
+        match t.get("allowed_hosts") {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                let mut hosts = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("admin.allowed_hosts[{i}]");
+                    match item {
+                        toml::Value::String(s) => match AllowedHost::parse(s) {
+                            Ok(h) => hosts.push(h),
+                            Err(e) => self.problem(&path, e),
+                        },
+                        other => self.problem(
+                            &path,
+                            format!("expected a string, found {}", other.type_str()),
+                        ),
+                    }
+                }
+                if items.is_empty() {
+                    self.problem(
+                        "admin.allowed_hosts",
+                        "must not be empty (no request could be answered); leave it out for the loopback names",
+                    );
+                }
+                raw.allowed_hosts = hosts;
+            }
+            Some(other) => self.problem(
+                "admin.allowed_hosts",
+                format!(
+                    "expected an array of host or host:port strings, found {}",
+                    other.type_str()
+                ),
+            ),
+        }
+        let cert = self.path(t, "admin.", "tls_cert", false);
+        let key = self.path(t, "admin.", "tls_key", false);
+        raw.tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(AdminTls { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                if !t.contains_key("tls_key") {
+                    self.problem(
+                        "admin.tls_key",
+                        "missing (tls_cert is set; both or neither)",
+                    );
+                }
+                None
+            }
+            (None, Some(_)) => {
+                if !t.contains_key("tls_cert") {
+                    self.problem(
+                        "admin.tls_cert",
+                        "missing (tls_key is set; both or neither)",
+                    );
+                }
+                None
+            }
+        };
+        raw.tokens_file = self.path(t, "admin.", "tokens_file", false);
+        raw
     }
 }
 
@@ -695,6 +832,45 @@ mod tests {
             [
                 "admission.max_connections_per_identity",
                 "admission.max_connections_before_hello"
+            ]
+        );
+    }
+
+    #[test]
+    fn admin_defaults_to_loopback_names_no_tls_and_a_token_file_in_data_dir() {
+        let c = Config::from_toml_str(GOOD, Path::new("/etc/om")).unwrap();
+        assert_eq!(
+            c.admin.allowed_hosts,
+            crate::admin_auth::default_allowed_hosts()
+        );
+        assert_eq!(c.admin.tls, None);
+        assert_eq!(
+            c.admin.tokens_file,
+            PathBuf::from("/var/lib/om/admin_tokens.json")
+        );
+        let c = Config::from_toml_str(
+            &format!(
+                "{GOOD}\n[admin]\nallowed_hosts = [\"orch.example\", \"[::1]:8443\"]\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\ntokens_file = \"t.json\"\n"
+            ),
+            Path::new("/etc/om"),
+        )
+        .unwrap();
+        assert_eq!(c.admin.allowed_hosts.len(), 2);
+        assert_eq!(c.admin.allowed_hosts[1].port, Some(8443));
+        assert_eq!(c.admin.tls.unwrap().key, PathBuf::from("/etc/om/a.key"));
+        assert_eq!(c.admin.tokens_file, PathBuf::from("/etc/om/t.json"));
+        let err = Config::from_toml_str(
+            &format!("{GOOD}\n[admin]\nallowed_hosts = [\"a b\"]\ntls_cert = \"a.pem\"\ntoken_file = \"x\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "admin.token_file",
+                "admin.allowed_hosts[0]",
+                "admin.tls_key"
             ]
         );
     }

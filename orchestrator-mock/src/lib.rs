@@ -24,6 +24,10 @@
 //! - [`tls`]: rustls server config, the accept loop, the wire capture.
 //! - [`gateway`]: the tonic `WorkerGateway` service, one stream per worker.
 //! - [`admin`]: the axum HTTP+JSON admin API.
+//! - [`admin_auth`]: the admin API's guard: `Host`, `Origin`, bearer token,
+//!   role and content type, in one middleware.
+//! - [`tokens`]: admin tokens, their roles and the hashed token file.
+//! - [`admin_tls`]: TLS for the admin listener (required off loopback).
 //! - [`client`]: the typed admin client used by the CLI and tests.
 //! - [`cli`]: the `orchestrator-mock` command line.
 //! - [`testing`]: fault-injection hooks for contract tests (off unless
@@ -31,7 +35,7 @@
 //! - [`scenario`]: the scenario runner behind `orchestrator-mock test`.
 //!
 //! # What it does not do (yet)
-//! Sign approvals, authenticate admin API callers, or share its queue
+//! Sign approvals, or share its queue
 //! between several instances (the [`durable::PlanStore`] trait is shaped
 //! for a PostgreSQL backend that would).
 //!
@@ -39,13 +43,15 @@
 //! ```no_run
 //! # async fn example(config: orchestrator_mock::Config) -> Result<(), Box<dyn std::error::Error>> {
 //! let handle = orchestrator_mock::spawn(config).await?;
-//! let admin = orchestrator_mock::client::AdminClient::new(&handle.admin_url());
+//! let admin = handle.admin_client("example", &[orchestrator_mock::tokens::Role::Read])?;
 //! println!("{} workers connected", admin.workers().await?.len());
 //! handle.shutdown().await;
 //! # Ok(()) }
 //! ```
 
 pub mod admin;
+pub mod admin_auth;
+pub mod admin_tls;
 pub mod admission;
 pub mod api;
 pub mod audit_check;
@@ -61,6 +67,7 @@ pub mod state;
 pub mod store;
 pub mod testing;
 pub mod tls;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -107,6 +114,22 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// `admin_listen` is not a loopback address and `[admin]` has no TLS:
+    /// bearer tokens would cross the network in clear. Set `[admin]
+    /// tls_cert` and `tls_key`, or bind `admin_listen` to 127.0.0.1 or
+    /// [::1].
+    #[error(
+        "admin_listen = {addr} is not a loopback address, and the admin API has no TLS: its bearer tokens would cross the network in clear. Set [admin] tls_cert and tls_key (PEM) in the config, or set admin_listen to a loopback address such as 127.0.0.1:{port}",
+        port = .addr.port()
+    )]
+    AdminWithoutTls {
+        /// The configured admin address.
+        addr: SocketAddr,
+    },
+    /// The admin token file exists but cannot be read or parsed; fix or
+    /// remove it (and create the tokens again).
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenError),
     /// A listener could not be bound; the address is in use or not local.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -125,6 +148,8 @@ pub enum StartError {
 pub struct OrchestratorHandle {
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
+    admin_tls: bool,
+    tokens: tokens::TokenFile,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     journal: durable::journal::JournalHandle,
@@ -137,9 +162,31 @@ impl OrchestratorHandle {
         self.grpc_addr
     }
 
-    /// The admin API base URL, e.g. `http://127.0.0.1:7070`.
+    /// The admin API base URL, e.g. `http://127.0.0.1:7070` (`https`
+    /// when `[admin]` has TLS).
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin_addr)
+        let scheme = if self.admin_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.admin_addr)
+    }
+
+    /// The admin token file in force.
+    pub fn tokens(&self) -> &tokens::TokenFile {
+        &self.tokens
+    }
+
+    /// Issues a token `name` with `roles` (replacing one of that name) and
+    /// returns a client of this orchestrator's admin API that sends it:
+    /// the one call tests and in-process harnesses need.
+    ///
+    /// # Errors
+    /// [`tokens::TokenError`] when the token file cannot be written.
+    pub fn admin_client(
+        &self,
+        name: &str,
+        roles: &[tokens::Role],
+    ) -> Result<client::AdminClient, tokens::TokenError> {
+        let token = self.tokens.issue(name, roles)?;
+        Ok(client::AdminClient::new(&self.admin_url()).with_token(token))
     }
 
     /// The admission rules in force and their refusal counters.
@@ -179,6 +226,19 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
             "!!! insecure_skip_checks is ON: plans are NOT validated against the registry and tasks are dispatched to ANY connected worker regardless of its manifest. This exists only to test the worker's own defenses; never use it otherwise. !!!"
         );
     }
+    if !config.admin_listen.ip().is_loopback() && config.admin.tls.is_none() {
+        return Err(StartError::AdminWithoutTls {
+            addr: config.admin_listen,
+        });
+    }
+    let admin_tls = config
+        .admin
+        .tls
+        .as_ref()
+        .map(|t| admin_tls::server_config(&t.cert, &t.key))
+        .transpose()?;
+    let tokens = tokens::TokenFile::new(&config.admin.tokens_file);
+    let token_count = tokens.check()?;
     let registry = Arc::new(registry::Registry::load(&config.registry)?);
     let (tls_config, client_verifier) =
         tls::server_config(&config.tls, config.admission.crl.as_deref())?;
@@ -270,19 +330,58 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         Some(hooks) => router.merge(testing::router(hooks)),
         None => router,
     };
+    // One guard in front of every admin route, the testing hooks included.
+    let policy = Arc::new(admin_auth::Policy::new(
+        tokens.clone(),
+        config.admin.allowed_hosts.clone(),
+        admin_addr.port(),
+        admin_tls.is_some(),
+    ));
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        policy,
+        admin_auth::guard,
+    ));
+    if token_count == 0 {
+        tracing::warn!(
+            file = %tokens.path().display(),
+            "no admin tokens yet: every admin call but /healthz is refused; create one with `orchestrator-mock token create --config <file> --name <name> --role <role>`"
+        );
+    }
     let admin_shutdown = shutdown.clone();
-    let admin = tokio::spawn(async move {
-        let result = axum::serve(admin_listener, router)
-            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "admin API stopped with an error");
+    let is_tls = admin_tls.is_some();
+    let admin = match admin_tls {
+        None => tokio::spawn(async move {
+            let result = axum::serve(admin_listener, router)
+                .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "admin API stopped with an error");
+            }
+        }),
+        Some(tls) => {
+            let listener =
+                admin_tls::TlsListener::spawn(admin_listener, tls, admin_shutdown.clone())
+                    .map_err(|source| StartError::Bind {
+                        what: "admin_listen",
+                        addr: config.admin_listen,
+                        source,
+                    })?;
+            tokio::spawn(async move {
+                let result = axum::serve(listener, router)
+                    .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "admin API stopped with an error");
+                }
+            })
         }
-    });
+    };
 
     tracing::info!(
         grpc = %grpc_addr,
         admin = %admin_addr,
+        admin_tls = is_tls,
+        admin_tokens = token_count,
         tasks = registry.len(),
         heartbeat = ?config.heartbeat_interval,
         lease_timeout = ?config.lease_timeout,
@@ -291,6 +390,8 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     Ok(OrchestratorHandle {
         grpc_addr,
         admin_addr,
+        admin_tls: is_tls,
+        tokens,
         shutdown,
         tasks: vec![accept, grpc, admin, sweeper, crl_watch],
         journal,

@@ -39,7 +39,9 @@ impl Env {
         prepare(dir.path(), &ca);
         let config = Config::from_toml_str(&format!("{text}\n{extra}"), dir.path()).unwrap();
         let handle = orchestrator_mock::spawn(config).await.unwrap();
-        let admin = AdminClient::new(&handle.admin_url());
+        let admin = handle
+            .admin_client("test-harness", &orchestrator_mock::tokens::Role::ALL)
+            .unwrap();
         Env {
             _dir: dir,
             ca,

@@ -76,6 +76,31 @@ fn serve_prints_one_ready_line_the_cli_talks_to_it_and_sigterm_stops_it() {
         .unwrap()
         .to_string();
 
+    // A token as a user makes one: printed once on stdout.
+    let out = Command::new(BIN)
+        .args(["token", "create", "--config"])
+        .arg(&config)
+        .args(["--name", "cli-user", "--role", "submit", "--role", "read"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("pwm_"), "{token}");
+    let out = Command::new(BIN)
+        .args(["token", "list", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.starts_with("cli-user\tread,submit\t"), "{listed}");
+    assert!(!listed.contains(&token), "{listed}");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+
     let plan = dir.path().join("plan.json");
     std::fs::write(
         &plan,
@@ -86,6 +111,7 @@ fn serve_prints_one_ready_line_the_cli_talks_to_it_and_sigterm_stops_it() {
         .args(["plan", "submit"])
         .arg(&plan)
         .env("ORCHESTRATOR_ADMIN_URL", &admin)
+        .env("ORCHESTRATOR_MOCK_TOKEN", &token)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -97,11 +123,49 @@ fn serve_prints_one_ready_line_the_cli_talks_to_it_and_sigterm_stops_it() {
     assert!(err.contains("step 1 (nope) at /: unknown task"), "{err}");
 
     let out = Command::new(BIN)
-        .args(["tasks", "--admin-url", &admin, "--json"])
+        .args(["tasks", "--admin-url", &admin, "--json", "--token-file"])
+        .arg(&token_file)
+        .env_remove("ORCHESTRATOR_MOCK_TOKEN")
         .output()
         .unwrap();
     let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(tasks.as_array().unwrap().len(), 2);
+
+    // Without a token the CLI says how to get one; after a revoke the
+    // server refuses it.
+    let out = Command::new(BIN)
+        .args(["tasks", "--admin-url", &admin])
+        .env_remove("ORCHESTRATOR_MOCK_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no admin token: set ORCHESTRATOR_MOCK_TOKEN"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["token", "revoke", "--config"])
+        .arg(&config)
+        .args(["--name", "cli-user"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["tasks", "--admin-url", &admin])
+        .env("ORCHESTRATOR_MOCK_TOKEN", &token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unknown or revoked token (HTTP 401, unauthenticated)"),
+        "{err}"
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -10,6 +10,7 @@ mod common;
 use common::{Ca, schema_one, schema_two};
 use orchestrator_mock::api::{PlanRequest, PlanStatus, StepRequest, StepStatus};
 use orchestrator_mock::client::AdminClient;
+use orchestrator_mock::tokens::Role;
 use orchestrator_mock::{Config, OrchestratorHandle};
 use private_worker_proto::v1 as pb;
 use private_worker_proto::v1::orchestrator_message::Kind as Down;
@@ -41,7 +42,7 @@ impl Env {
         prepare(dir.path());
         let config = Config::from_toml_str(&text, dir.path()).unwrap();
         let handle = orchestrator_mock::spawn(config.clone()).await.unwrap();
-        let admin = AdminClient::new(&handle.admin_url());
+        let admin = handle.admin_client("test-harness", &Role::ALL).unwrap();
         Env {
             dir,
             ca,
@@ -531,11 +532,9 @@ async fn the_admin_api_reports_problems_conflicts_unknown_plans_and_bad_json() {
     assert_eq!(again.status(), Some(409));
     assert!(again.to_string().contains("rejected"), "{again}");
 
-    let raw = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/plans",
-            env.handle.as_ref().unwrap().admin_url()
-        ))
+    let raw = env
+        .admin
+        .request(reqwest::Method::POST, "/v1/plans")
         .header("content-type", "application/json")
         .body("{\"steps\": [")
         .send()
@@ -615,7 +614,7 @@ async fn an_orchestrator_restarted_on_the_same_data_dir_continues_its_plans_and_
     env.handle.take().unwrap().shutdown().await;
 
     let restarted = orchestrator_mock::spawn(env.config.clone()).await.unwrap();
-    let admin = AdminClient::new(&restarted.admin_url());
+    let admin = restarted.admin_client("test-harness", &Role::ALL).unwrap();
     let view = admin.plan(&submitted.id).await.unwrap();
     assert_eq!(view.status, PlanStatus::Running);
     assert_eq!(view.steps[0].status, StepStatus::Assigned);

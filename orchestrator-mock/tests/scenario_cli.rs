@@ -125,7 +125,13 @@ fn a_fault_the_running_mock_cannot_give_fails_the_scenario_clearly_in_text_and_j
     .unwrap();
     std::fs::write(scenarios.join("b-cut.toml"), "[[steps]]\ncut_stream = {}\n").unwrap();
     let junit = dir.path().join("report.xml");
+    let token = common::admin_token(
+        dir.path(),
+        "scenario-cli",
+        &orchestrator_mock::tokens::Role::ALL,
+    );
     let out = Command::new(BIN)
+        .env("ORCHESTRATOR_MOCK_TOKEN", token)
         .args([
             "test",
             "--admin-url",

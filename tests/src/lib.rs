@@ -1,6 +1,7 @@
 //! Shared fixtures for private-worker's end-to-end tests and its demo.
 //!
 //! # Layout
+//! - [`admin`]: admin API clients with the tokens each harness needs.
 //! - [`bench`]: the transport baseline and the load worker of the `bench` binary.
 //! - [`internal_api`]: the stand-in internal CRM API (bearer token, records requests).
 //! - [`catalog`]: the sample tasks: registry entries for the orchestrator and
@@ -23,6 +24,7 @@
 //! Nothing here is product code: it exists so that tests and the demo
 //! exercise the real binaries over real sockets on 127.0.0.1.
 
+pub mod admin;
 pub mod bench;
 pub mod catalog;
 pub mod conformance;

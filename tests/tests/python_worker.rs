@@ -85,8 +85,15 @@ fn verify_with_private_worker(log: &Path) -> String {
 /// Asserts that the mock stored `count` audit records for the plan and
 /// that its checks found each one `ok` (`check.verdict`).
 async fn assert_audit_checked_ok(env: &Env, plan_id: &str, count: usize) {
-    let url = format!("{}/v1/plans/{plan_id}/audit", env.admin.base_url());
-    let records: Vec<Value> = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let records: Vec<Value> = env
+        .admin
+        .request(reqwest::Method::GET, &format!("/v1/plans/{plan_id}/audit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(records.len(), count, "{records:#?}");
     for record in &records {
         assert_eq!(

@@ -66,7 +66,7 @@ async fn the_worker_reconnects_after_an_orchestrator_restart() {
     let mut config = env.orchestrator_config.clone();
     config.grpc_listen = env.grpc_addr;
     let restarted = orchestrator_mock::spawn(config).await.unwrap();
-    env.admin = orchestrator_mock::client::AdminClient::new(&restarted.admin_url());
+    env.admin = common::admin_client(&restarted);
     env.orchestrator = Some(restarted);
     env.wait_connected(&env.pki.worker_identity).await;
 

@@ -225,7 +225,7 @@ async fn the_worker_refuses_an_orchestrator_certified_by_another_ca() {
         line.contains("certificate") || line.contains("UnknownIssuer"),
         "{line}"
     );
-    let admin = orchestrator_mock::client::AdminClient::new(&impostor.admin_url());
+    let admin = common::admin_client(&impostor);
     assert!(admin.workers().await.unwrap().is_empty());
     impostor.shutdown().await;
 }

@@ -83,6 +83,39 @@ pub struct TestOptions {
     pub junit: Option<PathBuf>,
     /// Run only scenarios whose name or file contains this.
     pub filter: Option<String>,
+    /// With [`MockSource::AdminUrl`]: the file holding the admin token
+    /// (it needs every role); without it, the `ORCHESTRATOR_MOCK_TOKEN`
+    /// environment variable. With [`MockSource::Config`] the runner
+    /// issues its own token ([`RUNNER_TOKEN`]) in the mock's token file.
+    pub token_file: Option<PathBuf>,
+}
+
+/// The name of the token the runner issues (and replaces on each run) in
+/// the token file of a mock it starts.
+pub const RUNNER_TOKEN: &str = "scenario-runner";
+
+/// The admin token for `options`: issued in the mock's token file when the
+/// runner starts the mock, else read from `--token-file` or the
+/// environment.
+fn admin_token(options: &TestOptions) -> Result<Option<String>, String> {
+    match &options.mock {
+        MockSource::Config(path) => {
+            let config = crate::Config::from_toml_file(path).map_err(|e| e.to_string())?;
+            crate::tokens::TokenFile::new(&config.admin.tokens_file)
+                .issue(RUNNER_TOKEN, &crate::tokens::Role::ALL)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        MockSource::AdminUrl(_) => {
+            let token = match &options.token_file {
+                Some(file) => std::fs::read_to_string(file)
+                    .map_err(|e| format!("token file {}: {e}", file.display()))?,
+                None => std::env::var(crate::client::TOKEN_ENV).unwrap_or_default(),
+            };
+            let token = token.trim().to_string();
+            Ok((!token.is_empty()).then_some(token))
+        }
+    }
 }
 
 /// Runs the scenarios; returns the exit code ([`EXIT_PASSED`],
@@ -133,7 +166,25 @@ pub async fn run(options: TestOptions, shutdown: CancellationToken) -> u8 {
         .unwrap_or_else(|| logs.join("worker.log"));
     let started = Instant::now();
 
-    // The mock.
+    // The mock and a token for it.
+    let token = match admin_token(&options) {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            eprintln!(
+                "error: no admin token for {}: set {} or pass --token-file (the token needs the roles read, submit, approve and operate)",
+                match &options.mock {
+                    MockSource::AdminUrl(url) => url.as_str(),
+                    MockSource::Config(_) => "the mock",
+                },
+                crate::client::TOKEN_ENV
+            );
+            return EXIT_USAGE;
+        }
+        Err(e) => {
+            eprintln!("error: cannot issue the runner's admin token: {e}");
+            return EXIT_FAILED;
+        }
+    };
     let mut env: Vec<(&str, String)> = Vec::new();
     let (admin_url, mock) = match &options.mock {
         MockSource::Config(config) => {
@@ -158,7 +209,8 @@ pub async fn run(options: TestOptions, shutdown: CancellationToken) -> u8 {
         MockSource::AdminUrl(url) => (url.trim_end_matches('/').to_string(), None),
     };
     env.push((ENV_ADMIN_URL, admin_url.clone()));
-    let mut harness = run::Harness::new(&admin_url, mock, options.wait_worker).await;
+    let admin = crate::client::AdminClient::new(&admin_url).with_token(token);
+    let mut harness = run::Harness::new(admin, mock, options.wait_worker).await;
     if !harness.fault_injection {
         println!(
             "mock: {admin_url} has no fault injection; scenarios that inject faults will fail"

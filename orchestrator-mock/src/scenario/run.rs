@@ -32,7 +32,6 @@ pub const POLL: Duration = Duration::from_millis(50);
 pub struct Harness {
     /// The mock's admin API.
     pub admin: AdminClient,
-    http: reqwest::Client,
     /// The mock, when the runner started it (needed to restart it).
     pub mock: Option<MockProcess>,
     /// How long to wait for a connected worker.
@@ -108,12 +107,16 @@ fn compare_output(
 }
 
 impl Harness {
-    /// A harness over the admin API at `admin_url`; probes whether the mock
-    /// offers fault injection.
-    pub async fn new(admin_url: &str, mock: Option<MockProcess>, wait_worker: Duration) -> Harness {
+    /// A harness over the admin API `admin` talks to (its token needs
+    /// every role: read, submit, approve, operate); probes whether the
+    /// mock offers fault injection.
+    pub async fn new(
+        admin: AdminClient,
+        mock: Option<MockProcess>,
+        wait_worker: Duration,
+    ) -> Harness {
         let mut h = Harness {
-            admin: AdminClient::new(admin_url),
-            http: reqwest::Client::new(),
+            admin,
             mock,
             wait_worker,
             fault_injection: false,
@@ -122,14 +125,10 @@ impl Harness {
         h
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.admin.base_url())
-    }
-
     async fn get_json(&self, path: &str) -> Result<Value, String> {
         let response = self
-            .http
-            .get(self.url(path))
+            .admin
+            .request(reqwest::Method::GET, path)
             .send()
             .await
             .map_err(|e| format!("GET {path}: {e}"))?;
@@ -138,8 +137,8 @@ impl Harness {
 
     async fn post_json(&self, path: &str, body: &Value) -> Result<Value, String> {
         let response = self
-            .http
-            .post(self.url(path))
+            .admin
+            .request(reqwest::Method::POST, path)
             .json(body)
             .send()
             .await

@@ -86,6 +86,16 @@ key = "server.key"
     (ca, text.to_string())
 }
 
+/// Issues (or replaces) the admin token `name` with `roles` in the token
+/// file of the setup [`write_setup`] wrote in `dir` (`data/admin_tokens.json`):
+/// how tests get a token for an orchestrator running in another process.
+/// In process, `OrchestratorHandle::admin_client` does it.
+pub fn admin_token(dir: &Path, name: &str, roles: &[orchestrator_mock::tokens::Role]) -> String {
+    orchestrator_mock::tokens::TokenFile::in_data_dir(&dir.join("data"))
+        .issue(name, roles)
+        .unwrap()
+}
+
 /// One mTLS connection to the gateway at `addr` as a worker with
 /// `cert`/`key` (PEM), trusting `ca`'s issuer, offering HTTP/2; the client
 /// side of the handshake is done (the server may still close it right

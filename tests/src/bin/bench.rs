@@ -160,7 +160,13 @@ async fn start_orchestrator(
             .with_context(|| format!("no {key}= in {line}"))
     };
     let grpc = field("grpc")?;
-    let admin = AdminClient::new(&field("admin")?);
+    // One token with every role: the bench measures throughput, not the
+    // role split (the demo shows that).
+    let admin = private_worker_tests::admin::client(
+        &field("admin")?,
+        &orchestrator_mock::tokens::TokenFile::in_data_dir(&setup.dir.join(format!("{name}-data"))),
+        private_worker_tests::admin::Holder::Harness,
+    )?;
     Ok((process, grpc, admin))
 }
 

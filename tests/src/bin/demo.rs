@@ -2,8 +2,11 @@
 //!
 //! Generates dev certificates with `certs-tool`, starts the sample internal
 //! API, `orchestrator-mock` and `private-worker` as separate processes,
-//! submits a three-step plan, approves it, waits, prints the results and the
-//! audit trail, stops everything and exits 0 only if the plan succeeded.
+//! creates two admin tokens with `orchestrator-mock token create` (an agent
+//! that submits and reads, a person who approves and reads), submits a
+//! three-step plan with the first, shows that it cannot approve its own
+//! plan, approves with the second, waits, prints the results and the audit
+//! trail, stops everything and exits 0 only if the plan succeeded.
 //! Files (certificates, configs, logs, audit logs) go to a fresh directory
 //! that is removed at the end unless `--keep` is given.
 
@@ -34,6 +37,34 @@ fn ready_value(line: &str, key: &str) -> anyhow::Result<String> {
         .find_map(|part| part.strip_prefix(&format!("{key}=")))
         .map(str::to_string)
         .with_context(|| format!("no {key}= in {line:?}"))
+}
+
+/// Creates an admin token the way a user does, printing the command; the
+/// token itself is printed by `token create` once and kept here.
+fn create_token(config: &Path, name: &str, roles: &[&str]) -> anyhow::Result<String> {
+    let mut command = std::process::Command::new(binary("orchestrator-mock"));
+    command
+        .args(["token", "create", "--config"])
+        .arg(config)
+        .args(["--name", name]);
+    for role in roles {
+        command.args(["--role", role]);
+    }
+    let shown: Vec<String> = roles.iter().map(|r| format!("--role {r}")).collect();
+    println!(
+        "        $ orchestrator-mock token create --config orchestrator.toml --name {name} {}",
+        shown.join(" ")
+    );
+    let out = command
+        .output()
+        .context("run orchestrator-mock token create")?;
+    if !out.status.success() {
+        bail!(
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
 fn step(n: u32, text: &str) {
@@ -163,7 +194,20 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         &[(catalog::TOKEN_ENV, token.as_str())],
         &dir.join("worker.log"),
     );
-    let admin = AdminClient::new(&admin_url);
+    println!("        admin tokens (only their SHA-256 is stored; give each holder its own):");
+    let admin = AdminClient::new(&admin_url).with_token(create_token(
+        &orchestrator_config,
+        "agent",
+        &["submit", "read"],
+    )?);
+    let approver = AdminClient::new(&admin_url).with_token(create_token(
+        &orchestrator_config,
+        "approver",
+        &["approve", "read"],
+    )?);
+    println!(
+        "        callers send them as ORCHESTRATOR_MOCK_TOKEN=... orchestrator-mock plan ... (or --token-file)"
+    );
     let start = Instant::now();
     loop {
         let workers = admin.workers().await.context("list workers")?;
@@ -202,11 +246,17 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         ],
     };
     let plan = admin.submit_plan(&request).await.context("submit plan")?;
-    admin.approve(&plan.id).await.context("approve plan")?;
+    match admin.approve(&plan.id).await {
+        Err(e) if e.status() == Some(403) => {
+            println!("        the agent's token cannot approve its own plan: {e}");
+        }
+        other => bail!("the agent's token should not approve, got {other:?}"),
+    }
+    approver.approve(&plan.id).await.context("approve plan")?;
     step(
         5,
         &format!(
-            "plan {} submitted ({} steps, validated against the registry) and approved",
+            "plan {} submitted by the agent ({} steps, validated against the registry) and approved by the approver",
             plan.id,
             plan.steps.len()
         ),

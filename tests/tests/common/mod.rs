@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use orchestrator_mock::client::AdminClient;
+use private_worker_tests::admin::Holder;
 use private_worker_tests::catalog::{self, OrchestratorSetup, WorkerSetup};
 use private_worker_tests::internal_api::InternalApi;
 use private_worker_tests::pki::{ORCHESTRATOR_NAME, Pki};
@@ -42,6 +43,17 @@ pub struct Env {
     pub token: String,
     pub grpc_addr: std::net::SocketAddr,
     pub orchestrator_config: orchestrator_mock::Config,
+}
+
+/// A client of `orchestrator`'s admin API with every role (the harness
+/// drives plans end to end); `private_worker_tests::admin` issues it.
+pub fn admin_client(orchestrator: &orchestrator_mock::OrchestratorHandle) -> AdminClient {
+    private_worker_tests::admin::client(
+        &orchestrator.admin_url(),
+        orchestrator.tokens(),
+        Holder::Harness,
+    )
+    .unwrap()
 }
 
 /// A credential value that cannot appear anywhere by accident.
@@ -89,7 +101,7 @@ impl Env {
         let orchestrator = orchestrator_mock::spawn(orchestrator_config.clone())
             .await
             .unwrap();
-        let admin = AdminClient::new(&orchestrator.admin_url());
+        let admin = admin_client(&orchestrator);
         let grpc_addr = orchestrator.grpc_addr();
         Env {
             dir,
@@ -257,7 +269,12 @@ impl OrchestratorProcess {
         OrchestratorProcess {
             process,
             grpc_addr: field("grpc=").parse().unwrap(),
-            admin: AdminClient::new(&field("admin=")),
+            admin: private_worker_tests::admin::client(
+                &field("admin="),
+                &orchestrator_mock::tokens::TokenFile::in_data_dir(data_dir),
+                Holder::Harness,
+            )
+            .unwrap(),
         }
     }
 }

@@ -1,0 +1,136 @@
+//! TLS for the admin API (`[admin] tls_cert` / `tls_key`): server
+//! authentication only, so bearer tokens never cross a network in clear.
+//! Required for a listener that is not on a loopback address.
+//!
+//! [`TlsListener`] is an [`axum::serve::Listener`]: a task accepts TCP
+//! connections and runs each handshake in its own task with a deadline
+//! ([`crate::tls::HANDSHAKE_TIMEOUT`]), so one slow client cannot hold up
+//! the others; finished handshakes queue for axum, which then serves them
+//! like plain connections (graceful shutdown included).
+//!
+//! What it does not do: client certificates (callers authenticate with a
+//! token), or reload the certificate without a restart.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::tls::{HANDSHAKE_TIMEOUT, TlsError};
+
+/// How many finished handshakes may wait for axum to take them.
+const QUEUE: usize = 64;
+
+/// The admin API's rustls server config from a PEM chain (leaf first) and
+/// key; no client certificates; ALPN `h2` and `http/1.1`.
+///
+/// # Errors
+/// [`TlsError::File`] naming `admin.tls_cert` or `admin.tls_key`, or
+/// [`TlsError::Rustls`] when the key does not fit the certificate.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::File {
+            what: "admin.tls_cert",
+            path: cert.to_path_buf(),
+            message: format!("no PEM certificates: {e}"),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::File {
+            what: "admin.tls_cert",
+            path: cert.to_path_buf(),
+            message: "no certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+        what: "admin.tls_key",
+        path: key.to_path_buf(),
+        message: format!("no PEM private key: {e}"),
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Rustls(format!("admin certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A listener yielding TLS connections whose handshake is done.
+#[derive(Debug)]
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener` until `shutdown`.
+    ///
+    /// # Errors
+    /// The listener's local address cannot be read.
+    pub fn spawn(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(QUEUE);
+        let acceptor = TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin API accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "admin API TLS handshake failed");
+                        }
+                        Err(_) => tracing::info!(%peer, "admin API TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept task ended (shutdown): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
