@@ -18,6 +18,8 @@
 //! - [`inspect`]: a readable summary of every certificate in a PEM file.
 //! - [`files`]: writes PEM files, private keys with mode 0600 from the start.
 //! - [`dev`]: one call (or `certs-tool dev`) writes a complete dev PKI.
+//! - [`approver`]: the Ed25519 key pair that signs approvals (`certs-tool
+//!   approver-key`).
 //! - `main.rs`: the `certs-tool` command line, a thin layer over this library.
 //!
 //! # What it does not do
@@ -28,6 +30,7 @@
 //! small, auditable one for development and CI, and a CSR generator for
 //! production.
 
+pub mod approver;
 pub mod ca;
 pub mod dev;
 mod error;

@@ -102,6 +102,19 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
         days: u32,
     },
+    /// Create an Ed25519 approver key pair: <out-dir>/<id>.key (the
+    /// approver's signing key, mode 0600; never give it to the
+    /// orchestrator) and <out-dir>/<id>.pub (trusted by workers'
+    /// `[approvals] keys` and the orchestrator's). Refuses to replace an
+    /// existing key.
+    ApproverKey {
+        /// The key id approvals carry, e.g. approvals-2026-12.
+        #[arg(long)]
+        id: String,
+        /// Directory to write to (created if missing).
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
     /// On the worker host: create a key and a CSR for an identity:
     /// <out-dir>/<name>.csr (send it to the CA) and <name>.key (keep it here).
     Csr {
@@ -260,6 +273,21 @@ fn run(command: Command) -> anyhow::Result<()> {
             })?;
             write_issued(&out_dir, &name, &issued, "worker")?;
             println!("worker identity: {identity}");
+        }
+        Command::ApproverKey { id, out_dir } => {
+            if let Err(rule) = private_worker_proto::check_id(&id) {
+                anyhow::bail!("--id {rule} (1 to 128 bytes of A-Z a-z 0-9 . _ - :)");
+            }
+            let (key, public) = certs_tool::approver::write_approver_key(&out_dir, &id)?;
+            println!(
+                "wrote {} (approver signing key, mode 0600: keep it with the approver only)",
+                key.display()
+            );
+            println!("wrote {} (approver public key)", public.display());
+            println!(
+                "trust it on each worker:\n  [approvals]\n  keys = [{{ id = \"{id}\", public_key = \"{}\" }}]",
+                public.display()
+            );
         }
         Command::Csr {
             identity,

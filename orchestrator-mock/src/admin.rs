@@ -52,8 +52,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::api::{
-    CancelRequest, ErrorBody, IdentityView, PlanSubmission, PlanView, Problem, RejectRequest,
-    StoredAudit, StoredResult, TaskView, Unattributed, WorkerView,
+    ApproveRequest, CancelRequest, ErrorBody, IdentityView, PlanSubmission, PlanView, Problem,
+    RejectRequest, StoredAudit, StoredResult, TaskView, Unattributed, WorkerView,
 };
 use crate::durable::journal::Durable;
 use crate::registry::Registry;
@@ -76,6 +76,9 @@ pub struct AdminState {
     pub store: Arc<Store>,
     /// Skip plan validation (`insecure_skip_checks`).
     pub skip_checks: bool,
+    /// The approver keys approvals are checked with (none: plans are
+    /// approved without signatures).
+    pub approval_keys: crate::approvals::ApprovalKeys,
 }
 
 /// An error response: status plus [`ErrorBody`].
@@ -264,8 +267,34 @@ async fn plan(State(app): State<AdminState>, Path(id): Path<String>) -> ApiResul
     Ok(Json(app.lock().plan(&id)?))
 }
 
-async fn approve(State(app): State<AdminState>, Path(id): Path<String>) -> ApiResult<PlanView> {
-    Ok(Json(app.change(|state| state.approve(&id)).await?))
+async fn approve(
+    State(app): State<AdminState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<PlanView> {
+    let request: ApproveRequest = optional_body(&body)?;
+    let approvals = if app.approval_keys.required() || !request.approvals.is_empty() {
+        let plan = app.lock().plan(&id)?;
+        app.approval_keys
+            .check(&plan, request.approvals, std::time::SystemTime::now())
+            .map_err(|problems| ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                body: ErrorBody {
+                    error: "approval_invalid".into(),
+                    message: format!(
+                        "plan {id} was not approved: {} step(s) lack a valid signed approval",
+                        problems.len()
+                    ),
+                    problems,
+                },
+            })?
+    } else {
+        Vec::new()
+    };
+    Ok(Json(
+        app.change(|state| state.approve_signed(&id, approvals))
+            .await?,
+    ))
 }
 
 async fn reject(

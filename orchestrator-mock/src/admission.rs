@@ -44,7 +44,11 @@
 //!   certificate thus holds at most that many places and cannot lock other
 //!   workers out (tested in `tests/admission.rs`).
 //!
-//! Each refusal is logged as a warning and counted.
+//! Each refusal is counted, and logged as a warning, at most
+//! [`REFUSALS_LOGGED_PER_WINDOW`] per [`REFUSAL_LOG_WINDOW`]: a flood fills
+//! neither the disk nor the log reader's screen, and the next warning
+//! after a quiet spell says how many were not logged
+//! ([`Admission::refusal_log`]).
 //!
 //! Revocation (`[admission] crl`) is checked during the TLS handshake by
 //! [`crate::tls::ClientVerifier`], which reloads the CRL file when it
@@ -58,6 +62,19 @@ use std::sync::{Arc, Mutex};
 pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 4;
 /// Default `max_connections_before_hello`.
 pub const DEFAULT_MAX_CONNECTIONS_BEFORE_HELLO: usize = 256;
+/// Most refused connections logged per [`REFUSAL_LOG_WINDOW`].
+pub const REFUSALS_LOGGED_PER_WINDOW: u32 = 20;
+/// The window over which refusal warnings are counted.
+pub const REFUSAL_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many refusal warnings the current window has logged, and how many
+/// refusals went unlogged since the last warning.
+#[derive(Debug)]
+struct RefusalLogWindow {
+    started: tokio::time::Instant,
+    logged: u32,
+    unlogged: u64,
+}
 
 /// One glob-like pattern on a full worker identity (see the module docs for
 /// the syntax).
@@ -124,6 +141,8 @@ pub struct Admission {
     refused_identities: AtomicU64,
     refused_identity_limit: AtomicU64,
     refused_before_hello_limit: AtomicU64,
+    refusal_log: Mutex<Option<RefusalLogWindow>>,
+    revocation: Option<Arc<crate::tls::ClientVerifier>>,
 }
 
 /// A place among the connections that have not said `Hello`; given back
@@ -178,7 +197,47 @@ impl Admission {
             refused_identities: AtomicU64::new(0),
             refused_identity_limit: AtomicU64::new(0),
             refused_before_hello_limit: AtomicU64::new(0),
+            refusal_log: Mutex::new(None),
+            revocation: None,
         }
+    }
+
+    /// Checks open connections again with `verifier` whenever its CRL file
+    /// is reloaded, closing those whose certificate is now revoked.
+    #[must_use]
+    pub fn with_revocation(mut self, verifier: Arc<crate::tls::ClientVerifier>) -> Admission {
+        self.revocation = Some(verifier);
+        self
+    }
+
+    /// The verifier open connections are checked against again on a CRL
+    /// reload, if any.
+    pub fn revocation(&self) -> Option<&Arc<crate::tls::ClientVerifier>> {
+        self.revocation.as_ref()
+    }
+
+    /// Whether a refused connection may be logged now: `Some(n)` with the
+    /// refusals left unlogged since the last warning (say so in it), or
+    /// `None` past [`REFUSALS_LOGGED_PER_WINDOW`] in this window. Every
+    /// refused connection, handshake failures included, asks first.
+    pub fn refusal_log(&self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut guard = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
+        let window = guard.get_or_insert(RefusalLogWindow {
+            started: now,
+            logged: 0,
+            unlogged: 0,
+        });
+        if now.duration_since(window.started) >= REFUSAL_LOG_WINDOW {
+            window.started = now;
+            window.logged = 0;
+        }
+        if window.logged >= REFUSALS_LOGGED_PER_WINDOW {
+            window.unlogged += 1;
+            return None;
+        }
+        window.logged += 1;
+        Some(std::mem::take(&mut window.unlogged))
     }
 
     /// Logs the rules in force (a warning when there is no allowlist).
@@ -343,6 +402,22 @@ mod tests {
         assert_eq!(closed.refused_identities(), 2);
         let none = Admission::new(Some(vec![]), 4, 256);
         assert!(!none.admit_identity("spiffe://e.org/worker/1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusal_warnings_are_bounded_per_window_and_the_next_one_counts_the_rest() {
+        let a = Admission::new(None, 1, 1);
+        let logged = (0..REFUSALS_LOGGED_PER_WINDOW + 30)
+            .filter(|_| a.refusal_log().is_some())
+            .count();
+        assert_eq!(logged, REFUSALS_LOGGED_PER_WINDOW as usize);
+        tokio::time::advance(REFUSAL_LOG_WINDOW).await;
+        assert_eq!(
+            a.refusal_log(),
+            Some(30),
+            "the 30 unlogged ones are counted"
+        );
+        assert_eq!(a.refusal_log(), Some(0));
     }
 
     #[test]

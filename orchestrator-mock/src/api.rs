@@ -275,6 +275,25 @@ pub struct IdentityView {
     pub held: Vec<HeldAttempt>,
 }
 
+/// The body of `POST /v1/plans/{id}/approve` (optional when the
+/// orchestrator trusts no approver key).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproveRequest {
+    /// One signed approval per step.
+    #[serde(default)]
+    pub approvals: Vec<TaskApproval>,
+}
+
+/// A signed approval for one step, named by its task id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskApproval {
+    /// The step's task id.
+    pub task_id: String,
+    /// The approval, as the approver's signer made it.
+    #[serde(flatten)]
+    pub approval: private_worker_proto::approval::Approval,
+}
+
 /// One reason a submitted plan was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {

@@ -285,6 +285,21 @@ pub enum PlanCommand {
     Approve {
         /// Plan id.
         id: String,
+        /// Sign every step with this approver key (PKCS#8 PEM, from
+        /// `certs-tool approver-key`): required when the orchestrator
+        /// trusts approver keys. The key stays in this process.
+        #[arg(long, value_name = "FILE", requires_all = ["key_id", "audience"])]
+        key: Option<std::path::PathBuf>,
+        /// The id of that key, as workers and the orchestrator know it.
+        #[arg(long, value_name = "ID")]
+        key_id: Option<String>,
+        /// Who may run the steps: a worker identity (spiffe://...) or a
+        /// pool name the workers accept.
+        #[arg(long, value_name = "AUDIENCE")]
+        audience: Option<String>,
+        /// How long the approvals stay valid.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime_serde::re::humantime::parse_duration)]
+        valid_for: Duration,
     },
     /// Reject a pending plan.
     Reject {
@@ -587,7 +602,43 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
             }
         }
         PlanCommand::Show { id } => print(admin, &client.plan(&id).await?)?,
-        PlanCommand::Approve { id } => print(admin, &client.approve(&id).await?)?,
+        PlanCommand::Approve {
+            id,
+            key,
+            key_id,
+            audience,
+            valid_for,
+        } => {
+            let view = match (key, key_id, audience) {
+                (Some(key), Some(key_id), Some(audience)) => {
+                    let unusable = |message: String| CliError::Input {
+                        path: key.clone(),
+                        message,
+                    };
+                    let pem = std::fs::read(&key).map_err(|e| unusable(e.to_string()))?;
+                    let signer =
+                        private_worker_proto::approval::KeyFileSigner::from_pem(&key_id, &pem)
+                            .map_err(unusable)?;
+                    let plan = client.plan(&id).await?;
+                    let approvals = crate::approvals::sign_plan(
+                        &signer,
+                        &plan,
+                        &audience,
+                        std::time::SystemTime::now(),
+                        valid_for,
+                    )
+                    .map_err(|e| CliError::Input {
+                        path: PathBuf::from(format!("plan {id}")),
+                        message: e,
+                    })?;
+                    client
+                        .approve_with(&id, &crate::api::ApproveRequest { approvals })
+                        .await?
+                }
+                _ => client.approve(&id).await?,
+            };
+            print(admin, &view)?
+        }
         PlanCommand::Reject { id, reason } => print(admin, &client.reject(&id, &reason).await?)?,
         PlanCommand::Cancel { id, step, reason } => {
             let view = match step {

@@ -245,8 +245,28 @@ impl AdminClient {
     /// # Errors
     /// [`ClientError::Api`]: 404 unknown id, 409 not pending.
     pub async fn approve(&self, id: &str) -> Result<PlanView, ClientError> {
-        self.send(self.http.post(self.url(&format!("/v1/plans/{id}/approve"))))
+        self.approve_with(id, &crate::api::ApproveRequest::default())
             .await
+    }
+
+    /// Approves a pending plan with signed approvals, one per step (see
+    /// [`crate::approvals::sign_plan`]).
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]: 404 unknown id, 409 not pending, 422
+    /// `approval_invalid` with a problem per step whose approval is
+    /// missing or does not hold.
+    pub async fn approve_with(
+        &self,
+        id: &str,
+        request: &crate::api::ApproveRequest,
+    ) -> Result<PlanView, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/plans/{id}/approve")))
+                .json(request),
+        )
+        .await
     }
 
     /// Rejects a pending plan.

@@ -23,6 +23,11 @@
 //! [testing]
 //! fault_injection = false             # default false; the /v1/testing/... hooks of contract tests (see crate::testing)
 //!
+//! [approvals]                         # optional; see crate::approvals
+//! keys = [{ id = "approvals-2026-12", public_key = "approvals-2026-12.pub" }]
+//!                                     # with a key, approving a plan takes one signed approval
+//!                                     # per step (made by `plan approve --key`, never here)
+//!
 //! [admission]                         # optional; see crate::admission
 //! identities = ["spiffe://example.org/worker/*", "spiffe://example.org/worker/crm-eu-?"]
 //!                                     # default: none set, every identity the CA certified is
@@ -101,6 +106,8 @@ pub struct Config {
     pub fault_injection: bool,
     /// `[admission]`: which worker identities may connect.
     pub admission: AdmissionConfig,
+    /// `[approvals]`: the approver public keys plans must be signed with.
+    pub approvals: ApprovalsConfig,
     /// `[admin]`: who may call the admin API and how it is served.
     pub admin: AdminConfig,
 }
@@ -128,6 +135,15 @@ pub struct AdminTls {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+}
+
+/// `[approvals]`: approver public keys; with at least one, approving a
+/// plan takes a signature per step from one of them (see
+/// [`crate::approvals`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApprovalsConfig {
+    /// `(key id, PEM public key file)`, several for rotation.
+    pub keys: Vec<(String, PathBuf)>,
 }
 
 /// `[admission]`: rules applied to worker connections (see
@@ -262,6 +278,7 @@ impl Config {
             "testing",
             "admission",
             "admin",
+            "approvals",
         ];
         r.unknown_keys(&table, "", TOP);
         let grpc_listen = r.addr(&table, "grpc_listen", DEFAULT_GRPC_LISTEN);
@@ -314,6 +331,7 @@ impl Config {
             }
         };
         let admission = r.admission(&table);
+        let approvals = r.approvals(&table);
         let admin = r.admin(&table);
         let tls = match table.get("tls") {
             Some(toml::Value::Table(t)) => {
@@ -371,6 +389,7 @@ impl Config {
                 sync_writes,
                 fault_injection,
                 admission,
+                approvals,
             }),
             _ => Err(ConfigError::Invalid(r.problems)),
         }
@@ -663,6 +682,71 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+}
+
+impl Reader<'_> {
+    fn approvals(&mut self, table: &toml::Table) -> ApprovalsConfig {
+        let t = match table.get("approvals") {
+            None => return ApprovalsConfig::default(),
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => {
+                self.problem(
+                    "approvals",
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                return ApprovalsConfig::default();
+            }
+        };
+        self.unknown_keys(t, "approvals.", &["keys"]);
+        let mut keys = Vec::new();
+        let items = match t.get("keys") {
+            None => return ApprovalsConfig::default(),
+            Some(toml::Value::Array(items)) => items,
+            Some(other) => {
+                self.problem(
+                    "approvals.keys",
+                    format!(
+                        "expected an array of {{ id, public_key }} tables, found {}",
+                        other.type_str()
+                    ),
+                );
+                return ApprovalsConfig::default();
+            }
+        };
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("approvals.keys[{i}].");
+            let toml::Value::Table(key) = item else {
+                self.problem(&at[..at.len() - 1], "expected a table { id, public_key }");
+                continue;
+            };
+            self.unknown_keys(key, &at, &["id", "public_key"]);
+            let id = match key.get("id") {
+                Some(toml::Value::String(id)) => match private_worker_proto::check_id(id) {
+                    Ok(()) if keys.iter().any(|(k, _)| k == id) => {
+                        self.problem(&format!("{at}id"), format!("`{id}` is listed twice"));
+                        None
+                    }
+                    Ok(()) => Some(id.clone()),
+                    Err(rule) => {
+                        self.problem(
+                            &format!("{at}id"),
+                            format!("{rule} (the contract's id rule)"),
+                        );
+                        None
+                    }
+                },
+                _ => {
+                    self.problem(&format!("{at}id"), "missing, or not a string");
+                    None
+                }
+            };
+            let public_key = self.path(key, &at, "public_key", true);
+            if let (Some(id), Some(public_key)) = (id, public_key) {
+                keys.push((id, public_key));
+            }
+        }
+        ApprovalsConfig { keys }
     }
 }
 

@@ -54,6 +54,7 @@ pub mod admin_auth;
 pub mod admin_tls;
 pub mod admission;
 pub mod api;
+pub mod approvals;
 pub mod audit_check;
 pub mod cli;
 pub mod client;
@@ -130,6 +131,10 @@ pub enum StartError {
     /// remove it (and create the tokens again).
     #[error(transparent)]
     Tokens(#[from] tokens::TokenError),
+    /// An `[approvals]` key file cannot be read or is not an Ed25519
+    /// public key; the message names the key and the file.
+    #[error("{0}")]
+    ApprovalKeys(String),
     /// A listener could not be bound; the address is in use or not local.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -240,13 +245,18 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     let tokens = tokens::TokenFile::new(&config.admin.tokens_file);
     let token_count = tokens.check()?;
     let registry = Arc::new(registry::Registry::load(&config.registry)?);
+    let approval_keys =
+        approvals::ApprovalKeys::load(&config.approvals).map_err(StartError::ApprovalKeys)?;
     let (tls_config, client_verifier) =
         tls::server_config(&config.tls, config.admission.crl.as_deref())?;
-    let admission = Arc::new(admission::Admission::new(
-        config.admission.identities.clone(),
-        config.admission.max_connections_per_identity,
-        config.admission.max_connections_before_hello,
-    ));
+    let admission = Arc::new(
+        admission::Admission::new(
+            config.admission.identities.clone(),
+            config.admission.max_connections_per_identity,
+            config.admission.max_connections_before_hello,
+        )
+        .with_revocation(client_verifier.clone()),
+    );
     admission.log_start();
     let store = Arc::new(store::Store::open(&config.data_dir, config.sync_writes)?);
     let (state, durable, journal) = open_state(&config, &store)?;
@@ -325,6 +335,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         registry: registry.clone(),
         store,
         skip_checks: config.insecure_skip_checks,
+        approval_keys,
     });
     let router = match hooks {
         Some(hooks) => router.merge(testing::router(hooks)),

@@ -168,11 +168,17 @@ impl Session {
     }
 }
 
-/// `Assignment.inputs_json` for a step's inputs: compact JSON text with
-/// every number as submitted (canonical JSON would read integers beyond
-/// 2^53 as doubles and change them), the same text for every attempt.
-fn inputs_text(inputs: &serde_json::Value) -> String {
-    inputs.to_string()
+/// `Assignment.inputs_json` for a step: the same text for every attempt.
+/// A step with a signed approval sends the canonical JSON that was signed
+/// (the approval check refused inputs it would change); others send
+/// compact JSON text with every number as submitted (canonical JSON would
+/// read integers beyond 2^53 as doubles and change them).
+fn inputs_text(step: &StepRecord) -> String {
+    match step.approval {
+        Some(_) => private_worker_proto::approval::canonical_inputs(&step.view.inputs)
+            .unwrap_or_else(|_| step.view.inputs.to_string()),
+        None => step.view.inputs.to_string(),
+    }
 }
 
 /// An attempt as the orchestrator sent it (see [`State::assigned_attempt`]).
@@ -377,6 +383,7 @@ impl State {
                 queue_seq: 0,
                 deadline: deadlines.get(i).cloned().flatten(),
                 timeout_secs: s.timeout_secs,
+                approval: None,
             })
             .collect();
         for (i, step) in steps.iter().enumerate() {
@@ -438,10 +445,34 @@ impl State {
     /// [`StateError::PlanNotFound`], or [`StateError::Conflict`] when the
     /// plan is not pending approval.
     pub fn approve(&mut self, id: &str) -> Result<PlanView, StateError> {
-        Self::pending_plan(&mut self.plans, id, "approved")?.status = PlanStatus::Approved;
-        tracing::info!(plan_id = %id, "plan approved");
+        self.approve_signed(id, Vec::new())
+    }
+
+    /// Approves a pending plan with one signed approval per step, in step
+    /// order (already checked by [`crate::approvals`]; empty when the
+    /// orchestrator trusts no approver key): each is stored with its step
+    /// and sent with every assignment of it.
+    ///
+    /// # Errors
+    /// As [`State::approve`].
+    pub fn approve_signed(
+        &mut self,
+        id: &str,
+        approvals: Vec<private_worker_proto::approval::Approval>,
+    ) -> Result<PlanView, StateError> {
+        let plan = Self::pending_plan(&mut self.plans, id, "approved")?;
+        plan.status = PlanStatus::Approved;
+        let signed = !approvals.is_empty();
+        for (step, approval) in plan.steps.iter_mut().zip(approvals) {
+            step.approval = Some(approval);
+        }
+        tracing::info!(plan_id = %id, signed, "plan approved");
         self.advance_to(id, 0);
-        self.save_step(id, 0);
+        if signed {
+            self.save(id);
+        } else {
+            self.save_step(id, 0);
+        }
         self.dispatch();
         self.plan(id)
     }
@@ -598,7 +629,7 @@ impl State {
             plan_id: plan_id.clone(),
             task_name: step.view.task.clone(),
             task_version: step.view.version.clone(),
-            inputs_json: inputs_text(&step.view.inputs),
+            inputs_json: inputs_text(step),
             worker: holder.worker.clone(),
         })
     }
@@ -1023,6 +1054,14 @@ impl State {
                 continue;
             }
             let (task, version) = (step.view.task.clone(), step.view.version.clone());
+            // A step approved for one worker identity goes to that worker
+            // only (any other would refuse it: wrong audience); a pool
+            // audience is for the workers configured to accept it.
+            let for_identity = step
+                .approval
+                .as_ref()
+                .map(|a| a.audience.clone())
+                .filter(|audience| audience.starts_with("spiffe://"));
             // The least busy eligible session; ties go to the oldest id.
             let chosen = self
                 .sessions
@@ -1032,6 +1071,9 @@ impl State {
                         && s.credit > 0
                         && !s.info.tx.is_closed()
                         && s.can_run(&task, &version, self.skip_checks)
+                        && for_identity
+                            .as_ref()
+                            .is_none_or(|identity| *identity == s.info.identity)
                 })
                 .min_by_key(|(_, s)| s.in_flight.len())
                 .map(|(id, _)| id.clone());
@@ -1065,7 +1107,7 @@ impl State {
             }
             (None, None) => None,
         };
-        let inputs_json = inputs_text(&step.view.inputs);
+        let inputs_json = inputs_text(step);
         step.view.attempt = attempt;
         step.view.status = StepStatus::Assigned;
         step.view.worker = Some(session.info.identity.clone());
@@ -1094,7 +1136,10 @@ impl State {
                     seconds: d.unix_timestamp(),
                     nanos: i32::try_from(d.nanosecond()).unwrap_or(0),
                 }),
-                approval: None,
+                approval: step
+                    .approval
+                    .as_ref()
+                    .map(private_worker_proto::v1::Approval::from),
                 idempotent: step.idempotent,
             })),
         };
@@ -1379,6 +1424,51 @@ mod tests {
         // What the audit check compares against is the same text.
         let sent = state.assigned_attempt(&a.task_id, 1).unwrap();
         assert_eq!(sent.inputs_json, a.inputs_json);
+    }
+
+    #[test]
+    fn a_step_approved_for_one_identity_goes_to_it_with_its_approval_and_canonical_inputs() {
+        let mut state = State::new(false);
+        // The less busy worker `other` would win without the audience.
+        let mut busy = connect(&mut state, "chosen", &["a"], 4);
+        let mut other = connect(&mut state, "other", &["a"], 4);
+        let filler = state.submit(None, vec![step("a")]);
+        state.approve(&filler.id).unwrap();
+        assert_eq!(
+            assignments(&mut busy).len() + assignments(&mut other).len(),
+            1
+        );
+        let mut signed = step("a");
+        signed.inputs = json!({"b": 1, "a": "x"});
+        let plan = state.submit(None, vec![signed]);
+        let approval = private_worker_proto::approval::Approval {
+            key_id: "k".into(),
+            algorithm: "ed25519".into(),
+            signature: "00".repeat(64),
+            not_before: Some(1),
+            not_after: Some(2),
+            nonce: "n".repeat(32),
+            audience: "spiffe://t/worker/chosen".into(),
+        };
+        state
+            .approve_signed(&plan.id, vec![approval.clone()])
+            .unwrap();
+        assert!(
+            assignments(&mut other).is_empty(),
+            "not for the other worker"
+        );
+        let sent = assignments(&mut busy);
+        let a = sent.last().unwrap();
+        assert_eq!(
+            a.inputs_json, r#"{"a":"x","b":1}"#,
+            "the canonical text that was signed"
+        );
+        assert_eq!(
+            a.approval
+                .as_ref()
+                .map(private_worker_proto::approval::Approval::from),
+            Some(approval)
+        );
     }
 
     fn manifest(tasks: &[&str]) -> Vec<ManifestEntryView> {

@@ -27,12 +27,17 @@
 //! Revocation: with `[admission] crl`, the client verifier
 //! ([`ClientVerifier`]) also checks the leaf against the CRLs of that file,
 //! which [`watch_crl`] reloads when it changes (the last good CRLs stay in
-//! force when a new file is broken).
+//! force when a new file is broken). When new CRLs are taken, every open
+//! connection's certificate chain is checked again, and a connection
+//! whose certificate is now revoked is closed (its reads and writes fail),
+//! so a revoked worker loses its stream within [`CRL_POLL`] of the file
+//! change, not only at its next handshake.
 //!
 //! What it does not do: hot reload of certificates (roadmap), or
 //! authorization beyond the identity allowlist.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -140,6 +145,8 @@ pub struct ClientVerifier {
     current: RwLock<Arc<dyn ClientCertVerifier>>,
     /// Modification time and size of the CRL file last read.
     stamp: Mutex<Option<(std::time::SystemTime, u64)>>,
+    /// Counts the CRL reloads; open connections watch it.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -179,7 +186,25 @@ impl ClientVerifier {
             crl,
             current: RwLock::new(verifier),
             stamp: Mutex::new(stamp),
+            reloads: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Whether the CRL file is in use (only then can a certificate be
+    /// revoked while its connection is open).
+    pub fn watches_revocation(&self) -> bool {
+        self.crl.is_some()
+    }
+
+    /// Whether a peer's chain (leaf first) still passes the verifier in
+    /// force, CRLs included.
+    pub fn still_accepts(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.current()
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
@@ -213,6 +238,7 @@ impl ClientVerifier {
             Ok((verifier, n)) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = verifier;
                 tracing::info!(path = %path.display(), crls = n, "CRL file reloaded");
+                self.reloads.send_modify(|n| *n += 1);
                 true
             }
             Err(e) => {
@@ -391,6 +417,55 @@ pub struct WorkerConn {
     /// Its place among its identity's live connections, held until it is
     /// dropped.
     _identity_slot: Option<IdentitySlot>,
+    /// The peer's certificate chain, leaf first (checked again when the
+    /// CRLs change).
+    chain: Vec<CertificateDer<'static>>,
+    /// Ready once the certificate was found revoked: the connection fails.
+    revoked: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    /// Ends the revocation watch when the connection is dropped.
+    _revocation_watch: Option<tokio_util::sync::DropGuard>,
+}
+
+impl WorkerConn {
+    /// Closes this connection when a CRL reload revokes its certificate:
+    /// a task waits for each reload of `verifier` and checks the chain.
+    fn watch_revocation(&mut self, verifier: Arc<ClientVerifier>) {
+        let revoked = CancellationToken::new();
+        let alive = CancellationToken::new();
+        let mut reloads = verifier.reloads.subscribe();
+        let chain = self.chain.clone();
+        let (identity, conn_id) = (self.info.identity.clone(), self.info.conn_id);
+        let (cut, ended) = (revoked.clone(), alive.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = ended.cancelled() => return,
+                    changed = reloads.changed() => if changed.is_err() { return },
+                }
+                if !verifier.still_accepts(&chain) {
+                    tracing::warn!(conn_id, identity = ?identity, "the worker's certificate is revoked by the reloaded CRL; closing its open connection");
+                    cut.cancel();
+                    return;
+                }
+            }
+        });
+        self.revoked = Some(Box::pin(revoked.cancelled_owned()));
+        self._revocation_watch = Some(alive.drop_guard());
+    }
+
+    /// An error once the certificate was found revoked.
+    fn check_revoked(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
+        let Some(revoked) = self.revoked.as_mut() else {
+            return Ok(());
+        };
+        if revoked.as_mut().poll(cx).is_ready() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the worker certificate was revoked",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Connected for WorkerConn {
@@ -408,6 +483,9 @@ impl AsyncRead for WorkerConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Err(e) = this.check_revoked(cx) {
+            return Poll::Ready(Err(e));
+        }
         if let Some(deadline) = this.hello_deadline.as_mut() {
             if this.info.said_hello.is_set() {
                 this.hello_deadline = None;
@@ -444,7 +522,11 @@ impl AsyncWrite for WorkerConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Err(e) = this.check_revoked(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -460,7 +542,11 @@ impl AsyncWrite for WorkerConn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Err(e) = this.check_revoked(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -499,11 +585,14 @@ pub async fn accept_loop(
         };
         let conn_id = counter.fetch_add(1, Ordering::Relaxed) + 1;
         let Some(before_hello) = admission.before_hello_slot() else {
-            tracing::warn!(
-                peer = %peer,
-                conn_id,
-                "dropped connection: max_connections_before_hello connections are in their handshake or have not said Hello yet"
-            );
+            if let Some(unlogged) = admission.refusal_log() {
+                tracing::warn!(
+                    peer = %peer,
+                    conn_id,
+                    unlogged_refusals_before = unlogged,
+                    "dropped connection: max_connections_before_hello connections are in their handshake or have not said Hello yet"
+                );
+            }
             drop(tcp);
             continue;
         };
@@ -533,6 +622,12 @@ pub async fn accept_loop(
                 };
                 conn._identity_slot = Some(slot);
                 conn.info.said_hello.hold(before_hello);
+                if let Some(verifier) = admission
+                    .revocation()
+                    .filter(|v| v.watches_revocation())
+                {
+                    conn.watch_revocation(verifier.clone());
+                }
                 Ok(conn)
             });
             match conn {
@@ -541,7 +636,9 @@ pub async fn accept_loop(
                     let _ = out.send(Ok(conn)).await;
                 }
                 Err(reason) => {
-                    tracing::warn!(peer = %peer, conn_id, reason = %reason, "dropped connection");
+                    if let Some(unlogged) = admission.refusal_log() {
+                        tracing::warn!(peer = %peer, conn_id, reason = %reason, unlogged_refusals_before = unlogged, "dropped connection");
+                    }
                 }
             }
         });
@@ -565,12 +662,13 @@ async fn authenticate(
         Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
         Ok(Ok(io)) => io,
     };
-    let leaf = io
+    let chain: Vec<CertificateDer<'static>> = io
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or("no client certificate")?;
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let leaf = chain.first().ok_or("no client certificate")?;
     let identity = certs_tool::identity::worker_identity_from_der(leaf.as_ref())
         .map_err(|e| format!("client certificate has no worker identity: {e}"))?;
     let capture = match capture_dir {
@@ -601,5 +699,8 @@ async fn authenticate(
         },
         hello_deadline: Some(Box::pin(tokio::time::sleep(NO_HELLO_CLOSE))),
         _identity_slot: None,
+        chain,
+        revoked: None,
+        _revocation_watch: None,
     })
 }

@@ -448,6 +448,41 @@ async fn a_revoked_certificate_is_refused_and_a_replaced_crl_takes_effect_withou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_is_closed_when_a_reloaded_crl_revokes_its_certificate() {
+    let crl_path = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = crl_path.clone();
+    let env = Env::start_with("[admission]\ncrl = \"revoked.pem\"\n", move |dir, ca| {
+        let path = dir.join("revoked.pem");
+        std::fs::write(&path, crl(ca, 1, &[9999]).pem().unwrap()).unwrap();
+        *slot.lock().unwrap() = Some(path);
+    })
+    .await;
+    let path = crl_path.lock().unwrap().clone().unwrap();
+    let (a_cert, a_key) = worker_with_serial(&env.ca, "spiffe://test.example/worker/a", 1001);
+    let (b_cert, b_key) = worker_with_serial(&env.ca, "spiffe://test.example/worker/b", 1002);
+    let mut a = env.session(&a_cert, &a_key).await.unwrap();
+    let mut b = env.session(&b_cert, &b_key).await.unwrap();
+
+    // a's certificate is revoked while its stream is open.
+    std::fs::write(&path, crl(&env.ca, 2, &[1001]).pem().unwrap()).unwrap();
+    let ended = loop {
+        match tokio::time::timeout(WAIT, a.inbound.message()).await {
+            Err(_) => break false,
+            Ok(Ok(Some(_))) => continue, // heartbeats until the cut
+            Ok(Ok(None) | Err(_)) => break true,
+        }
+    };
+    assert!(ended, "the revoked worker's stream stayed open");
+    assert!(
+        env.session(&a_cert, &a_key).await.is_err(),
+        "a is refused now"
+    );
+    // b's stream was not touched: it still runs a plan.
+    run_a_plan(&env, &mut b).await;
+    env.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_broken_crl_file_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let (_ca, text) = common::write_setup(dir.path());

@@ -11,10 +11,12 @@
 //! Beside the generated code it defines what both sides must compute alike:
 //! [`canonical_json`] (RFC 8785), the one JSON form the contract hashes, the
 //! id rule ([`check_id`]) and the limits, and in [`audit`] the audit
-//! record's language-neutral *record form*, its hash and the chain check.
+//! record's language-neutral *record form*, its hash and the chain check; in [`approval`] the signed
+//! approval's statement and its check.
 //! `proto/testvectors/` holds cases any implementation can check itself
 //! against.
 
+pub mod approval;
 pub mod audit;
 
 /// Version 1 of the contract (`private_worker.v1`).

@@ -205,3 +205,103 @@ fn regenerate_audit_vectors() {
     )
     .unwrap();
 }
+
+/// The RFC 8410 (section 10.3) Ed25519 test key: public, for vectors only.
+const VECTOR_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+/// Its public key (RFC 8410 section 10.1).
+const VECTOR_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+
+/// The approval vectors: a statement, its signing bytes and signature
+/// (Ed25519 is deterministic), and cases a checker must refuse.
+fn approval_vectors() -> Value {
+    use private_worker_proto::approval::{Approval, KeyFileSigner, Signer, Statement, sha256_hex};
+    let signer = KeyFileSigner::from_pem("rfc8410-test", VECTOR_KEY.as_bytes()).unwrap();
+    let inputs_json = r#"{"customer":"C-42","priority":2,"title":"Printer on fire"}"#;
+    let statement = Statement {
+        task_id: "01J0000000000000000000TASK".into(),
+        plan_id: "01J0000000000000000000PLAN".into(),
+        task_name: "crm.create_ticket".into(),
+        task_version: "1".into(),
+        inputs_sha256: sha256_hex(inputs_json),
+        audience: "spiffe://example.org/worker/crm-eu-1".into(),
+        key_id: "rfc8410-test".into(),
+        nonce: "00112233445566778899aabbccddeeff".into(),
+        not_before: 1_796_000_000,
+        not_after: 1_796_003_600,
+    };
+    let signing_bytes = String::from_utf8(statement.signing_bytes()).unwrap();
+    let signature = hex::encode(signer.sign(signing_bytes.as_bytes()).unwrap());
+    let approval = Approval {
+        key_id: statement.key_id.clone(),
+        algorithm: "ed25519".into(),
+        signature: signature.clone(),
+        not_before: Some(statement.not_before),
+        not_after: Some(statement.not_after),
+        nonce: statement.nonce.clone(),
+        audience: statement.audience.clone(),
+    };
+    json!({
+        "comment": "Signed approvals (see the contract's header). The key is RFC 8410's published test key: never trust it anywhere. `checked_at` is the checker's clock (Unix seconds), clock skew 60 s, max validity 86400 s, accepted audience the statement's.",
+        "public_key_pem": VECTOR_PUBLIC_KEY,
+        "private_key_pem": VECTOR_KEY,
+        "statement": statement,
+        "signing_bytes": signing_bytes,
+        "signature_hex": signature,
+        "cases": [
+            {"name": "valid", "inputs_json": inputs_json, "approval": approval, "checked_at": 1_796_001_000, "expect": "ok"},
+            {"name": "inputs changed", "inputs_json": inputs_json.replace("Printer on fire", "Printer is fine"), "approval": approval, "checked_at": 1_796_001_000, "expect": "approval_invalid"},
+            {"name": "inputs not canonical (same meaning, other spacing)", "inputs_json": inputs_json.replace(",", ", "), "approval": approval, "checked_at": 1_796_001_000, "expect": "approval_invalid"},
+            {"name": "expired (beyond the skew)", "inputs_json": inputs_json, "approval": approval, "checked_at": 1_796_003_661, "expect": "approval_expired"},
+            {"name": "not yet valid (beyond the skew)", "inputs_json": inputs_json, "approval": approval, "checked_at": 1_795_999_939, "expect": "approval_not_yet_valid"},
+        ]
+    })
+}
+
+fn approval_verifier() -> private_worker_proto::approval::Verifier {
+    use private_worker_proto::approval::{Audiences, PublicKey, Verifier};
+    Verifier::new(
+        [PublicKey::from_pem("rfc8410-test", VECTOR_PUBLIC_KEY.as_bytes()).unwrap()],
+        Audiences::Only(["spiffe://example.org/worker/crm-eu-1".to_string()].into()),
+        std::time::Duration::from_secs(86_400),
+        std::time::Duration::from_secs(60),
+    )
+}
+
+#[test]
+fn the_approval_vectors_sign_and_check_as_stated() {
+    use private_worker_proto::approval::{Approval, Subject};
+    let stored: Value = serde_json::from_str(&read("approval.json")).unwrap();
+    assert_eq!(stored, approval_vectors(), "approval.json is out of date");
+    let verifier = approval_verifier();
+    let statement = &stored["statement"];
+    for case in stored["cases"].as_array().unwrap() {
+        let approval: Approval = serde_json::from_value(case["approval"].clone()).unwrap();
+        let subject = Subject {
+            task_id: statement["task_id"].as_str().unwrap(),
+            plan_id: statement["plan_id"].as_str().unwrap(),
+            task_name: statement["task_name"].as_str().unwrap(),
+            task_version: statement["task_version"].as_str().unwrap(),
+            inputs_json: case["inputs_json"].as_str().unwrap(),
+        };
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(case["checked_at"].as_u64().unwrap());
+        let got = match verifier.verify(subject, Some(&approval), at) {
+            Ok(_) => "ok",
+            Err(refusal) => refusal.code(),
+        };
+        assert_eq!(
+            got,
+            case["expect"].as_str().unwrap(),
+            "case {}",
+            case["name"]
+        );
+    }
+}
+
+/// Writes `approval.json` again (after a deliberate change of the statement).
+#[test]
+#[ignore = "regenerates proto/testvectors/approval.json"]
+fn regenerate_approval_vectors() {
+    let text = serde_json::to_string_pretty(&approval_vectors()).unwrap();
+    std::fs::write(dir().join("approval.json"), text + "\n").unwrap();
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Env, Options, WAIT, requests_to};
 use private_worker_proto::v1 as pb;
 use private_worker_tests::procs::Process;
-use private_worker_tests::scripted::{ResultPolicy, ScriptedOrchestrator, assignment};
+use private_worker_tests::scripted::{ScriptedOrchestrator, assignment};
 use serde_json::json;
 
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -33,23 +33,8 @@ async fn connected(
     before_hello: impl FnOnce(&ScriptedOrchestrator),
 ) -> (Env, ScriptedOrchestrator, Process) {
     let env = Env::start(Options::default()).await;
-    let orchestrator = ScriptedOrchestrator::start(
-        &env.orchestrator_config.tls,
-        ResultPolicy::Acknowledge,
-        HEARTBEAT,
-    )
-    .await;
-    before_hello(&orchestrator);
-    let config = env.write_worker_config_at(
-        "worker",
-        &env.pki.worker_cert,
-        &env.pki.worker_key,
-        orchestrator.addr(),
-    );
-    let mut worker = env.start_worker_with(&config, "worker");
-    // The stream that got its Welcome (a heartbeat may beat the Welcome on
-    // the first one; the worker then dials again).
-    worker.wait_for("connected to orchestrator", WAIT);
+    let (orchestrator, worker, _) =
+        common::worker_on_scripted_orchestrator(&env, HEARTBEAT, before_hello, |t| t).await;
     (env, orchestrator, worker)
 }
 

@@ -98,6 +98,7 @@ pub async fn check(config: &Config) -> CheckReport {
             format!("kill switch {kill_switch}: off (create the file to refuse every assignment)"),
         );
     }
+    check_approvals(config, &mut report);
     let journal = config.journal.display();
     match crate::journal::inspect(&config.journal) {
         Ok(crate::journal::Inspection::Missing) => {
@@ -180,5 +181,63 @@ fn auth_kind(auth: &KeyVaultAuthSettings) -> &'static str {
         KeyVaultAuthSettings::WorkloadIdentity { .. } => "workload identity",
         KeyVaultAuthSettings::ClientSecret { .. } => "client secret",
         KeyVaultAuthSettings::AzureCli { .. } => "Azure CLI",
+    }
+}
+
+/// The `[approvals]` line(s): each key file must be an Ed25519 public key;
+/// then which tasks require a signed approval.
+fn check_approvals(config: &Config, report: &mut CheckReport) {
+    let settings = &config.approvals;
+    if settings.keys.is_empty() {
+        report.item(
+            true,
+            "approvals: no approver key configured, so no task requires a signed approval (add [approvals] keys to require one)".into(),
+        );
+        return;
+    }
+    let mut ok = true;
+    for key in &settings.keys {
+        let loaded = std::fs::read(&key.public_key)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| private_worker_proto::approval::PublicKey::from_pem(&key.id, &pem));
+        if let Err(message) = loaded {
+            ok = false;
+            report.item(
+                false,
+                format!(
+                    "approvals.keys `{}` ({}): {message}",
+                    key.id,
+                    key.public_key.display()
+                ),
+            );
+        }
+    }
+    if ok {
+        let required: Vec<&str> = config
+            .tasks
+            .values()
+            .filter(|t| t.require_approval)
+            .map(|t| t.name.as_str())
+            .collect();
+        let ids: Vec<&str> = settings.keys.iter().map(|k| k.id.as_str()).collect();
+        let pools = if settings.audiences.is_empty() {
+            String::new()
+        } else {
+            format!(" and {}", settings.audiences.join(", "))
+        };
+        report.item(
+            true,
+            format!(
+                "approvals: key(s) {} trusted; audiences: this worker's identity{pools}; {} of {} task(s) require a signed approval{}",
+                ids.join(", "),
+                required.len(),
+                config.tasks.len(),
+                if required.len() == config.tasks.len() {
+                    String::new()
+                } else {
+                    format!(" ({})", required.join(", "))
+                }
+            ),
+        );
     }
 }

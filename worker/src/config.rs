@@ -52,6 +52,13 @@ pub const DEFAULT_KEYVAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_KEYVAULT_MAX_RETRIES: u32 = 2;
 /// Default limit for one credential load, tries and waits included.
 pub const DEFAULT_KEYVAULT_RETRY_BUDGET: Duration = Duration::from_secs(10);
+/// Default longest approval window accepted (`approvals.max_validity`).
+pub const DEFAULT_APPROVAL_MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Default clock skew allowed at both ends of an approval window.
+pub const DEFAULT_APPROVAL_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Longest `approvals.max_validity` accepted: it bounds how long the
+/// journal remembers used nonces.
+pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Highest `keyvault.max_retries` accepted.
 pub const MAX_KEYVAULT_RETRIES: u32 = 10;
 
@@ -88,6 +95,34 @@ pub struct Config {
     /// How to reach Azure Key Vault; `None` when the config has no
     /// `[keyvault]` section (then no task may use a `keyvault://` reference).
     pub keyvault: Option<KeyVaultSettings>,
+    /// Signed approvals: the approver keys trusted and how they are checked
+    /// (`[approvals]`; no keys when the section is absent).
+    pub approvals: ApprovalSettings,
+}
+
+/// `[approvals]`: which approver keys the worker trusts. With at least one
+/// key, every task requires a signed approval unless its config says
+/// `require_approval = false`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// Trusted approver public keys (PEM files), by key id; several allow
+    /// rotation.
+    pub keys: Vec<ApproverKey>,
+    /// Audiences accepted besides the worker's own identity (pool names).
+    pub audiences: Vec<String>,
+    /// Longest approval window accepted.
+    pub max_validity: Duration,
+    /// Clock skew allowed at both ends of a window.
+    pub clock_skew: Duration,
+}
+
+/// One trusted approver key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApproverKey {
+    /// The key id approvals name.
+    pub id: String,
+    /// PEM `PUBLIC KEY` file (Ed25519), as `certs-tool approver-key` writes it.
+    pub public_key: PathBuf,
 }
 
 /// The validated `[keyvault]` section.
@@ -199,6 +234,9 @@ pub struct TaskConfig {
     /// repeatable). Only then does the worker run a task id again that it
     /// already started. Off by default.
     pub idempotent: bool,
+    /// Whether an assignment of this task must carry a signed approval from
+    /// a trusted key. Default: on when `[approvals]` lists keys.
+    pub require_approval: bool,
     /// What the task does.
     pub executor: ExecutorConfig,
 }
@@ -281,6 +319,27 @@ struct RawConfig {
     #[serde(default)]
     tasks: BTreeMap<String, RawTask>,
     keyvault: Option<RawKeyVault>,
+    approvals: Option<RawApprovals>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    #[serde(default)]
+    keys: Vec<RawApproverKey>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    max_validity: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    clock_skew: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproverKey {
+    id: String,
+    public_key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +430,7 @@ struct RawTask {
     echo: bool,
     #[serde(default)]
     idempotent: bool,
+    require_approval: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -543,6 +603,11 @@ impl Config {
                 ),
             );
         }
+        let task_approval: BTreeMap<String, Option<bool>> = raw
+            .tasks
+            .iter()
+            .map(|(name, task)| (name.clone(), task.require_approval))
+            .collect();
         for (name, task) in raw.tasks {
             let at = format!("tasks.{name}");
             if let Err(why) = private_worker_proto::check_id(&name) {
@@ -560,6 +625,16 @@ impl Config {
                     tasks.insert(name, task);
                 }
                 Err(found) => problems.extend(found),
+            }
+        }
+        let approvals = validate_approvals(raw.approvals, base, &mut problems);
+        for (name, task) in &mut tasks {
+            match task_approval[name] {
+                Some(true) if approvals.keys.is_empty() => problems.push(ConfigProblem {
+                    path: format!("tasks.{name}.require_approval"),
+                    message: "is true but [approvals] lists no key to check approvals with".into(),
+                }),
+                explicit => task.require_approval = explicit.unwrap_or(!approvals.keys.is_empty()),
             }
         }
         let keyvault = raw
@@ -612,7 +687,76 @@ impl Config {
             drain_grace,
             tasks,
             keyvault,
+            approvals,
         })
+    }
+}
+
+/// Validates `[approvals]` (absent: no keys, defaults).
+fn validate_approvals(
+    raw: Option<RawApprovals>,
+    base: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> ApprovalSettings {
+    let Some(raw) = raw else {
+        return ApprovalSettings {
+            max_validity: DEFAULT_APPROVAL_MAX_VALIDITY,
+            clock_skew: DEFAULT_APPROVAL_CLOCK_SKEW,
+            ..ApprovalSettings::default()
+        };
+    };
+    let mut problem = |path: String, message: String| {
+        problems.push(ConfigProblem { path, message });
+    };
+    let mut keys = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, key) in raw.keys.into_iter().enumerate() {
+        if let Err(why) = private_worker_proto::check_id(&key.id) {
+            problem(
+                format!("approvals.keys[{i}].id"),
+                format!("{why} (the contract's id rule)"),
+            );
+        } else if !seen.insert(key.id.clone()) {
+            problem(
+                format!("approvals.keys[{i}].id"),
+                format!("`{}` is listed twice", key.id),
+            );
+        }
+        keys.push(ApproverKey {
+            id: key.id,
+            public_key: base.join(key.public_key),
+        });
+    }
+    for (i, audience) in raw.audiences.iter().enumerate() {
+        if audience.is_empty()
+            || audience.len() > private_worker_proto::approval::MAX_AUDIENCE_BYTES
+            || !audience.bytes().all(|b| b.is_ascii_graphic())
+        {
+            problem(
+                format!("approvals.audiences[{i}]"),
+                "must be 1 to 512 bytes of printable ASCII (for example `pool:payments-eu`)".into(),
+            );
+        }
+    }
+    let max_validity = raw.max_validity.unwrap_or(DEFAULT_APPROVAL_MAX_VALIDITY);
+    if max_validity.is_zero() || max_validity > MAX_APPROVAL_VALIDITY {
+        problem(
+            "approvals.max_validity".into(),
+            format!("{max_validity:?} is out of range; use more than zero and at most 30 days"),
+        );
+    }
+    let clock_skew = raw.clock_skew.unwrap_or(DEFAULT_APPROVAL_CLOCK_SKEW);
+    if clock_skew > Duration::from_secs(3600) {
+        problem(
+            "approvals.clock_skew".into(),
+            format!("{clock_skew:?} is longer than the limit of 1h"),
+        );
+    }
+    ApprovalSettings {
+        keys,
+        audiences: raw.audiences,
+        max_validity,
+        clock_skew,
     }
 }
 
@@ -827,6 +971,7 @@ fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<C
             input_schema,
             timeout,
             idempotent: raw.idempotent,
+            require_approval: false,
             executor,
         }),
         _ => Err(problems),

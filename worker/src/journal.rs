@@ -62,6 +62,10 @@ const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
 const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 /// Acknowledgement order -> task id, to drop the oldest acknowledged entries.
 const ACKNOWLEDGED: TableDefinition<u64, &str> = TableDefinition::new("acknowledged");
+/// `<key id> <nonce>` of a used approval -> JSON of its [`ApprovalUse`].
+const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+/// How often the writer drops used approvals whose window has ended.
+const APPROVAL_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Most changes committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -117,6 +121,30 @@ pub struct Entry {
     acknowledged_seq: Option<u64>,
 }
 
+/// A signed approval that an attempt used: remembered from the attempt's
+/// start until `forget_after`, after which the approval is refused as
+/// expired anyway. Rows exist only for approvals that verified, so their
+/// number is bounded by the approved tasks started within the longest
+/// window a worker accepts (`approvals.max_validity`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalUse {
+    /// Key id of the approval.
+    pub key_id: String,
+    /// Its nonce.
+    pub nonce: String,
+    /// The task id that used it.
+    pub task_id: String,
+    /// Unix seconds after which the row may go (window end plus skew).
+    pub forget_after: i64,
+}
+
+impl ApprovalUse {
+    fn key(key_id: &str, nonce: &str) -> String {
+        // A space is outside the id rule both follow: the key is unambiguous.
+        format!("{key_id} {nonce}")
+    }
+}
+
 /// Why the journal failed. The worker stops on it: it must not run tasks
 /// it cannot record (fix the disk or the file, then start again).
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +163,10 @@ pub enum JournalError {
 }
 
 enum Change {
-    /// Received, and started too when the flag is set.
-    Received(Assignment, bool),
-    Started(String, u32),
+    /// Received, and started too when the flag is set (with the approval
+    /// the start uses).
+    Received(Box<Assignment>, bool, Option<ApprovalUse>),
+    Started(String, u32, Option<ApprovalUse>),
     Finished(String, u32, Vec<u8>, Summary),
     Acknowledged(String, u32),
 }
@@ -214,6 +243,8 @@ impl Journal {
         txn.open_table(RESULTS).map_err(|e| fail(&e))?;
         txn.open_table(ASSIGNMENTS).map_err(|e| fail(&e))?;
         txn.open_table(ACKNOWLEDGED).map_err(|e| fail(&e))?;
+        prune_approvals(&mut txn.open_table(APPROVALS).map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
         txn.commit().map_err(|e| fail(&e))?;
 
         let mut unfinished = Vec::new();
@@ -251,6 +282,7 @@ impl Journal {
             sync,
             retain: retain.max(1),
             last_durable: Instant::now(),
+            last_pruned: Instant::now(),
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
@@ -268,8 +300,8 @@ impl Journal {
 
     /// Records that `assignment` was received (and is owned from now on),
     /// and with `started` that its call is about to be made (one commit
-    /// for both when nothing stands between them); returns once it is on
-    /// disk.
+    /// for both when nothing stands between them), using `approval` when
+    /// it carried one; returns once it is on disk.
     ///
     /// # Errors
     /// [`JournalError`] when the commit failed: the attempt must then not be
@@ -278,18 +310,48 @@ impl Journal {
         &self,
         assignment: Assignment,
         started: bool,
+        approval: Option<ApprovalUse>,
     ) -> Result<(), JournalError> {
-        self.commit(Change::Received(assignment, started)).await
+        self.commit(Change::Received(Box::new(assignment), started, approval))
+            .await
     }
 
-    /// Records that the call for this attempt is about to be made; returns
-    /// once it is on disk.
+    /// Records that the call for this attempt is about to be made, using
+    /// `approval` when it carried one; returns once it is on disk.
     ///
     /// # Errors
     /// [`JournalError`] when the commit failed: the call must then not happen.
-    pub async fn started(&self, task_id: &str, attempt: u32) -> Result<(), JournalError> {
-        self.commit(Change::Started(task_id.to_string(), attempt))
+    pub async fn started(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        approval: Option<ApprovalUse>,
+    ) -> Result<(), JournalError> {
+        self.commit(Change::Started(task_id.to_string(), attempt, approval))
             .await
+    }
+
+    /// The task id that used the approval `(key_id, nonce)`, if one did and
+    /// its window has not ended.
+    ///
+    /// # Errors
+    /// [`JournalError::Store`] when the file cannot be read.
+    pub fn approval_user(&self, key_id: &str, nonce: &str) -> Result<Option<String>, JournalError> {
+        let fail = |e: &dyn std::fmt::Display| JournalError::Store {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let read = self.db.begin_read().map_err(|e| fail(&e))?;
+        let table = read.open_table(APPROVALS).map_err(|e| fail(&e))?;
+        match table
+            .get(ApprovalUse::key(key_id, nonce).as_str())
+            .map_err(|e| fail(&e))?
+        {
+            None => Ok(None),
+            Some(value) => serde_json::from_slice::<ApprovalUse>(value.value())
+                .map(|used| Some(used.task_id))
+                .map_err(|e| fail(&e)),
+        }
     }
 
     /// Records the attempt's result (encoded, as it goes on the wire) and
@@ -353,6 +415,7 @@ struct Writer {
     sync: bool,
     retain: u64,
     last_durable: Instant,
+    last_pruned: Instant,
 }
 
 impl Writer {
@@ -387,16 +450,25 @@ impl Writer {
             let mut results = txn.open_table(RESULTS).map_err(|e| e.to_string())?;
             let mut assignments = txn.open_table(ASSIGNMENTS).map_err(|e| e.to_string())?;
             let mut acknowledged = txn.open_table(ACKNOWLEDGED).map_err(|e| e.to_string())?;
+            let mut approvals = txn.open_table(APPROVALS).map_err(|e| e.to_string())?;
+            if self.last_pruned.elapsed() >= APPROVAL_PRUNE_EVERY {
+                prune_approvals(&mut approvals).map_err(|e| e.to_string())?;
+                self.last_pruned = Instant::now();
+            }
             let mut next_seq = acknowledged
                 .last()
                 .map_err(|e| e.to_string())?
                 .map_or(1, |(seq, _)| seq.value() + 1);
             for change in changes {
                 let task_id = match &change {
-                    Change::Received(a, _) => a.task_id.clone(),
-                    Change::Started(id, _)
+                    Change::Received(a, _, _) => a.task_id.clone(),
+                    Change::Started(id, _, _)
                     | Change::Finished(id, _, _, _)
                     | Change::Acknowledged(id, _) => id.clone(),
+                };
+                let used = match &change {
+                    Change::Received(_, true, used) | Change::Started(_, _, used) => used.clone(),
+                    _ => None,
                 };
                 let current: Option<Entry> = entries
                     .get(task_id.as_str())
@@ -405,6 +477,17 @@ impl Writer {
                 let Some((next, rows)) = apply(current, change, &mut next_seq) else {
                     continue;
                 };
+                if let Some(used) = used {
+                    // In the commit that records the start: the approval is
+                    // used exactly when the call may happen.
+                    let bytes = serde_json::to_vec(&used).map_err(|e| e.to_string())?;
+                    approvals
+                        .insert(
+                            ApprovalUse::key(&used.key_id, &used.nonce).as_str(),
+                            bytes.as_slice(),
+                        )
+                        .map_err(|e| e.to_string())?;
+                }
                 for (table, row) in [
                     (&mut results, rows.result),
                     (&mut assignments, rows.assignment),
@@ -459,6 +542,14 @@ impl Writer {
     }
 }
 
+/// Drops used approvals whose window (plus skew) has ended.
+fn prune_approvals(table: &mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError> {
+    let now = private_worker_proto::approval::unix_seconds(SystemTime::now());
+    table.retain(|_, value| {
+        serde_json::from_slice::<ApprovalUse>(value).is_ok_and(|used| used.forget_after >= now)
+    })
+}
+
 /// What a change does to one side row of a task id.
 enum Row {
     Keep,
@@ -476,13 +567,13 @@ struct SideRows {
 /// when the change does not apply (see the rules in the module docs).
 fn apply(current: Option<Entry>, change: Change, next_seq: &mut u64) -> Option<(Entry, SideRows)> {
     match (current, change) {
-        (Some(entry), Change::Received(assignment, _))
+        (Some(entry), Change::Received(assignment, _, _))
             if assignment.attempt <= entry.attempt || entry.stage == Stage::Finished =>
         {
             tracing::warn!(task_id = %crate::shown::shown(&assignment.task_id), attempt = assignment.attempt, current = entry.attempt, stage = ?entry.stage, "journal: not replacing the current attempt");
             None
         }
-        (current, Change::Received(assignment, started)) => {
+        (current, Change::Received(assignment, started, _)) => {
             // Serializing a struct of strings and numbers cannot fail.
             let bytes = serde_json::to_vec(&assignment).unwrap_or_default();
             let earlier = current.as_ref().and_then(|e| e.started_attempt);
@@ -509,7 +600,7 @@ fn apply(current: Option<Entry>, change: Change, next_seq: &mut u64) -> Option<(
                 },
             ))
         }
-        (Some(mut entry), Change::Started(_, attempt))
+        (Some(mut entry), Change::Started(_, attempt, _))
             if entry.attempt == attempt && entry.stage == Stage::Received =>
         {
             entry.stage = Stage::Started;
@@ -623,6 +714,7 @@ mod tests {
             task_version: "1".into(),
             inputs_json: "{}".into(),
             deadline: None,
+            approval: None,
         }
     }
 
@@ -639,7 +731,7 @@ mod tests {
 
     impl Journal {
         async fn received_for_test(&self, assignment: Assignment) -> Result<(), JournalError> {
-            self.received(assignment, false).await
+            self.received(assignment, false, None).await
         }
     }
 
@@ -663,7 +755,7 @@ mod tests {
                 journal.received_for_test(assignment(id, 1)).await.unwrap();
             }
             for id in ["started", "finished", "acked"] {
-                journal.started(id, 1).await.unwrap();
+                journal.started(id, 1, None).await.unwrap();
             }
             for id in ["finished", "acked"] {
                 journal.finished(id, 1, b"result".to_vec(), summary(Outcome::Succeeded));
@@ -714,7 +806,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(&dir.path().join("j.redb"), true, 10).unwrap();
         journal.received_for_test(assignment("t", 1)).await.unwrap();
-        journal.started("t", 1).await.unwrap();
+        journal.started("t", 1, None).await.unwrap();
         journal.received_for_test(assignment("t", 2)).await.unwrap();
         let entry = journal.lookup("t").unwrap().unwrap();
         assert_eq!((entry.attempt, entry.stage), (2, Stage::Received));
@@ -741,7 +833,7 @@ mod tests {
         let entry = journal.lookup("t").unwrap().unwrap();
         assert_eq!((entry.attempt, entry.stage), (2, Stage::Finished));
         // Started only follows received, and only for the current attempt.
-        journal.started("t", 2).await.unwrap();
+        journal.started("t", 2, None).await.unwrap();
         assert_eq!(journal.lookup("t").unwrap().unwrap().started_attempt, None);
     }
 

@@ -66,6 +66,17 @@ pub enum StartError {
     /// An input schema does not compile.
     #[error("{0}")]
     Schema(String),
+    /// An approver public key file cannot be read or is not an Ed25519
+    /// public key.
+    #[error("approvals.keys `{key_id}` ({path}): {message}")]
+    ApproverKey {
+        /// The key id in the config.
+        key_id: String,
+        /// Its file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -118,6 +129,10 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
         tls.identity().to_string(),
     )
     .with_kill_switch(kill_switch::KillSwitch::new(config.kill_switch.clone()));
+    let runner = match approval_verifier(&config, tls.identity())? {
+        Some(verifier) => runner.with_approvals(verifier),
+        None => runner,
+    };
     tracing::info!(
         identity = tls.identity(),
         orchestrator = %config.orchestrator.address,
@@ -126,6 +141,42 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
         "worker starting"
     );
     Ok(Worker::new(config, tls, runner, recovery))
+}
+
+/// The approval checker `[approvals]` describes for the worker `identity`
+/// (which is always an accepted audience), reading each key file; `None`
+/// when no key is configured.
+///
+/// # Errors
+/// [`StartError::ApproverKey`] naming the key and file at fault.
+pub fn approval_verifier(
+    config: &Config,
+    identity: &str,
+) -> Result<Option<private_worker_proto::approval::Verifier>, StartError> {
+    use private_worker_proto::approval::{Audiences, PublicKey, Verifier};
+    let settings = &config.approvals;
+    if settings.keys.is_empty() {
+        return Ok(None);
+    }
+    let mut keys = Vec::new();
+    for key in &settings.keys {
+        let fail = |message: String| StartError::ApproverKey {
+            key_id: key.id.clone(),
+            path: key.public_key.clone(),
+            message,
+        };
+        let pem = std::fs::read(&key.public_key).map_err(|e| fail(e.to_string()))?;
+        keys.push(PublicKey::from_pem(&key.id, &pem).map_err(fail)?);
+    }
+    let audiences = std::iter::once(identity.to_string())
+        .chain(settings.audiences.iter().cloned())
+        .collect();
+    Ok(Some(Verifier::new(
+        keys,
+        Audiences::Only(audiences),
+        settings.max_validity,
+        settings.clock_skew,
+    )))
 }
 
 /// Runs the worker until `shutdown` is cancelled (then drains) or a fatal

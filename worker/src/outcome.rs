@@ -75,6 +75,21 @@ pub enum ErrorCode {
     AlreadyStarted,
     /// The worker's local kill switch is on (its file exists); nothing ran.
     KillSwitch,
+    /// The task requires a signed approval here and none came.
+    ApprovalMissing,
+    /// The approval is malformed, its signature does not match the task as
+    /// received, or the inputs are not in canonical form.
+    ApprovalInvalid,
+    /// The approval is signed by a key this worker does not trust.
+    ApprovalUnknownKey,
+    /// The approval is for another worker or pool.
+    ApprovalWrongAudience,
+    /// The approval's window has not started.
+    ApprovalNotYetValid,
+    /// The approval's window has ended.
+    ApprovalExpired,
+    /// The approval was already used on this worker.
+    ApprovalReplayed,
 }
 
 impl ErrorCode {
@@ -99,6 +114,13 @@ impl ErrorCode {
             ErrorCode::Panicked => "panicked",
             ErrorCode::AlreadyStarted => "already_started",
             ErrorCode::KillSwitch => "kill_switch",
+            ErrorCode::ApprovalMissing => "approval_missing",
+            ErrorCode::ApprovalInvalid => "approval_invalid",
+            ErrorCode::ApprovalUnknownKey => "approval_unknown_key",
+            ErrorCode::ApprovalWrongAudience => "approval_wrong_audience",
+            ErrorCode::ApprovalNotYetValid => "approval_not_yet_valid",
+            ErrorCode::ApprovalExpired => "approval_expired",
+            ErrorCode::ApprovalReplayed => "approval_replayed",
         }
     }
 
@@ -112,7 +134,14 @@ impl ErrorCode {
             | ErrorCode::CreditExceeded
             | ErrorCode::Draining
             | ErrorCode::AttemptInProgress
-            | ErrorCode::KillSwitch => Outcome::Rejected,
+            | ErrorCode::KillSwitch
+            | ErrorCode::ApprovalMissing
+            | ErrorCode::ApprovalInvalid
+            | ErrorCode::ApprovalUnknownKey
+            | ErrorCode::ApprovalWrongAudience
+            | ErrorCode::ApprovalNotYetValid
+            | ErrorCode::ApprovalExpired
+            | ErrorCode::ApprovalReplayed => Outcome::Rejected,
             ErrorCode::CredentialUnavailable | ErrorCode::Unreachable | ErrorCode::HttpStatus => {
                 Outcome::Failed
             }
@@ -131,6 +160,23 @@ impl ErrorCode {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl From<&private_worker_proto::approval::Refusal> for ErrorCode {
+    fn from(refusal: &private_worker_proto::approval::Refusal) -> Self {
+        use private_worker_proto::approval::Refusal;
+        match refusal {
+            Refusal::Missing => ErrorCode::ApprovalMissing,
+            Refusal::Malformed(_) | Refusal::BadSignature | Refusal::InputsNotCanonical(_) => {
+                ErrorCode::ApprovalInvalid
+            }
+            Refusal::UnknownKey(_) => ErrorCode::ApprovalUnknownKey,
+            Refusal::WrongAudience(_) => ErrorCode::ApprovalWrongAudience,
+            Refusal::NotYetValid(_) => ErrorCode::ApprovalNotYetValid,
+            Refusal::Expired(_) => ErrorCode::ApprovalExpired,
+            Refusal::Replayed { .. } => ErrorCode::ApprovalReplayed,
+        }
     }
 }
 
@@ -206,6 +252,30 @@ mod tests {
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, code.as_str());
+        }
+    }
+
+    #[test]
+    fn every_approval_refusal_maps_to_the_code_the_contract_names() {
+        use private_worker_proto::approval::Refusal;
+        for refusal in [
+            Refusal::Missing,
+            Refusal::Malformed("x".into()),
+            Refusal::UnknownKey("k".into()),
+            Refusal::WrongAudience("a".into()),
+            Refusal::BadSignature,
+            Refusal::NotYetValid(1),
+            Refusal::Expired(1),
+            Refusal::InputsNotCanonical("x".into()),
+            Refusal::Replayed {
+                key_id: "k".into(),
+                nonce: "n".into(),
+            },
+        ] {
+            let code = ErrorCode::from(&refusal);
+            assert_eq!(code.as_str(), refusal.code());
+            assert_eq!(code.outcome(), Outcome::Rejected);
+            assert!(private_worker_proto::approval::ERROR_CODES.contains(&code.as_str()));
         }
     }
 

@@ -22,9 +22,10 @@ use crate::audit::{AuditError, AuditWriter, Record};
 use crate::config::{Config, ExecutorConfig, TaskConfig};
 use crate::executor::http::HttpExecutor;
 use crate::executor::{ErrorCode, Execution, Outcome, TaskError};
-use crate::journal::{Journal, JournalError, Summary};
+use crate::journal::{ApprovalUse, Journal, JournalError, Summary};
 use crate::kill_switch::KillSwitch;
 use crate::secrets::Secrets;
+use private_worker_proto::approval::{Approval, Refusal, Subject, Verifier};
 use private_worker_proto::audit::{system_time_text, truncation_marker};
 
 /// One assignment, in the worker's terms.
@@ -44,6 +45,9 @@ pub struct Assignment {
     pub inputs_json: String,
     /// Latest instant the task may still run, if the orchestrator set one.
     pub deadline: Option<SystemTime>,
+    /// The signed approval that came with it, as received.
+    #[serde(default)]
+    pub approval: Option<Approval>,
 }
 
 /// The final report of one attempt.
@@ -256,15 +260,18 @@ impl Receipt {
         journal: &Journal,
         assignment: &Assignment,
         starting: bool,
+        approval: Option<ApprovalUse>,
     ) -> Result<(), JournalError> {
         match self {
             Receipt::New(owned) => {
-                journal.received(assignment.clone(), starting).await?;
+                journal
+                    .received(assignment.clone(), starting, approval)
+                    .await?;
                 owned();
             }
             Receipt::Recovered if starting => {
                 journal
-                    .started(&assignment.task_id, assignment.attempt)
+                    .started(&assignment.task_id, assignment.attempt, approval)
                     .await?;
             }
             Receipt::Recovered => {}
@@ -279,6 +286,7 @@ struct Ready<'a> {
     inputs: Map<String, Value>,
     credential: Option<crate::secrets::SecretValue>,
     timeout: Duration,
+    approval: Option<ApprovalUse>,
 }
 
 /// Most bytes of output kept in a result and its audit record; a larger
@@ -299,6 +307,7 @@ pub struct Runner {
     journal: Journal,
     identity: String,
     kill_switch: Option<KillSwitch>,
+    approvals: Option<Arc<Verifier>>,
 }
 
 impl Runner {
@@ -319,7 +328,17 @@ impl Runner {
             journal,
             identity,
             kill_switch: None,
+            approvals: None,
         }
+    }
+
+    /// Checks signed approvals with `verifier` for every task whose config
+    /// says `require_approval`: before the inputs are parsed, and with the
+    /// journal's record of used approvals against replay.
+    #[must_use]
+    pub fn with_approvals(mut self, verifier: Verifier) -> Self {
+        self.approvals = Some(Arc::new(verifier));
+        self
     }
 
     /// Refuses every assignment (`kill_switch`, REJECTED, nothing run)
@@ -368,12 +387,16 @@ impl Runner {
         let ready = match self.prepare(&assignment, &cancel, gate).await {
             Ok(ready) => ready,
             Err(execution) => {
-                receipt.record(&self.journal, &assignment, false).await?;
+                receipt
+                    .record(&self.journal, &assignment, false, None)
+                    .await?;
                 return self.finish(assignment, received_at, None, execution).await;
             }
         };
         // No call without a durable local trace of it.
-        receipt.record(&self.journal, &assignment, true).await?;
+        receipt
+            .record(&self.journal, &assignment, true, ready.approval.clone())
+            .await?;
         if cancel.is_cancelled() {
             // The call below was never polled: nothing was sent.
             let execution = Execution::failed(TaskError::new(
@@ -411,6 +434,10 @@ impl Runner {
             tracing::warn!(code = %error.code, "assignment refused: the local kill switch is on");
             return Err(Execution::failed(error));
         }
+        let approval = self.check_approval(assignment).map_err(|refusal| {
+            tracing::warn!(code = refusal.code(), reason = %crate::shown::shown(&refusal.to_string()), "assignment refused: its approval does not hold");
+            Execution::failed(TaskError::new(ErrorCode::from(&refusal), refusal.to_string()))
+        })?;
         let (task, inputs) = self.allowlist.check(assignment).map_err(|error| {
             tracing::warn!(code = %error.code, reason = %crate::shown::shown(&error.message), "assignment rejected");
             Execution::failed(error)
@@ -467,7 +494,61 @@ impl Runner {
             inputs,
             credential,
             timeout,
+            approval,
         })
+    }
+
+    /// The signed approval check, when the task's config requires one:
+    /// signature, key, audience and window first (nothing of the inputs is
+    /// parsed before the signature holds), then replay. `Ok(None)` when the
+    /// task requires none (or is not allowed here: the allowlist refuses it
+    /// next).
+    fn check_approval(&self, assignment: &Assignment) -> Result<Option<ApprovalUse>, Refusal> {
+        let required = self
+            .allowlist
+            .tasks
+            .get(&assignment.task_name)
+            .is_some_and(|t| t.config.require_approval);
+        let Some(verifier) = self.approvals.as_ref().filter(|_| required) else {
+            return Ok(None);
+        };
+        let subject = Subject {
+            task_id: &assignment.task_id,
+            plan_id: &assignment.plan_id,
+            task_name: &assignment.task_name,
+            task_version: &assignment.task_version,
+            inputs_json: &assignment.inputs_json,
+        };
+        let verified = verifier.verify(subject, assignment.approval.as_ref(), SystemTime::now())?;
+        let replayed = || Refusal::Replayed {
+            key_id: verified.key_id.clone(),
+            nonce: verified.nonce.clone(),
+        };
+        // A used approval may start its own task id again only while the
+        // journal remembers that task id: then the journal's rules (an
+        // idempotent re-run, or `already_started`) decide, as for any
+        // attempt. Once the task id is forgotten, the approval is spent.
+        // An unreadable journal refuses: no replay check, no run.
+        match self
+            .journal
+            .approval_user(&verified.key_id, &verified.nonce)
+        {
+            Ok(None) => {}
+            Ok(Some(user)) if user == assignment.task_id => {
+                if !matches!(self.journal.lookup(&user), Ok(Some(_))) {
+                    return Err(replayed());
+                }
+            }
+            Ok(Some(_)) | Err(_) => return Err(replayed()),
+        }
+        Ok(Some(ApprovalUse {
+            forget_after: verified
+                .not_after
+                .saturating_add(i64::try_from(verifier.clock_skew().as_secs()).unwrap_or(i64::MAX)),
+            key_id: verified.key_id,
+            nonce: verified.nonce,
+            task_id: assignment.task_id.clone(),
+        }))
     }
 
     /// The call itself.
@@ -686,6 +767,7 @@ mod tests {
             task_version: version.into(),
             inputs_json: inputs.into(),
             deadline: None,
+            approval: None,
         }
     }
 

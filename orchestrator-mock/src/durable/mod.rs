@@ -98,6 +98,10 @@ pub struct StepRecord {
     /// the step has none.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// The signed approval given for this step when its plan was approved
+    /// (sent with every assignment of it).
+    #[serde(default)]
+    pub approval: Option<private_worker_proto::approval::Approval>,
 }
 
 /// One change for the store to make durable: one row.

@@ -31,6 +31,9 @@ pub struct Options {
     pub heartbeat: Option<Duration>,
     /// Orchestrator lease timeout (default three heartbeats).
     pub lease_timeout: Option<Duration>,
+    /// Approver public keys the orchestrator trusts (`[approvals] keys`):
+    /// `(key id, PEM file)`.
+    pub approval_keys: Vec<(String, PathBuf)>,
 }
 
 /// One test's world.
@@ -98,6 +101,7 @@ impl Env {
         if let Some(lease) = options.lease_timeout {
             orchestrator_config.lease_timeout = lease;
         }
+        orchestrator_config.approvals.keys = options.approval_keys;
         let orchestrator = orchestrator_mock::spawn(orchestrator_config.clone())
             .await
             .unwrap();
@@ -394,4 +398,40 @@ pub async fn assert_secret_absent(
         !contains(worker_log.as_bytes(), secret),
         "the worker log holds the secret"
     );
+}
+
+/// A scripted (hostile) orchestrator on 127.0.0.1:0, prepared by
+/// `before_hello`, and a worker of `env` dialing it, whose config text
+/// `edit` may change; returns once the worker is connected, with the
+/// config's path.
+pub async fn worker_on_scripted_orchestrator(
+    env: &Env,
+    heartbeat: Duration,
+    before_hello: impl FnOnce(&private_worker_tests::scripted::ScriptedOrchestrator),
+    edit: impl FnOnce(String) -> String,
+) -> (
+    private_worker_tests::scripted::ScriptedOrchestrator,
+    Process,
+    PathBuf,
+) {
+    let orchestrator = private_worker_tests::scripted::ScriptedOrchestrator::start(
+        &env.orchestrator_config.tls,
+        private_worker_tests::scripted::ResultPolicy::Acknowledge,
+        heartbeat,
+    )
+    .await;
+    before_hello(&orchestrator);
+    let config = env.write_worker_config_at(
+        "worker",
+        &env.pki.worker_cert,
+        &env.pki.worker_key,
+        orchestrator.addr(),
+    );
+    let text = edit(std::fs::read_to_string(&config).unwrap());
+    std::fs::write(&config, text).unwrap();
+    let mut worker = env.start_worker_with(&config, "worker");
+    // The stream that got its Welcome (a heartbeat may beat the Welcome on
+    // the first one; the worker then dials again).
+    worker.wait_for("connected to orchestrator", WAIT);
+    (orchestrator, worker, config)
 }

@@ -556,7 +556,10 @@ async fn attempt(
         // A run records its receipt itself, with its start when it can.
         (Intake::Journal(tx), Work::Run(_)) => Receipt::New(Box::new(accept(tx.clone(), &key))),
         (Intake::Journal(tx), _) => {
-            runner.journal().received(assignment.clone(), false).await?;
+            runner
+                .journal()
+                .received(assignment.clone(), false, None)
+                .await?;
             accept(tx.clone(), &key)();
             Receipt::Recovered
         }

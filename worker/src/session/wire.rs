@@ -43,6 +43,10 @@ pub fn assignment(message: pb::Assignment) -> Result<Assignment, String> {
         task_version: message.task_version,
         inputs_json: message.inputs_json,
         deadline: message.deadline.and_then(|t| SystemTime::try_from(t).ok()),
+        approval: message
+            .approval
+            .as_ref()
+            .map(private_worker_proto::approval::Approval::from),
     })
 }
 
