@@ -5,8 +5,13 @@
 //! creates two admin tokens with `orchestrator-mock token create` (an agent
 //! that submits and reads, a person who approves and reads), submits a
 //! three-step plan with the first, shows that it cannot approve its own
-//! plan, approves with the second, waits, prints the results and the audit
-//! trail, stops everything and exits 0 only if the plan succeeded.
+//! plan, and that even the approver's token alone does not approve it: the
+//! orchestrator and the worker trust an approver key (`certs-tool
+//! approver-key`), so the approver signs every step with
+//! `orchestrator-mock plan approve --key` (the key never reaches the
+//! orchestrator) and the worker checks each signature before it runs the
+//! step. Then it waits, prints the results and the audit trail, stops
+//! everything and exits 0 only if the plan succeeded.
 //! Files (certificates, configs, logs, audit logs) go to a fresh directory
 //! that is removed at the end unless `--keep` is given.
 
@@ -31,6 +36,8 @@ struct Cli {
 }
 
 const STARTUP: Duration = Duration::from_secs(30);
+/// The demo approver key's id.
+const APPROVER_KEY_ID: &str = "demo-approvals";
 
 fn ready_value(line: &str, key: &str) -> anyhow::Result<String> {
     line.split_whitespace()
@@ -113,10 +120,30 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         );
     }
     let identity = "spiffe://example.org/worker/demo-worker";
+    let approver_dir = dir.join("approver");
+    let output = std::process::Command::new(binary("certs-tool"))
+        .args(["approver-key", "--id", APPROVER_KEY_ID, "--out-dir"])
+        .arg(&approver_dir)
+        .output()
+        .context("run certs-tool approver-key")?;
+    if !output.status.success() {
+        bail!(
+            "certs-tool approver-key failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let approver_key = approver_dir.join(format!("{APPROVER_KEY_ID}.key"));
+    let approvals_section = format!(
+        "\n[approvals]\nkeys = [{{ id = \"{APPROVER_KEY_ID}\", public_key = {:?} }}]\n",
+        approver_dir
+            .join(format!("{APPROVER_KEY_ID}.pub"))
+            .display()
+            .to_string()
+    );
     step(
         1,
         &format!(
-            "certificates: dev root CA -> intermediate -> orchestrator ({ORCHESTRATOR_NAME}) and worker {identity}"
+            "certificates: dev root CA -> intermediate -> orchestrator ({ORCHESTRATOR_NAME}) and worker {identity}; approver key {APPROVER_KEY_ID} (Ed25519, the private half only with the approver)"
         ),
     );
 
@@ -151,7 +178,7 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
             data_dir: &dir.join("orchestrator-data"),
             insecure_skip_checks: false,
             wire_capture_dir: None,
-        }),
+        }) + &approvals_section,
     )?;
     let mut orchestrator = Process::start(
         "orchestrator-mock",
@@ -185,7 +212,7 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
             api_base: &api_url,
             audit_log: &dir.join("worker-audit.jsonl"),
             max_in_flight: 8,
-        }),
+        }) + &approvals_section,
     )?;
     let mut worker = Process::start(
         "private-worker",
@@ -200,11 +227,8 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         "agent",
         &["submit", "read"],
     )?);
-    let approver = AdminClient::new(&admin_url).with_token(create_token(
-        &orchestrator_config,
-        "approver",
-        &["approve", "read"],
-    )?);
+    let approver_token = create_token(&orchestrator_config, "approver", &["approve", "read"])?;
+    let approver = AdminClient::new(&admin_url).with_token(approver_token.clone());
     println!(
         "        callers send them as ORCHESTRATOR_MOCK_TOKEN=... orchestrator-mock plan ... (or --token-file)"
     );
@@ -252,11 +276,46 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         }
         other => bail!("the agent's token should not approve, got {other:?}"),
     }
-    approver.approve(&plan.id).await.context("approve plan")?;
+    match approver.approve(&plan.id).await {
+        Err(e) if e.status() == Some(422) => {
+            println!("        unsigned, not even the approver's token approves it: {e}");
+        }
+        other => bail!("an unsigned approval should be refused, got {other:?}"),
+    }
+    let command = [
+        "plan",
+        "approve",
+        plan.id.as_str(),
+        "--key",
+        approver_key.to_str().context("path")?,
+        "--key-id",
+        APPROVER_KEY_ID,
+        "--audience",
+        identity,
+        "--valid-for",
+        "15m",
+    ];
+    println!(
+        "        $ orchestrator-mock plan approve {} --key approver/{APPROVER_KEY_ID}.key --key-id {APPROVER_KEY_ID} --audience {identity} --valid-for 15m",
+        plan.id
+    );
+    let output = std::process::Command::new(binary("orchestrator-mock"))
+        .args(command)
+        .env("ORCHESTRATOR_ADMIN_URL", &admin_url)
+        .env("ORCHESTRATOR_MOCK_TOKEN", &approver_token)
+        .output()
+        .context("run orchestrator-mock plan approve")?;
+    if !output.status.success() {
+        bail!(
+            "signed approval failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     step(
         5,
         &format!(
-            "plan {} submitted by the agent ({} steps, validated against the registry) and approved by the approver",
+            "plan {} submitted by the agent ({} steps, validated against the registry) and approved by the approver, every step signed for {identity}",
             plan.id,
             plan.steps.len()
         ),
