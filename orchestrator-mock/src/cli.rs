@@ -514,6 +514,28 @@ fn check(path: &std::path::Path) -> ExitCode {
         ),
         Err(e) => report(false, "tls", e.to_string()),
     }
+    match crate::approvals::ApprovalKeys::load(&config.approvals) {
+        Ok(keys) if keys.required() => report(
+            true,
+            "approvals",
+            format!(
+                "approver key(s) {}: approving a plan takes a signed approval per step",
+                config
+                    .approvals
+                    .keys
+                    .iter()
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Ok(_) => report(
+            true,
+            "approvals",
+            "no approver key ([approvals] keys): plans are approved without signatures".into(),
+        ),
+        Err(e) => report(false, "approvals", e),
+    }
     match std::fs::create_dir_all(&config.data_dir) {
         Ok(()) => report(true, "data_dir", config.data_dir.display().to_string()),
         Err(e) => report(

@@ -851,6 +851,39 @@ mod tests {
     }
 
     #[test]
+    fn approver_keys_are_optional_and_bad_entries_are_reported_with_their_path() {
+        let c = Config::from_toml_str(GOOD, Path::new("/base")).unwrap();
+        assert!(c.approvals.keys.is_empty(), "no keys by default");
+        let c = Config::from_toml_str(&format!(
+            "{GOOD}\n[approvals]\nkeys = [{{ id = \"a-1\", public_key = \"a.pub\" }}, {{ id = \"a-2\", public_key = \"/k/b.pub\" }}]\n"
+        ), Path::new("/base"))
+        .unwrap();
+        assert_eq!(
+            c.approvals.keys,
+            vec![
+                ("a-1".to_string(), PathBuf::from("/base/a.pub")),
+                ("a-2".to_string(), PathBuf::from("/k/b.pub"))
+            ]
+        );
+        let err = Config::from_toml_str(&format!(
+            "{GOOD}\n[approvals]\nkeys = [{{ id = \"a 1\", public_key = \"a.pub\" }}, {{ id = \"b\" }}, {{ id = \"b\", public_key = \"b.pub\", extra = 1 }}, 7]\n"
+        ), Path::new("/base"))
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "approvals.keys[0].id",
+            "approvals.keys[1].public_key",
+            "approvals.keys[2].extra",
+            "approvals.keys[3]",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
     fn admission_identities_are_optional_patterns_and_bad_ones_are_reported() {
         let c = Config::from_toml_str(GOOD, Path::new(".")).unwrap();
         assert_eq!(c.admission.identities, None, "no allowlist by default");
