@@ -12,6 +12,7 @@
 //! | GET | `/v1/plans/{id}/audit` | read | stored audit records of the plan |
 //! | GET | `/v1/workers` | read | connected sessions (with lease and held attempts) |
 //! | GET | `/v1/identities` | read | every worker identity known, connected or not: last seen, lease expiry, held attempts |
+//! | GET | `/v1/admission` | what the worker-connection rules refused since start (identity not admitted, per-identity limit, before-`Hello` limit) and the connections before `Hello` now |
 //! | GET | `/v1/unattributed` | read | results (and their audit records) kept as evidence but part of no plan: sent for an attempt never assigned, or assigned to another identity, each with the reason |
 //! | GET | `/v1/tasks` | read | the registry |
 //! | GET | `/healthz` | none | `{"status":"ok"}` |
@@ -79,6 +80,8 @@ pub struct AdminState {
     /// The approver keys approvals are checked with (none: plans are
     /// approved without signatures).
     pub approval_keys: crate::approvals::ApprovalKeys,
+    /// The worker-connection rules, for their counters.
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// An error response: status plus [`ErrorBody`].
@@ -148,6 +151,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/plans/{id}/cancel", post(cancel_plan))
         .route("/v1/plans/{id}/steps/{index}/cancel", post(cancel_step))
         .route("/v1/identities", get(identities))
+        .route("/v1/admission", get(admission))
         .route("/v1/unattributed", get(unattributed))
         .route("/v1/plans/{id}/results", get(results))
         .route("/v1/plans/{id}/audit", get(audit))
@@ -351,6 +355,10 @@ async fn cancel_step(
 
 async fn identities(State(app): State<AdminState>) -> Json<Vec<IdentityView>> {
     Json(app.lock().identities())
+}
+
+async fn admission(State(app): State<AdminState>) -> Json<crate::api::AdmissionView> {
+    Json(app.admission.view())
 }
 
 async fn results(

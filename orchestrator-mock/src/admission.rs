@@ -323,6 +323,16 @@ impl Admission {
         self.refused_before_hello_limit.load(Ordering::Relaxed)
     }
 
+    /// The counters, as the admin API shows them.
+    pub fn view(&self) -> crate::api::AdmissionView {
+        crate::api::AdmissionView {
+            refused_identities: self.refused_identities(),
+            refused_identity_limit: self.refused_identity_limit(),
+            refused_before_hello_limit: self.refused_before_hello_limit(),
+            connections_before_hello: self.connections_before_hello(),
+        }
+    }
+
     /// Connections holding a place before `Hello` right now.
     pub fn connections_before_hello(&self) -> usize {
         self.before_hello.load(Ordering::Acquire)

@@ -275,6 +275,22 @@ pub struct IdentityView {
     pub held: Vec<HeldAttempt>,
 }
 
+/// `GET /v1/admission`: what the worker-connection rules refused since
+/// start, and the connections holding a place before `Hello` now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionView {
+    /// Connections whose identity matched no `[admission] identities` pattern.
+    pub refused_identities: u64,
+    /// Connections refused because their identity held
+    /// `max_connections_per_identity` live connections already.
+    pub refused_identity_limit: u64,
+    /// TCP connections closed at accept because
+    /// `max_connections_before_hello` places were taken.
+    pub refused_before_hello_limit: u64,
+    /// Connections in their handshake or not yet past `Hello`, now.
+    pub connections_before_hello: usize,
+}
+
 /// The body of `POST /v1/plans/{id}/approve` (optional when the
 /// orchestrator trusts no approver key).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

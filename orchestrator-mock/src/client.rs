@@ -223,6 +223,14 @@ impl AdminClient {
         self.send(self.http.get(self.url("/v1/identities"))).await
     }
 
+    /// What the worker-connection rules refused since start.
+    ///
+    /// # Errors
+    /// Transport or decode errors.
+    pub async fn admission(&self) -> Result<crate::api::AdmissionView, ClientError> {
+        self.send(self.http.get(self.url("/v1/admission"))).await
+    }
+
     /// Results and audit records kept as evidence but part of no plan.
     ///
     /// # Errors

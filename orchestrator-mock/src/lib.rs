@@ -336,6 +336,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         store,
         skip_checks: config.insecure_skip_checks,
         approval_keys,
+        admission: admission.clone(),
     });
     let router = match hooks {
         Some(hooks) => router.merge(testing::router(hooks)),

@@ -310,6 +310,11 @@ async fn a_flood_from_one_identity_that_never_says_hello_is_capped_while_another
     assert_eq!(held.len(), 3, "the per-identity limit holds");
     assert_eq!(refused, 7);
     assert_eq!(env.handle.admission().refused_identity_limit(), 7);
+    let counters = env.admin.admission().await.unwrap();
+    assert_eq!(
+        counters.refused_identity_limit, 7,
+        "the admin API shows it: {counters:?}"
+    );
 
     // Another identity is served meanwhile, start to finish.
     let (cert, key) = env.ca.worker("spiffe://test.example/worker/real", true);
