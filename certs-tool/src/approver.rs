@@ -63,6 +63,16 @@ pub fn write_approver_key(out_dir: &Path, key_id: &str) -> Result<(PathBuf, Path
         source,
     })?;
     let key = create_approver_key()?;
+    // Claimed with create_new first, so two runs cannot both write it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&key_path)
+        .map_err(|source| CertError::Io {
+            path: key_path.clone(),
+            action: "create (it already exists; remove it first if you mean to replace this key)",
+            source,
+        })?;
     write_private_key(&key_path, &key.key_pem)?;
     write_public(&pub_path, &key.public_pem)?;
     Ok((key_path, pub_path))

@@ -294,6 +294,7 @@ pub struct AdmissionView {
 /// The body of `POST /v1/plans/{id}/approve` (optional when the
 /// orchestrator trusts no approver key).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApproveRequest {
     /// One signed approval per step.
     #[serde(default)]

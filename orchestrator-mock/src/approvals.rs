@@ -14,7 +14,10 @@
 //! only keeps a bad approval from being stored and sent.
 //!
 //! What it does not do: decide which audience a step is for (the approver
-//! chooses), or route a step to the worker its audience names.
+//! chooses), or know which workers accept a pool audience (a step signed
+//! for one worker identity is dispatched only to that identity, by
+//! [`crate::state`]; a step signed for a pool goes to any worker listing
+//! the task, and one outside the pool refuses it, `approval_wrong_audience`).
 
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +34,48 @@ use crate::config::ApprovalsConfig;
 pub const MAX_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Clock skew allowed at both ends of a window.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The digest of what an approver reviews and signs in `plan`: lower-case
+/// hex SHA-256 of the canonical JSON of its id and, per step, its task id,
+/// task name, version and inputs. The approver's tool shows it with the
+/// statements and signs only when it equals the digest the approver
+/// confirmed (`--expect-digest`), so an orchestrator cannot swap a plan's
+/// content between the approver's review and the signing.
+pub fn review_digest(plan: &PlanView) -> String {
+    let steps: Vec<serde_json::Value> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "task_id": s.task_id,
+                "task": s.task,
+                "version": s.version,
+                "inputs": s.inputs,
+            })
+        })
+        .collect();
+    private_worker_proto::canonical_sha256(&serde_json::json!({
+        "plan_id": plan.id,
+        "steps": steps,
+    }))
+}
+
+/// What the approver's tool prints before it signs: one line per step.
+pub fn review_lines(plan: &PlanView) -> Vec<String> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            format!(
+                "step {} {} v{} task {} inputs {}",
+                s.index,
+                s.task,
+                s.version,
+                s.task_id,
+                canonical_inputs(&s.inputs).unwrap_or_else(|e| format!("(cannot be signed: {e})"))
+            )
+        })
+        .collect()
+}
 
 /// Signs every step of `plan` for `audience`, valid from `now` for
 /// `valid_for`: what the approver's side runs (the CLI's `plan approve
@@ -197,5 +242,144 @@ impl ApprovalKeys {
         } else {
             Err(problems)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PlanStatus, StepStatus, StepView};
+    use private_worker_proto::approval::KeyFileSigner;
+
+    /// RFC 8410's published test key pair.
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+    const PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+
+    fn keys() -> ApprovalKeys {
+        ApprovalKeys {
+            verifier: Some(Verifier::new(
+                [PublicKey::from_pem("k", PUBLIC.as_bytes()).unwrap()],
+                Audiences::Any,
+                MAX_VALIDITY,
+                CLOCK_SKEW,
+            )),
+        }
+    }
+
+    fn plan(id: &str, tasks: &[&str]) -> PlanView {
+        PlanView {
+            id: id.into(),
+            name: None,
+            status: PlanStatus::PendingApproval,
+            created_at: String::new(),
+            cancel_requested: false,
+            steps: tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| StepView {
+                    index: u32::try_from(i).unwrap(),
+                    task_id: format!("{id}-{i}"),
+                    task: (*t).into(),
+                    version: "1".into(),
+                    inputs: serde_json::json!({"n": i}),
+                    status: StepStatus::Waiting,
+                    attempt: 0,
+                    worker: None,
+                    error_code: None,
+                    error_message: None,
+                    output: None,
+                    queued_at: None,
+                    finished_at: None,
+                    attempts: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn signed(plan: &PlanView) -> Vec<TaskApproval> {
+        let signer = KeyFileSigner::from_pem("k", KEY.as_bytes()).unwrap();
+        sign_plan(
+            &signer,
+            plan,
+            "pool:p",
+            SystemTime::now(),
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    }
+
+    fn problems(result: Result<Vec<Approval>, Vec<Problem>>) -> Vec<String> {
+        result
+            .unwrap_err()
+            .into_iter()
+            .map(|p| format!("{}:{}", p.step, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn every_step_needs_exactly_one_valid_approval_of_its_own_plan() {
+        let p = plan("p1", &["a", "b"]);
+        let now = SystemTime::now();
+        assert_eq!(keys().check(&p, signed(&p), now).unwrap().len(), 2);
+
+        let mut partial = signed(&p);
+        partial.pop();
+        let found = problems(keys().check(&p, partial, now));
+        assert!(
+            found.len() == 1 && found[0].starts_with("1:no signed approval"),
+            "{found:?}"
+        );
+
+        let mut doubled = signed(&p);
+        doubled.push(doubled[0].clone());
+        let found = problems(keys().check(&p, doubled, now));
+        assert!(
+            found.iter().any(|f| f.starts_with("0:two approvals")),
+            "{found:?}"
+        );
+
+        // The other plan's approvals, renamed to this plan's task ids: the
+        // plan id and inputs in the signature do not match.
+        let other = plan("p2", &["a", "b"]);
+        let mut moved = signed(&other);
+        for (m, s) in moved.iter_mut().zip(&p.steps) {
+            m.task_id = s.task_id.clone();
+        }
+        let found = problems(keys().check(&p, moved, now));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|f| f.contains("approval_invalid")),
+            "{found:?}"
+        );
+
+        let mut unknown = signed(&p);
+        unknown[0].task_id = "not-a-step".into();
+        let found = problems(keys().check(&p, unknown, now));
+        assert!(
+            found.iter().any(|f| f.contains("not a step of this plan")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn without_trusted_keys_no_approval_can_be_checked_or_stored() {
+        let p = plan("p1", &["a"]);
+        let found = problems(ApprovalKeys::default().check(&p, signed(&p), SystemTime::now()));
+        assert!(found[0].contains("trusts no approver key"), "{found:?}");
+    }
+
+    #[test]
+    fn the_review_digest_changes_with_any_signed_field() {
+        let p = plan("p1", &["a"]);
+        let digest = review_digest(&p);
+        let mut changed = p.clone();
+        changed.steps[0].inputs = serde_json::json!({"n": 1});
+        assert_ne!(review_digest(&changed), digest);
+        let mut changed = p.clone();
+        changed.steps[0].task = "b".into();
+        assert_ne!(review_digest(&changed), digest);
+        let mut changed = p.clone();
+        changed.id = "p2".into();
+        assert_ne!(review_digest(&changed), digest);
     }
 }

@@ -300,6 +300,12 @@ pub enum PlanCommand {
         /// How long the approvals stay valid.
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime_serde::re::humantime::parse_duration)]
         valid_for: Duration,
+        /// The review digest of the plan as you reviewed it: signing happens
+        /// only if the plan the orchestrator serves now has this digest.
+        /// Without it, the steps and their digest are printed and nothing is
+        /// signed.
+        #[arg(long, value_name = "SHA256", requires = "key")]
+        expect_digest: Option<String>,
     },
     /// Reject a pending plan.
     Reject {
@@ -623,13 +629,21 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
                 Err(e) => return Err(e.into()),
             }
         }
-        PlanCommand::Show { id } => print(admin, &client.plan(&id).await?)?,
+        PlanCommand::Show { id } => {
+            let plan = client.plan(&id).await?;
+            print(admin, &plan)?;
+            eprintln!(
+                "review digest: {} (pin it when signing: plan approve --expect-digest)",
+                crate::approvals::review_digest(&plan)
+            );
+        }
         PlanCommand::Approve {
             id,
             key,
             key_id,
             audience,
             valid_for,
+            expect_digest,
         } => {
             let view = match (key, key_id, audience) {
                 (Some(key), Some(key_id), Some(audience)) => {
@@ -642,6 +656,24 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
                         private_worker_proto::approval::KeyFileSigner::from_pem(&key_id, &pem)
                             .map_err(unusable)?;
                     let plan = client.plan(&id).await?;
+                    let digest = crate::approvals::review_digest(&plan);
+                    if plan.id != id || expect_digest.as_deref() != Some(digest.as_str()) {
+                        eprintln!("plan {id} as the orchestrator serves it now:");
+                        for line in crate::approvals::review_lines(&plan) {
+                            eprintln!("  {line}");
+                        }
+                        eprintln!("review digest: {digest}");
+                        let why = match &expect_digest {
+                            None => "nothing signed: check the steps above, then run again with --expect-digest <review digest>".to_string(),
+                            Some(expected) => format!(
+                                "nothing signed: the plan differs from the one you reviewed (expected digest {expected}); review it again"
+                            ),
+                        };
+                        return Err(CliError::Input {
+                            path: PathBuf::from(format!("plan {id}")),
+                            message: why,
+                        });
+                    }
                     let approvals = crate::approvals::sign_plan(
                         &signer,
                         &plan,

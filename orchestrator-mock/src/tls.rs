@@ -436,6 +436,8 @@ impl WorkerConn {
         let chain = self.chain.clone();
         let (identity, conn_id) = (self.info.identity.clone(), self.info.conn_id);
         let (cut, ended) = (revoked.clone(), alive.clone());
+        // A reload between the handshake and the subscription is seen here.
+        reloads.mark_changed();
         tokio::spawn(async move {
             loop {
                 tokio::select! {

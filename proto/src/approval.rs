@@ -45,8 +45,9 @@ pub const MIN_NONCE_BYTES: usize = 16;
 pub const MAX_NONCE_BYTES: usize = 128;
 /// Longest accepted audience, in bytes.
 pub const MAX_AUDIENCE_BYTES: usize = 512;
-/// Largest integer magnitude canonical JSON represents exactly (2^53).
-const MAX_EXACT_INTEGER: u64 = 1 << 53;
+/// Latest accepted window end, 9999-12-31T23:59:59Z (Unix seconds): well
+/// inside what canonical JSON writes exactly.
+const MAX_TIMESTAMP: i64 = 253_402_300_799;
 
 /// The DER prefix of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410): what
 /// precedes the 32 key bytes in every such public key.
@@ -122,11 +123,18 @@ fn whole_seconds(t: Option<&prost_types::Timestamp>) -> Option<i64> {
 }
 
 impl From<&pb::Approval> for Approval {
+    /// A signature of any length but [`SIGNATURE_BYTES`] is kept as an
+    /// empty one (refused as malformed either way), so a hostile 4 MiB
+    /// signature is not copied into the journal.
     fn from(wire: &pb::Approval) -> Self {
         Approval {
             key_id: wire.key_id.clone(),
             algorithm: wire.algorithm.clone(),
-            signature: hex::encode(&wire.signature),
+            signature: if wire.signature.len() == SIGNATURE_BYTES {
+                hex::encode(&wire.signature)
+            } else {
+                String::new()
+            },
             not_before: whole_seconds(wire.not_before.as_ref()),
             not_after: whole_seconds(wire.not_after.as_ref()),
             nonce: wire.nonce.clone(),
@@ -212,7 +220,7 @@ pub enum Refusal {
     /// The nonce was used before (by a task id this worker no longer
     /// remembers, or by another task id).
     #[error(
-        "the approval (key {key_id}, nonce {nonce}) was already used on this worker; an approval runs its task at most once; nothing ran"
+        "the approval (key {key_id}, nonce {nonce}) was already used on this worker; an approval runs its task once per worker (again only to finish an idempotent start whose outcome is unknown); nothing ran"
     )]
     Replayed {
         /// Key id of the approval.
@@ -465,8 +473,7 @@ impl Verifier {
         }
         if approval.signature.len() != 2 * SIGNATURE_BYTES {
             return malformed(format!(
-                "its signature is {} bytes, not the {SIGNATURE_BYTES} of an Ed25519 signature",
-                approval.signature.len() / 2
+                "its signature is not the {SIGNATURE_BYTES} bytes of an Ed25519 signature"
             ));
         }
         let (Some(not_before), Some(not_after)) = (approval.not_before, approval.not_after) else {
@@ -474,6 +481,9 @@ impl Verifier {
         };
         if not_after <= not_before {
             return malformed("not_after is not later than not_before".into());
+        }
+        if !(0..=MAX_TIMESTAMP).contains(&not_before) || !(0..=MAX_TIMESTAMP).contains(&not_after) {
+            return malformed("its window lies outside the years 1970 to 9999".into());
         }
         let window = u64::try_from(not_after.saturating_sub(not_before)).unwrap_or(u64::MAX);
         if window > self.max_validity.as_secs() {
@@ -615,10 +625,13 @@ pub fn canonical_inputs(inputs: &Value) -> Result<String, String> {
 fn inexact_number(value: &Value, path: String) -> Option<String> {
     match value {
         Value::Number(n) => {
+            // Canonical JSON writes every number as the double nearest to
+            // it: an integer survives only if that double is itself.
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
             let exact = n
                 .as_u64()
-                .map(|u| u <= MAX_EXACT_INTEGER)
-                .or_else(|| n.as_i64().map(|i| i.unsigned_abs() <= MAX_EXACT_INTEGER))
+                .map(|u| (u as f64) as u64 == u && (u as f64) < 18_446_744_073_709_551_616.0)
+                .or_else(|| n.as_i64().map(|i| (i as f64) as i64 == i && i != i64::MIN))
                 .unwrap_or(true);
             (!exact).then_some(path)
         }
@@ -810,6 +823,12 @@ mod tests {
         let err = canonical_inputs(&big).unwrap_err();
         assert!(err.contains("/n/1"), "{err}");
         assert!(canonical_inputs(&serde_json::json!({"n": 9_007_199_254_740_992_u64})).is_ok());
+        // A large float that is an integer is written (and read back) exactly.
+        let float = serde_json::json!({"f": 1e16, "g": -1e300});
+        let text = canonical_inputs(&float).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(canonical_inputs(&back).unwrap(), text, "{text}");
+        assert!(canonical_inputs(&serde_json::json!({"i": -9_007_199_254_740_993_i64})).is_err());
     }
 
     #[test]

@@ -623,3 +623,90 @@ async fn the_orchestrator_approves_a_plan_only_with_a_valid_signature_per_step()
     assert_eq!(done.status, PlanStatus::Succeeded, "{done:#?}");
     assert_eq!(env.api.requests().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_approval_does_not_run_an_idempotent_task_again_after_a_definite_outcome() {
+    let keys = tempfile::tempdir().unwrap();
+    let k1 = approver(keys.path(), "k1");
+    let (env, orchestrator, _worker, _) = worker_trusting(&[&k1], |t| t).await;
+    // `crm.get_ticket` is idempotent on both sides: the journal alone would
+    // let attempt 2 run again.
+    let mut order = Order::new(&env, "T-read", json!({"ticket_id": "T-1"}));
+    order.task = "crm.get_ticket";
+    let approval = order.sign(&k1);
+    let first = result_of(&orchestrator, order.assignment(Some(&approval))).await;
+    assert_ne!(first.outcome(), pb::Outcome::Rejected, "{first:#?}");
+    assert_ne!(first.outcome(), pb::Outcome::Unknown, "{first:#?}");
+    let mut again = order.assignment(Some(&approval));
+    again.attempt = 2;
+    let second = result_of(&orchestrator, again).await;
+    assert_eq!(second.error_code, "approval_replayed", "{second:#?}");
+    assert_eq!(env.api.requests().len(), 1, "the call happened once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvers_tool_signs_only_the_plan_whose_review_digest_it_was_given() {
+    let keys = tempfile::tempdir().unwrap();
+    let k1 = approver(keys.path(), "k1");
+    let (env, _worker) = signing_env(&k1).await;
+    let plan = env
+        .submit(&[(TASK, json!({"title": "reviewed before signing"}))])
+        .await;
+    let orchestrator = env.orchestrator.as_ref().unwrap();
+    let token = orchestrator
+        .tokens()
+        .issue(
+            "alice",
+            &[
+                orchestrator_mock::tokens::Role::Approve,
+                orchestrator_mock::tokens::Role::Read,
+            ],
+        )
+        .unwrap();
+    let key_file = keys.path().join("k1.key");
+    let approve = |digest: Option<&str>| {
+        let mut command =
+            std::process::Command::new(private_worker_tests::procs::binary("orchestrator-mock"));
+        command
+            .args(["plan", "approve", plan.id.as_str(), "--key"])
+            .arg(&key_file)
+            .args(["--key-id", "k1", "--audience", &env.pki.worker_identity])
+            .env("ORCHESTRATOR_ADMIN_URL", orchestrator.admin_url())
+            .env("ORCHESTRATOR_MOCK_TOKEN", &token);
+        if let Some(digest) = digest {
+            command.args(["--expect-digest", digest]);
+        }
+        command.output().unwrap()
+    };
+
+    // Without a digest: the steps and the digest are shown, nothing signed.
+    let review = approve(None);
+    let shown = String::from_utf8_lossy(&review.stderr).to_string();
+    assert!(!review.status.success(), "{shown}");
+    assert!(shown.contains("reviewed before signing"), "{shown}");
+    let digest = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("review digest: "))
+        .unwrap_or_else(|| panic!("no digest in {shown}"))
+        .to_string();
+    assert_eq!(digest, orchestrator_mock::approvals::review_digest(&plan));
+    // A digest of other content (what a swapped plan looks like): refused.
+    let swapped = approve(Some(&"0".repeat(64)));
+    assert!(!swapped.status.success());
+    assert!(
+        String::from_utf8_lossy(&swapped.stderr).contains("differs from the one you reviewed"),
+        "{}",
+        String::from_utf8_lossy(&swapped.stderr)
+    );
+    let still = env.admin.plan(&plan.id).await.unwrap();
+    assert_eq!(still.status, PlanStatus::PendingApproval);
+
+    let signed = approve(Some(&digest));
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let done = env.admin.wait_for_plan(&plan.id, WAIT).await.unwrap();
+    assert_eq!(done.status, PlanStatus::Succeeded, "{done:#?}");
+}

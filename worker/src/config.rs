@@ -56,6 +56,9 @@ pub const DEFAULT_KEYVAULT_RETRY_BUDGET: Duration = Duration::from_secs(10);
 pub const DEFAULT_APPROVAL_MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Default clock skew allowed at both ends of an approval window.
 pub const DEFAULT_APPROVAL_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Largest `approvals.clock_skew` accepted; used approvals are remembered
+/// this long past their window, whatever the skew configured now.
+pub const MAX_APPROVAL_CLOCK_SKEW: Duration = Duration::from_secs(3600);
 /// Longest `approvals.max_validity` accepted: it bounds how long the
 /// journal remembers used nonces.
 pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -728,7 +731,12 @@ fn validate_approvals(
         });
     }
     for (i, audience) in raw.audiences.iter().enumerate() {
-        if audience.is_empty()
+        if audience.starts_with("spiffe://") {
+            problem(
+                format!("approvals.audiences[{i}]"),
+                "is a worker identity, not a pool name: this worker's own identity is always accepted, and another worker's must not be (name pools like `pool:crm-eu`)".into(),
+            );
+        } else if audience.is_empty()
             || audience.len() > private_worker_proto::approval::MAX_AUDIENCE_BYTES
             || !audience.bytes().all(|b| b.is_ascii_graphic())
         {
@@ -746,7 +754,7 @@ fn validate_approvals(
         );
     }
     let clock_skew = raw.clock_skew.unwrap_or(DEFAULT_APPROVAL_CLOCK_SKEW);
-    if clock_skew > Duration::from_secs(3600) {
+    if clock_skew > MAX_APPROVAL_CLOCK_SKEW {
         problem(
             "approvals.clock_skew".into(),
             format!("{clock_skew:?} is longer than the limit of 1h"),
@@ -1239,6 +1247,67 @@ mod tests {
             http.auth.as_ref().unwrap().secret(),
             &"env://CRM_TOKEN".parse::<SecretRef>().unwrap()
         );
+    }
+
+    fn problem_paths(text: &str) -> Vec<String> {
+        match Config::from_toml_str(text, Path::new("/etc/pw")) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| p.path).collect()
+            }
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn approvals_are_required_by_default_once_a_key_is_trusted_and_a_task_may_opt_out() {
+        let none = Config::from_toml_str(GOOD, Path::new("/etc/pw")).unwrap();
+        assert!(none.approvals.keys.is_empty());
+        assert!(!none.tasks["crm.create_ticket"].require_approval);
+        let keyed = format!(
+            "{GOOD}\n        [approvals]\n        keys = [{{ id = \"a-1\", public_key = \"a.pub\" }}]\n"
+        );
+        let config = Config::from_toml_str(&keyed, Path::new("/etc/pw")).unwrap();
+        assert!(config.tasks["crm.create_ticket"].require_approval);
+        assert_eq!(
+            config.approvals.keys[0].public_key,
+            PathBuf::from("/etc/pw/a.pub")
+        );
+        assert_eq!(config.approvals.max_validity, DEFAULT_APPROVAL_MAX_VALIDITY);
+        let opted_out = keyed.replace(
+            "timeout = \"5s\"",
+            "timeout = \"5s\"\n        require_approval = false",
+        );
+        let config = Config::from_toml_str(&opted_out, Path::new("/etc/pw")).unwrap();
+        assert!(!config.tasks["crm.create_ticket"].require_approval);
+        let without_keys = GOOD.replace(
+            "timeout = \"5s\"",
+            "timeout = \"5s\"\n        require_approval = true",
+        );
+        assert_eq!(
+            problem_paths(&without_keys),
+            vec!["tasks.crm.create_ticket.require_approval"]
+        );
+    }
+
+    #[test]
+    fn bad_approval_settings_are_reported_with_their_path() {
+        let text = format!(
+            "{GOOD}\n        [approvals]\n        keys = [{{ id = \"a\", public_key = \"a.pub\" }}, {{ id = \"a\", public_key = \"b.pub\" }}, {{ id = \"bad id\", public_key = \"c.pub\" }}]\n        audiences = [\"spiffe://example.org/worker/other\", \"\"]\n        max_validity = \"90d\"\n        clock_skew = \"2h\"\n"
+        );
+        let paths = problem_paths(&text);
+        for expected in [
+            "approvals.keys[1].id",
+            "approvals.keys[2].id",
+            "approvals.audiences[0]",
+            "approvals.audiences[1]",
+            "approvals.max_validity",
+            "approvals.clock_skew",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
     }
 
     #[test]

@@ -474,12 +474,9 @@ impl Writer {
                     .get(task_id.as_str())
                     .map_err(|e| e.to_string())?
                     .and_then(|v| serde_json::from_slice(v.value()).ok());
-                let Some((next, rows)) = apply(current, change, &mut next_seq) else {
-                    continue;
-                };
                 if let Some(used) = used {
-                    // In the commit that records the start: the approval is
-                    // used exactly when the call may happen.
+                    // In the commit that records the start, whether or not
+                    // the entry changes: a start that asked for it used it.
                     let bytes = serde_json::to_vec(&used).map_err(|e| e.to_string())?;
                     approvals
                         .insert(
@@ -488,6 +485,9 @@ impl Writer {
                         )
                         .map_err(|e| e.to_string())?;
                 }
+                let Some((next, rows)) = apply(current, change, &mut next_seq) else {
+                    continue;
+                };
                 for (table, row) in [
                     (&mut results, rows.result),
                     (&mut assignments, rows.assignment),

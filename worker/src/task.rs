@@ -524,27 +524,42 @@ impl Runner {
             key_id: verified.key_id.clone(),
             nonce: verified.nonce.clone(),
         };
-        // A used approval may start its own task id again only while the
-        // journal remembers that task id: then the journal's rules (an
-        // idempotent re-run, or `already_started`) decide, as for any
-        // attempt. Once the task id is forgotten, the approval is spent.
-        // An unreadable journal refuses: no replay check, no run.
+        // A used approval starts its own task id again only to finish what
+        // an earlier start left unknown (an idempotent task cut off by a
+        // crash, a timeout or a cancel), while the journal remembers the
+        // task id; after a definite outcome, or once the task id is
+        // forgotten, the approval is spent. An unreadable journal refuses:
+        // no replay check, no run.
         match self
             .journal
             .approval_user(&verified.key_id, &verified.nonce)
         {
             Ok(None) => {}
             Ok(Some(user)) if user == assignment.task_id => {
-                if !matches!(self.journal.lookup(&user), Ok(Some(_))) {
+                let unfinished = matches!(
+                    self.journal.lookup(&user),
+                    Ok(Some(entry)) if entry
+                        .summary
+                        .as_ref()
+                        .is_none_or(|s| s.outcome == Outcome::OutcomeUnknown)
+                );
+                if !unfinished {
                     return Err(replayed());
                 }
             }
-            Ok(Some(_)) | Err(_) => return Err(replayed()),
+            Ok(Some(_)) => return Err(replayed()),
+            Err(e) => {
+                return Err(Refusal::Malformed(format!(
+                    "whether it was used before cannot be checked: {e}"
+                )));
+            }
         }
         Ok(Some(ApprovalUse {
-            forget_after: verified
-                .not_after
-                .saturating_add(i64::try_from(verifier.clock_skew().as_secs()).unwrap_or(i64::MAX)),
+            // Kept past the window by the largest clock skew a config may
+            // set, so a later, larger skew cannot revive a forgotten use.
+            forget_after: verified.not_after.saturating_add(
+                i64::try_from(crate::config::MAX_APPROVAL_CLOCK_SKEW.as_secs()).unwrap_or(i64::MAX),
+            ),
             key_id: verified.key_id,
             nonce: verified.nonce,
             task_id: assignment.task_id.clone(),

@@ -282,29 +282,49 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         }
         other => bail!("an unsigned approval should be refused, got {other:?}"),
     }
-    let command = [
-        "plan",
-        "approve",
-        plan.id.as_str(),
-        "--key",
-        approver_key.to_str().context("path")?,
-        "--key-id",
-        APPROVER_KEY_ID,
-        "--audience",
-        identity,
-        "--valid-for",
-        "15m",
-    ];
+    let sign = |digest: Option<&str>| {
+        let mut command = std::process::Command::new(binary("orchestrator-mock"));
+        command
+            .args(["plan", "approve", plan.id.as_str(), "--key"])
+            .arg(&approver_key)
+            .args(["--key-id", APPROVER_KEY_ID, "--audience", identity])
+            .args(["--valid-for", "15m"])
+            .env("ORCHESTRATOR_ADMIN_URL", &admin_url)
+            .env("ORCHESTRATOR_MOCK_TOKEN", &approver_token);
+        if let Some(digest) = digest {
+            command.args(["--expect-digest", digest]);
+        }
+        command
+            .output()
+            .context("run orchestrator-mock plan approve")
+    };
+    let flags = format!(
+        "--key approver/{APPROVER_KEY_ID}.key --key-id {APPROVER_KEY_ID} --audience {identity} --valid-for 15m"
+    );
+    // First the approver reviews what would be signed (nothing is signed),
+    // then signs exactly that, pinned by its digest.
     println!(
-        "        $ orchestrator-mock plan approve {} --key approver/{APPROVER_KEY_ID}.key --key-id {APPROVER_KEY_ID} --audience {identity} --valid-for 15m",
+        "        $ orchestrator-mock plan approve {} {flags}",
         plan.id
     );
-    let output = std::process::Command::new(binary("orchestrator-mock"))
-        .args(command)
-        .env("ORCHESTRATOR_ADMIN_URL", &admin_url)
-        .env("ORCHESTRATOR_MOCK_TOKEN", &approver_token)
-        .output()
-        .context("run orchestrator-mock plan approve")?;
+    let review = sign(None)?;
+    let shown = String::from_utf8_lossy(&review.stderr).to_string();
+    let digest = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("review digest: "))
+        .map(str::to_string)
+        .with_context(|| format!("no review digest in:\n{shown}"))?;
+    for line in shown
+        .lines()
+        .filter(|l| l.starts_with("  step ") || l.starts_with("review digest"))
+    {
+        println!("          {}", line.trim_start());
+    }
+    println!(
+        "        $ orchestrator-mock plan approve {} {flags} --expect-digest {digest}",
+        plan.id
+    );
+    let output = sign(Some(&digest))?;
     if !output.status.success() {
         bail!(
             "signed approval failed:\n{}{}",

@@ -95,6 +95,14 @@ impl UrlTemplate {
     /// # Errors
     /// A message saying what is wrong with the template.
     pub fn parse(text: &str) -> Result<UrlTemplate, String> {
+        // URL parsers read `\` as `/` and drop tabs and line breaks, so such
+        // a character in the literal text would let an input form a `..`
+        // segment the check in `render` cannot see (found by fuzzing).
+        if text.chars().any(|c| c == '\\' || c.is_control()) {
+            return Err(format!(
+                "{text:?} holds a backslash or a control character; URL parsers read them as `/` or drop them, so write the URL without them"
+            ));
+        }
         let parts = split_placeholders(text)?;
         let probe = |filler: &str| -> Result<url::Url, String> {
             let rendered: String = parts
@@ -454,6 +462,22 @@ mod tests {
 
     fn inputs(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_template_with_a_backslash_or_control_character_is_refused() {
+        // Found by fuzz/fuzz_targets/template_render.rs: `\` reads as `/`
+        // and tabs and line breaks vanish, so `..` could form unseen.
+        for text in [
+            "https://crm.internal/files\\{a}/x",
+            "https://crm.internal/files/\t{a}/x",
+            "https://crm.internal/files/{a}\n/x",
+            "https://crm.internal/files/{a}\r/x",
+        ] {
+            let err = UrlTemplate::parse(text).unwrap_err();
+            assert!(err.contains("backslash or a control character"), "{err}");
+            assert!(!err.contains('\n') && !err.contains('\t'), "escaped: {err}");
+        }
     }
 
     #[test]
