@@ -6,7 +6,10 @@
 //! connections and runs each handshake in its own task with a deadline
 //! ([`crate::tls::HANDSHAKE_TIMEOUT`]), so one slow client cannot hold up
 //! the others; finished handshakes queue for axum, which then serves them
-//! like plain connections (graceful shutdown included).
+//! like plain connections (graceful shutdown included). At most
+//! [`MAX_HANDSHAKES`] handshakes run at once (a connection past that is
+//! closed at accept), and failures are logged sparsely, so a flood neither
+//! exhausts file descriptors nor fills the log.
 //!
 //! What it does not do: client certificates (callers authenticate with a
 //! token), or reload the certificate without a restart.
@@ -65,6 +68,18 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// Most admin connections in their TLS handshake at once.
+pub const MAX_HANDSHAKES: usize = 64;
+
+/// Logs a refused or failed admin connection: the first 20, then one in
+/// every 1,000, so a flood cannot fill the log.
+fn log_failure(count: &std::sync::atomic::AtomicU64, peer: SocketAddr, what: &str) {
+    let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if n <= 20 || n.is_multiple_of(1000) {
+        tracing::info!(%peer, failures_so_far = n, "{what}");
+    }
+}
+
 /// A listener yielding TLS connections whose handshake is done.
 #[derive(Debug)]
 pub struct TlsListener {
@@ -85,6 +100,8 @@ impl TlsListener {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(QUEUE);
         let acceptor = TlsAcceptor::from(config);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = tokio::select! {
@@ -99,17 +116,35 @@ impl TlsListener {
                         }
                     },
                 };
+                // At most MAX_HANDSHAKES connections in their handshake:
+                // past that a new one is closed at once, so a flood cannot
+                // exhaust the process's file descriptors.
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    log_failure(
+                        &failures,
+                        peer,
+                        "too many admin API TLS handshakes in progress; connection closed",
+                    );
+                    drop(tcp);
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
+                let failures = failures.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "admin API TLS handshake failed");
-                        }
-                        Err(_) => tracing::info!(%peer, "admin API TLS handshake timed out"),
+                        Ok(Err(e)) => log_failure(
+                            &failures,
+                            peer,
+                            &format!("admin API TLS handshake failed: {e}"),
+                        ),
+                        Err(_) => log_failure(&failures, peer, "admin API TLS handshake timed out"),
                     }
                 });
             }

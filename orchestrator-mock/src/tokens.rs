@@ -24,9 +24,13 @@
 //! [`TokenFile::authenticate`]), so a created or revoked token counts from
 //! the next request, with no restart.
 //!
-//! What it does not do: expire tokens, or lock the file against two
-//! `token` commands run at the same instant (the last writer wins; both
-//! write whole files, so neither leaves a torn one).
+//! Changes (create, issue, revoke) read, modify and replace the file while
+//! holding an exclusive lock on `<file>.lock` beside it, so two `token`
+//! commands run at the same instant cannot lose each other's change (a
+//! revoke that reports success stays revoked). Readers take no lock: every
+//! write replaces the whole file atomically.
+//!
+//! What it does not do: expire tokens.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -337,11 +341,37 @@ impl TokenFile {
         self.add(name, roles, true)
     }
 
+    /// Runs `change` while holding the exclusive lock on `<file>.lock`.
+    fn locked<T>(&self, change: impl FnOnce() -> Result<T, TokenError>) -> Result<T, TokenError> {
+        let io = |source| TokenError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let lock = options.open(&lock_path).map_err(io)?;
+        lock.lock().map_err(io)?;
+        let result = change();
+        drop(lock);
+        result
+    }
+
     fn add(&self, name: &str, roles: &[Role], replace: bool) -> Result<String, TokenError> {
         check_name(name)?;
         if roles.is_empty() {
             return Err(TokenError::NoRoles);
         }
+        self.locked(|| self.add_locked(name, roles, replace))
+    }
+
+    fn add_locked(&self, name: &str, roles: &[Role], replace: bool) -> Result<String, TokenError> {
         let mut tokens = self.read()?;
         if tokens.iter().any(|e| e.name == name) {
             if !replace {
@@ -365,13 +395,15 @@ impl TokenFile {
     /// # Errors
     /// [`TokenError::NoSuchName`], or the file cannot be read or written.
     pub fn revoke(&self, name: &str) -> Result<(), TokenError> {
-        let mut tokens = self.read()?;
-        let before = tokens.len();
-        tokens.retain(|e| e.name != name);
-        if tokens.len() == before {
-            return Err(TokenError::NoSuchName(name.to_string()));
-        }
-        self.write(tokens)
+        self.locked(|| {
+            let mut tokens = self.read()?;
+            let before = tokens.len();
+            tokens.retain(|e| e.name != name);
+            if tokens.len() == before {
+                return Err(TokenError::NoSuchName(name.to_string()));
+            }
+            self.write(tokens)
+        })
     }
 
     /// Every token's name, roles and creation time (never its hash).
@@ -445,6 +477,36 @@ fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_changes_lose_nothing_and_a_revoke_stays_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin_tokens.json");
+        let victim = TokenFile::new(&path)
+            .create("victim", &[Role::Read])
+            .unwrap();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let file = TokenFile::new(&path);
+                    if i == 7 {
+                        file.revoke("victim").unwrap();
+                    } else {
+                        file.create(&format!("t{i}"), &[Role::Read]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let file = TokenFile::new(&path);
+        let names: Vec<String> = file.list().unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names.len(), 15, "every create kept: {names:?}");
+        assert!(!names.contains(&"victim".to_string()), "{names:?}");
+        assert_eq!(file.authenticate(&victim).unwrap(), None, "the revoke held");
+    }
 
     #[test]
     fn a_created_token_authenticates_with_its_roles_and_is_not_in_the_file() {

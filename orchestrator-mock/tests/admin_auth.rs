@@ -771,3 +771,66 @@ async fn the_admin_api_over_tls_answers_with_a_token_and_refuses_cleartext() {
     assert_eq!(plain.tasks().await.unwrap_err().status(), None);
     handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_stalled_admin_tls_handshakes_is_capped_and_the_api_answers_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, text) = common::write_setup(dir.path());
+    let (cert, key) = ca.server();
+    std::fs::write(dir.path().join("admin.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("admin.key"), key).unwrap();
+    let config = Config::from_toml_str(
+        &format!("{text}\n[admin]\ntls_cert = \"admin.pem\"\ntls_key = \"admin.key\"\n"),
+        dir.path(),
+    )
+    .unwrap();
+    let handle = orchestrator_mock::spawn(config).await.unwrap();
+    let addr: std::net::SocketAddr = handle
+        .admin_url()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    // Connections that never start their handshake hold every place.
+    let mut stalled = Vec::new();
+    for _ in 0..orchestrator_mock::admin_tls::MAX_HANDSHAKES {
+        stalled.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // One more is closed at accept: it reads end-of-file, not a stall.
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut buf),
+    )
+    .await
+    .expect("the connection past the cap was left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Once they go, a real caller is served.
+    drop(stalled);
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.issuer.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let token = handle
+        .tokens()
+        .create("after-flood", &[Role::Read])
+        .unwrap();
+    let admin = AdminClient::new(&handle.admin_url().replace("127.0.0.1", "localhost"))
+        .with_http_client(http)
+        .with_token(token);
+    let start = std::time::Instant::now();
+    loop {
+        match admin.tasks().await {
+            Ok(tasks) => {
+                assert_eq!(tasks.len(), 2);
+                break;
+            }
+            Err(e) if start.elapsed() > std::time::Duration::from_secs(20) => {
+                panic!("the admin API never answered after the flood: {e}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    handle.shutdown().await;
+}
