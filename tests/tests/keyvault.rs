@@ -203,17 +203,12 @@ async fn a_plan_runs_with_the_credential_read_from_key_vault_through_the_real_sd
     assert_eq!(bearers_seen(&env).len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_runs_with_a_managed_identity_token_from_the_identity_endpoint() {
-    let (env, kv) = vault_with_token(None).await;
-    let path = write_kv_config(
-        &env,
-        &kv,
-        &[("crm.create_ticket", &kv_ref("crm-token"))],
-        "",
-    );
-    // The usual production set-up: no secret for Azure at all, a managed
-    // identity whose tokens come from the host's identity endpoint.
+/// A worker reading `crm-token` from the fake vault with a managed
+/// identity (the usual production set-up: no secret for Azure at all, the
+/// tokens come from the host's identity endpoint), with `extra` in its
+/// environment.
+fn managed_identity_worker(env: &Env, kv: &Vault, extra: &[(&str, &str)]) -> Process {
+    let path = write_kv_config(env, kv, &[("crm.create_ticket", &kv_ref("crm-token"))], "");
     let text = std::fs::read_to_string(&path).unwrap();
     let start = text
         .find("auth = { type = \"client_secret\"")
@@ -225,20 +220,71 @@ async fn a_plan_runs_with_a_managed_identity_token_from_the_identity_endpoint() 
         &text[end..]
     );
     std::fs::write(&path, text).unwrap();
-    let worker = Process::start(
+    let identity_header = kv.vault.options().identity_header.clone();
+    let mut vars = vec![
+        ("RUST_LOG", "debug"),
+        ("IDENTITY_ENDPOINT", "https://login.test/msi/token"),
+        ("IDENTITY_HEADER", identity_header.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    Process::start(
         "worker",
         &binary("private-worker"),
         &["--config", path.to_str().unwrap()],
-        &[
-            ("RUST_LOG", "debug"),
-            ("IDENTITY_ENDPOINT", "https://login.test/msi/token"),
-            (
-                "IDENTITY_HEADER",
-                kv.vault.options().identity_header.as_str(),
-            ),
-        ],
+        &vars,
         &env.path("worker.log"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_vault_and_identity_requests_ignore_a_proxy_in_the_environment() {
+    // A proxy the environment names: it would see the access token on the
+    // identity endpoint's answer and every vault request. It only counts.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let dialed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = dialed.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = proxy.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let (env, kv) = vault_with_token(None).await;
+    let mut extra = Vec::new();
+    for name in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        extra.push((name, proxy_url.as_str()));
+    }
+    let worker = managed_identity_worker(&env, &kv, &extra);
+    env.wait_connected(&env.pki.worker_identity).await;
+    let plan = env
+        .run_plan(&[("crm.create_ticket", json!({"title": "no proxy"}))])
+        .await;
+    assert_eq!(
+        plan.status,
+        PlanStatus::Succeeded,
+        "{plan:#?}\n{}",
+        worker.output()
     );
+    assert_eq!(kv.vault.token_requests(), 1);
+    assert_eq!(
+        dialed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the environment's proxy was dialled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_runs_with_a_managed_identity_token_from_the_identity_endpoint() {
+    let (env, kv) = vault_with_token(None).await;
+    let worker = managed_identity_worker(&env, &kv, &[]);
     env.wait_connected(&env.pki.worker_identity).await;
 
     let plan = env

@@ -532,9 +532,13 @@ impl SecretSource for KeyVaultSource {
     }
 }
 
-/// The reqwest client every SDK request goes through.
+/// The reqwest client every SDK request goes through, the credential's
+/// token requests included. It ignores `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`:
+/// a managed identity's token endpoint is plain HTTP, so a proxy named by
+/// the environment would see access tokens.
 fn build_http_client(config: &KeyVaultConfig) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .connect_timeout(config.request_timeout)
         .timeout(config.request_timeout)
         .redirect(reqwest::redirect::Policy::none());
