@@ -738,8 +738,9 @@ async fn a_non_loopback_admin_listener_without_tls_is_refused_at_start() {
     assert!(stdout.contains("FAIL admin_listen"), "{stdout}");
 }
 
-#[tokio::test]
-async fn the_admin_api_over_tls_answers_with_a_token_and_refuses_cleartext() {
+/// An orchestrator whose admin API is served over TLS (`[admin] tls_cert`,
+/// `tls_key`, a certificate for `localhost`), with its directory and CA.
+async fn start_with_admin_tls() -> (tempfile::TempDir, common::Ca, OrchestratorHandle) {
     let dir = tempfile::tempdir().unwrap();
     let (ca, text) = common::write_setup(dir.path());
     let (cert, key) = ca.server();
@@ -751,6 +752,12 @@ async fn the_admin_api_over_tls_answers_with_a_token_and_refuses_cleartext() {
     )
     .unwrap();
     let handle = orchestrator_mock::spawn(config).await.unwrap();
+    (dir, ca, handle)
+}
+
+#[tokio::test]
+async fn the_admin_api_over_tls_answers_with_a_token_and_refuses_cleartext() {
+    let (_dir, ca, handle) = start_with_admin_tls().await;
     let url = handle.admin_url();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let http = reqwest::Client::builder()
@@ -774,17 +781,7 @@ async fn the_admin_api_over_tls_answers_with_a_token_and_refuses_cleartext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_stalled_admin_tls_handshakes_is_capped_and_the_api_answers_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, text) = common::write_setup(dir.path());
-    let (cert, key) = ca.server();
-    std::fs::write(dir.path().join("admin.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("admin.key"), key).unwrap();
-    let config = Config::from_toml_str(
-        &format!("{text}\n[admin]\ntls_cert = \"admin.pem\"\ntls_key = \"admin.key\"\n"),
-        dir.path(),
-    )
-    .unwrap();
-    let handle = orchestrator_mock::spawn(config).await.unwrap();
+    let (_dir, ca, handle) = start_with_admin_tls().await;
     let addr: std::net::SocketAddr = handle
         .admin_url()
         .trim_start_matches("https://")

@@ -267,11 +267,17 @@ fn named(value: &str) -> String {
     }
 }
 
-fn shown_audience(value: &str) -> String {
-    if !value.is_empty()
+/// Whether `value` is a well-formed audience: 1 to [`MAX_AUDIENCE_BYTES`]
+/// bytes of printable ASCII (no space, no control character). The one
+/// rule for approvals on the wire and for audiences in a worker's config.
+pub fn is_audience(value: &str) -> bool {
+    !value.is_empty()
         && value.len() <= MAX_AUDIENCE_BYTES
         && value.bytes().all(|b| b.is_ascii_graphic())
-    {
+}
+
+fn shown_audience(value: &str) -> String {
+    if is_audience(value) {
         format!("`{value}`")
     } else {
         "(empty, too long or with characters other than printable ASCII)".into()
@@ -463,10 +469,7 @@ impl Verifier {
                 "its nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes of A-Z a-z 0-9 . _ - :"
             ));
         }
-        if approval.audience.is_empty()
-            || approval.audience.len() > MAX_AUDIENCE_BYTES
-            || !approval.audience.bytes().all(|b| b.is_ascii_graphic())
-        {
+        if !is_audience(&approval.audience) {
             return malformed(format!(
                 "its audience must be 1 to {MAX_AUDIENCE_BYTES} bytes of printable ASCII"
             ));

@@ -736,10 +736,7 @@ fn validate_approvals(
                 format!("approvals.audiences[{i}]"),
                 "is a worker identity, not a pool name: this worker's own identity is always accepted, and another worker's must not be (name pools like `pool:crm-eu`)".into(),
             );
-        } else if audience.is_empty()
-            || audience.len() > private_worker_proto::approval::MAX_AUDIENCE_BYTES
-            || !audience.bytes().all(|b| b.is_ascii_graphic())
-        {
+        } else if !private_worker_proto::approval::is_audience(audience) {
             problem(
                 format!("approvals.audiences[{i}]"),
                 "must be 1 to 512 bytes of printable ASCII (for example `pool:payments-eu`)".into(),
