@@ -318,6 +318,17 @@ impl CertificateAuthority {
         })
     }
 
+    /// Signs `params` for an existing key pair (a renewal keeps the key) and
+    /// returns the certificate alone, PEM.
+    pub(crate) fn sign_for_key(
+        &self,
+        mut params: CertificateParams,
+        key: &KeyPair,
+        validity_days: u32,
+    ) -> Result<String, CertError> {
+        Ok(self.sign(&mut params, key, validity_days)?.pem())
+    }
+
     /// Signs `params` for `public_key`: sets the validity (capped at this
     /// CA's expiry), a random serial and the authority key identifier.
     fn sign(

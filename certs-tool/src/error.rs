@@ -61,6 +61,21 @@ pub enum CertError {
     /// Pass the key file that was written together with this certificate.
     #[error("the private key does not match the CA certificate; pass the key written with it")]
     KeyMismatch,
+    /// The private key given for renewal is not the key of the certificate
+    /// being renewed.
+    ///
+    /// Pass the key file the certificate was issued for (renewal keeps it).
+    #[error(
+        "the private key does not match the certificate to renew; pass the key it was issued for"
+    )]
+    RenewKeyMismatch,
+    /// The certificate to renew is neither a worker certificate (one URI
+    /// SAN, clientAuth) nor a server certificate (serverAuth, DNS or IP
+    /// names).
+    ///
+    /// Issue a new one with `certs-tool worker` or `certs-tool server`.
+    #[error("cannot renew this certificate: {0}")]
+    NotRenewable(String),
     /// The certificate given as a CA may not sign certificates (no
     /// basicConstraints CA=true, or a key usage without keyCertSign).
     ///

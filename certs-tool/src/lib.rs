@@ -16,6 +16,8 @@
 //! - [`identity`]: reads the worker identity out of a verified client
 //!   certificate; used by the worker and the orchestrator at run time.
 //! - [`inspect`]: a readable summary of every certificate in a PEM file.
+//! - [`renew`]: a new certificate for an existing key and identity
+//!   (`certs-tool renew`), written atomically.
 //! - [`files`]: writes PEM files, private keys with mode 0600 from the start.
 //! - [`dev`]: one call (or `certs-tool dev`) writes a complete dev PKI.
 //! - [`approver`]: the Ed25519 key pair that signs approvals (`certs-tool
@@ -39,6 +41,7 @@ pub mod identity;
 pub mod inspect;
 pub mod issue;
 mod pem;
+pub mod renew;
 #[cfg(test)]
 mod test_support;
 

@@ -144,6 +144,25 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
         days: u32,
     },
+    /// Re-issue a certificate for its existing key: reads --cert for its
+    /// identity (a worker's URI SAN, or a server's names), signs a new
+    /// certificate for the key in --key (a worker's through a CSR made with
+    /// that key) and replaces --cert atomically (temporary file, then
+    /// rename). The key file is not touched. A worker or orchestrator that
+    /// polls its files takes the new certificate without a restart.
+    Renew {
+        #[command(flatten)]
+        ca: CaFiles,
+        /// The certificate (chain) file to renew; replaced in place.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (kept).
+        #[arg(long)]
+        key: PathBuf,
+        /// Validity in days (capped at the CA's expiry).
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
+        days: u32,
+    },
     /// Print every certificate of a PEM file.
     Inspect {
         /// The PEM file.
@@ -323,6 +342,31 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(leaf) = info.first() {
                 println!("worker identity: {}", leaf.uris.join(", "));
             }
+        }
+        Command::Renew {
+            ca,
+            cert,
+            key,
+            days,
+        } => {
+            let ca = ca.load()?;
+            let renewed = certs_tool::renew::renew_files(&cert, &key, &ca, days)?;
+            let what = match &renewed.kind {
+                certs_tool::renew::RenewedKind::Worker(identity) => {
+                    format!("worker certificate of {identity}")
+                }
+                certs_tool::renew::RenewedKind::Server(names) => {
+                    format!("server certificate for {}", names.join(", "))
+                }
+            };
+            println!("renewed the {what} in {} (same key)", cert.display());
+            println!(
+                "serial {} -> {}, valid until {}",
+                renewed.old_serial, renewed.new_serial, renewed.not_after
+            );
+            println!(
+                "a running worker or orchestrator takes it at its next [tls] reload_interval poll"
+            );
         }
         Command::Inspect { file } => {
             let text = read_pem(&file)?;
