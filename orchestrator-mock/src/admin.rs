@@ -2,7 +2,7 @@
 //!
 //! | Method | Path | Role | Does |
 //! |---|---|---|---|
-//! | POST | `/v1/plans` | submit | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems`; a step may carry `"deadline": "<RFC 3339>"` |
+//! | POST | `/v1/plans` | submit | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems`; a step may carry `"deadline": "<RFC 3339>"`; the plan may carry a W3C `"traceparent"` (422 `traceparent_invalid` when it is not one; absent: the orchestrator makes one) |
 //! | GET | `/v1/plans/{id}` | read | the plan, each step with its attempts (holder, accepted, lease expiry, outcome) |
 //! | POST | `/v1/plans/{id}/approve` | approve | approve (queues step 0); 409 unless pending |
 //! | POST | `/v1/plans/{id}/reject` | approve | reject, body `{"reason": "..."}` optional; 409 unless pending |
@@ -60,6 +60,7 @@ use crate::durable::journal::Durable;
 use crate::registry::Registry;
 use crate::state::{SharedState, StateError};
 use crate::store::Store;
+use private_worker_proto::trace::TraceParent;
 
 /// How long a change waits to be durable before the API answers 503.
 pub const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -217,6 +218,29 @@ fn check_deadlines(plan: &PlanSubmission) -> Vec<Problem> {
         .collect()
 }
 
+/// Checks the submitted `traceparent`, if any (W3C Trace Context level 1).
+///
+/// # Errors
+/// 422 `traceparent_invalid` naming the field and the rule it breaks (the
+/// value is not echoed).
+fn check_traceparent(text: Option<&str>) -> Result<Option<TraceParent>, ApiError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    TraceParent::parse(text).map(Some).map_err(|e| {
+        tracing::info!(reason = %e, "plan refused: its traceparent is invalid");
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "traceparent_invalid",
+            format!(
+                "traceparent {e}; send a W3C traceparent like \
+                 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 (lower-case hex, \
+                 ids not all zeros), or leave it out and the orchestrator starts a trace"
+            ),
+        )
+    })
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
@@ -226,6 +250,7 @@ async fn submit(
     body: Result<Json<PlanSubmission>, JsonRejection>,
 ) -> Result<(StatusCode, Json<PlanView>), ApiError> {
     let Json(submission) = body?;
+    let traceparent = check_traceparent(submission.traceparent.as_deref())?;
     let request = submission.request();
     let resolved = if app.skip_checks {
         app.registry.resolve_unchecked(&request)
@@ -262,7 +287,7 @@ async fn submit(
         .map(|s| s.deadline.clone())
         .collect();
     let view = app
-        .change(|state| Ok(state.submit_with_deadlines(request.name, steps, deadlines)))
+        .change(|state| Ok(state.submit_traced(request.name, steps, deadlines, traceparent)))
         .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }

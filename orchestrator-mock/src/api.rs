@@ -111,6 +111,12 @@ pub struct PlanView {
     /// step's result before it ends `cancelled`.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// The plan's W3C `traceparent` (version 00 form): the one submitted,
+    /// or one the orchestrator made when none was. Each assignment carries
+    /// its trace id with a parent-id of its own ([`AttemptView::traceparent`]).
+    /// `None` only for a plan stored before trace context existed.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// One step of a [`PlanView`].
@@ -179,11 +185,17 @@ pub struct AttemptView {
     /// heard from again, RFC 3339.
     #[serde(default)]
     pub lease_expires_at: Option<String>,
+    /// `Assignment.traceparent` as sent: the plan's trace id and a
+    /// parent-id made for this attempt. `None` when the plan has no trace
+    /// context.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// A plan as submitted through the admin API: a [`PlanRequest`] whose
-/// steps may also carry a deadline. The JSON is the same as a
-/// [`PlanRequest`]'s with an optional `deadline` per step.
+/// steps may also carry a deadline, and which may carry a trace context.
+/// The JSON is the same as a [`PlanRequest`]'s with an optional `deadline`
+/// per step and an optional `traceparent`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanSubmission {
     /// Optional human-readable name.
@@ -191,6 +203,14 @@ pub struct PlanSubmission {
     pub name: Option<String>,
     /// The steps, run in this order.
     pub steps: Vec<StepSubmission>,
+    /// The submitter's W3C `traceparent`
+    /// (`00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>`), so the
+    /// plan's tasks join the agent's trace; checked by
+    /// [`private_worker_proto::trace::TraceParent::parse`] (an invalid one
+    /// is refused with 422 `traceparent_invalid`). Absent: the orchestrator
+    /// starts a new trace for the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One step of a [`PlanSubmission`].
@@ -219,6 +239,7 @@ impl From<PlanRequest> for PlanSubmission {
                     deadline: None,
                 })
                 .collect(),
+            traceparent: None,
         }
     }
 }
@@ -342,8 +363,8 @@ impl std::fmt::Display for Problem {
 /// The JSON body of every admin API error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// Machine-readable code: `plan_invalid`, `not_found`, `conflict`,
-    /// `bad_request`, `internal`.
+    /// Machine-readable code: `plan_invalid`, `traceparent_invalid`,
+    /// `not_found`, `conflict`, `bad_request`, `internal`.
     pub error: String,
     /// Human-readable explanation.
     pub message: String,

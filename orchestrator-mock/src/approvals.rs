@@ -273,6 +273,7 @@ mod tests {
             status: PlanStatus::PendingApproval,
             created_at: String::new(),
             cancel_requested: false,
+            traceparent: None,
             steps: tasks
                 .iter()
                 .enumerate()

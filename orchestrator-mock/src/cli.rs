@@ -275,6 +275,12 @@ pub enum PlanCommand {
         /// The plan JSON: `{"name": ..., "steps": [{"task": ..., "inputs": {...},
         /// "deadline": "2026-05-01T12:00:00Z"}]}` (deadline optional).
         file: PathBuf,
+        /// The W3C traceparent the plan's tasks join
+        /// (`00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>`); it
+        /// replaces a `traceparent` in the file. Without either the
+        /// orchestrator starts a trace; `plan show` prints the plan's.
+        #[arg(long, value_name = "TRACEPARENT")]
+        traceparent: Option<String>,
     },
     /// Show a plan.
     Show {
@@ -602,7 +608,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliError> {
     let client = admin.client()?;
     match command {
-        PlanCommand::Submit { file } => {
+        PlanCommand::Submit { file, traceparent } => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())
             } else {
@@ -612,11 +618,14 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
                 path: file.clone(),
                 message: e.to_string(),
             })?;
-            let request: PlanSubmission =
+            let mut request: PlanSubmission =
                 serde_json::from_str(&text).map_err(|e| CliError::Input {
                     path: file.clone(),
                     message: format!("not a plan: {e}"),
                 })?;
+            if traceparent.is_some() {
+                request.traceparent = traceparent;
+            }
             match client.submit(&request).await {
                 Ok(view) => print(admin, &view)?,
                 Err(e) if !e.problems().is_empty() => {
@@ -624,6 +633,10 @@ async fn plan(admin: &AdminArgs, command: PlanCommand) -> Result<ExitCode, CliEr
                     for p in e.problems() {
                         eprintln!("  {p}");
                     }
+                    return Ok(ExitCode::from(EXIT_PLAN_REFUSED));
+                }
+                Err(e @ ClientError::Api { status: 422, .. }) => {
+                    eprintln!("plan refused: {e}");
                     return Ok(ExitCode::from(EXIT_PLAN_REFUSED));
                 }
                 Err(e) => return Err(e.into()),

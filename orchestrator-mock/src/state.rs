@@ -50,6 +50,7 @@ use crate::api::{
 use crate::durable::journal::JournalSender;
 use crate::durable::{Change, PlanRecord, StepRecord};
 use crate::registry::ResolvedStep;
+use private_worker_proto::trace::TraceParent;
 
 /// The lease time used by [`State::new`] (tests): 30 s.
 pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -357,7 +358,22 @@ impl State {
         steps: Vec<ResolvedStep>,
         deadlines: Vec<Option<String>>,
     ) -> PlanView {
+        self.submit_traced(name, steps, deadlines, None)
+    }
+
+    /// [`State::submit_with_deadlines`] with the submitter's trace context
+    /// (already checked); `None` starts a new trace for the plan (random
+    /// trace-id and parent-id, sampled). Stored with the plan; every
+    /// assignment of it carries the trace id with a new parent-id.
+    pub fn submit_traced(
+        &mut self,
+        name: Option<String>,
+        steps: Vec<ResolvedStep>,
+        deadlines: Vec<Option<String>>,
+        traceparent: Option<TraceParent>,
+    ) -> PlanView {
         let id = new_id();
+        let traceparent = traceparent.unwrap_or_else(TraceParent::new_trace);
         let steps: Vec<StepRecord> = steps
             .into_iter()
             .enumerate()
@@ -397,8 +413,9 @@ impl State {
             created_at: now_rfc3339(),
             steps,
             cancel_from: None,
+            traceparent: Some(traceparent),
         };
-        tracing::info!(plan_id = %id, steps = plan.steps.len(), "plan submitted; waiting for approval");
+        tracing::info!(plan_id = %id, steps = plan.steps.len(), trace_id = %traceparent.trace_id(), "plan submitted; waiting for approval");
         self.plans.insert(id.clone(), plan);
         self.save(&id);
         self.view_of(&id).unwrap_or_else(|| unreachable_view(&id))
@@ -436,6 +453,7 @@ impl State {
             created_at: plan.created_at.clone(),
             steps,
             cancel_requested: plan.cancel_from.is_some() && !plan.status.is_finished(),
+            traceparent: plan.traceparent.map(|t| t.to_string()),
         })
     }
 
@@ -1108,6 +1126,8 @@ impl State {
             (None, None) => None,
         };
         let inputs_json = inputs_text(step);
+        // Each assignment is a span of its own in the plan's trace.
+        let traceparent = plan.traceparent.map(|t| t.child());
         step.view.attempt = attempt;
         step.view.status = StepStatus::Assigned;
         step.view.worker = Some(session.info.identity.clone());
@@ -1122,6 +1142,7 @@ impl State {
             note: None,
             finished_at: None,
             lease_expires_at: None,
+            traceparent: traceparent.map(|t| t.to_string()),
         });
         let message = pb::OrchestratorMessage {
             kind: Some(pb::orchestrator_message::Kind::Assignment(pb::Assignment {
@@ -1141,6 +1162,7 @@ impl State {
                     .as_ref()
                     .map(private_worker_proto::v1::Approval::from),
                 idempotent: step.idempotent,
+                traceparent: traceparent.map(|t| t.to_string()).unwrap_or_default(),
             })),
         };
         session.credit -= 1;
@@ -1159,6 +1181,7 @@ impl State {
             session_id,
             worker = %session.info.identity,
             credit_left = session.credit,
+            trace_id = %traceparent.map(|t| t.trace_id()).unwrap_or_default(),
             "task assigned"
         );
         let identity = session.info.identity.clone();
@@ -1352,6 +1375,7 @@ fn unreachable_view(id: &str) -> PlanView {
         created_at: String::new(),
         steps: Vec::new(),
         cancel_requested: false,
+        traceparent: None,
     }
 }
 
@@ -2035,6 +2059,47 @@ mod tests {
         let p3 = state.submit(None, vec![step("a")]);
         state.approve(&p3.id).unwrap();
         assert_eq!(assignments(&mut rx).remove(0).deadline, None);
+    }
+
+    #[test]
+    fn every_assignment_carries_the_plans_trace_id_with_a_parent_id_of_its_own() {
+        let mut state = State::new(false);
+        let mut rx = connect(&mut state, "w1", &["a", "b"], 8);
+        let given: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap();
+        let plan = state.submit_traced(None, vec![step("a"), step("b")], Vec::new(), Some(given));
+        assert_eq!(plan.traceparent, Some(given.to_string()));
+        state.approve(&plan.id).unwrap();
+        let first = assignments(&mut rx).remove(0);
+        finish(&mut state, "w1", &first, StepStatus::Succeeded);
+        let second = assignments(&mut rx).remove(0);
+        let sent: Vec<TraceParent> = [&first, &second]
+            .iter()
+            .map(|a| a.traceparent.parse().unwrap())
+            .collect();
+        for t in &sent {
+            assert_eq!(t.trace_id(), given.trace_id());
+            assert_ne!(t.parent_id(), given.parent_id());
+            assert!(t.is_sampled());
+        }
+        assert_ne!(sent[0].parent_id(), sent[1].parent_id());
+        // The plan view shows what each attempt was sent.
+        let view = state.plan(&plan.id).unwrap();
+        assert_eq!(
+            view.steps[1].attempts[0].traceparent.as_deref(),
+            Some(second.traceparent.as_str())
+        );
+
+        // Without one, the orchestrator starts a trace: sampled, and the
+        // same trace id on the plan and its assignment.
+        let made = state.submit(None, vec![step("a")]);
+        let made_trace: TraceParent = made.traceparent.as_deref().unwrap().parse().unwrap();
+        assert!(made_trace.is_sampled());
+        assert_ne!(made_trace.trace_id(), given.trace_id());
+        state.approve(&made.id).unwrap();
+        let a: TraceParent = assignments(&mut rx).remove(0).traceparent.parse().unwrap();
+        assert_eq!(a.trace_id(), made_trace.trace_id());
     }
 
     #[test]

@@ -161,6 +161,9 @@ pub struct RawAssignment {
     /// `Assignment.idempotent`.
     #[serde(default)]
     pub idempotent: bool,
+    /// `Assignment.traceparent`, sent byte for byte (need not be valid).
+    #[serde(default)]
+    pub traceparent: String,
 }
 
 /// Answer of `POST /v1/testing/assign`.
@@ -457,6 +460,7 @@ impl Hooks {
             deadline,
             approval: None,
             idempotent: raw.idempotent,
+            traceparent: raw.traceparent,
         };
         let message = pb::OrchestratorMessage {
             kind: Some(pb::orchestrator_message::Kind::Assignment(assignment)),

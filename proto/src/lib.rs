@@ -12,12 +12,14 @@
 //! [`canonical_json`] (RFC 8785), the one JSON form the contract hashes, the
 //! id rule ([`check_id`]) and the limits, and in [`audit`] the audit
 //! record's language-neutral *record form*, its hash and the chain check; in [`approval`] the signed
-//! approval's statement and its check.
+//! approval's statement and its check; in [`trace`] the W3C `traceparent`
+//! value that `Assignment.traceparent` and a plan carry.
 //! `proto/testvectors/` holds cases any implementation can check itself
 //! against.
 
 pub mod approval;
 pub mod audit;
+pub mod trace;
 
 /// Version 1 of the contract (`private_worker.v1`).
 pub mod v1 {

@@ -1088,6 +1088,14 @@ fn is_credential_header(name: &str) -> bool {
         .any(|word| name.contains(word))
 }
 
+/// Why a task's config may not set a header the worker sets itself.
+fn reserved_header_message(name: &str) -> String {
+    format!(
+        "`{name}` is set by the worker on every call (Idempotency-Key: the task id; \
+         traceparent: the task's W3C trace context; tracestate: never sent); remove it"
+    )
+}
+
 fn validate_http(
     raw: RawHttp,
     http_at: &str,
@@ -1137,6 +1145,13 @@ fn validate_http(
             );
             continue;
         }
+        if crate::executor::http::is_reserved_header(key) {
+            problem(
+                format!("{http_at}.headers.{key}"),
+                reserved_header_message(key),
+            );
+            continue;
+        }
         match (
             http::HeaderName::from_bytes(key.as_bytes()),
             http::HeaderValue::from_str(value),
@@ -1171,6 +1186,13 @@ fn validate_http(
             let header = http::HeaderName::from_bytes(name.as_bytes());
             let secret = secret.parse::<SecretRef>();
             match (header, secret) {
+                (Ok(_), _) if crate::executor::http::is_reserved_header(&name) => {
+                    problem(
+                        format!("{http_at}.auth.name"),
+                        reserved_header_message(&name),
+                    );
+                    None
+                }
                 (Ok(name), Ok(secret)) => Some(AuthConfig::Header { name, secret }),
                 (Err(_), _) => {
                     problem(
@@ -1591,6 +1613,39 @@ mod tests {
             "headers = { Accept = \"application/json\", \"X-Request-Source\" = \"worker\" }\n        auth = { type",
         );
         assert!(Config::from_toml_str(&fine, Path::new("/")).is_ok());
+    }
+
+    #[test]
+    fn headers_the_worker_sets_itself_cannot_be_set_by_a_task_config() {
+        for name in [
+            "traceparent",
+            "TraceParent",
+            "tracestate",
+            "Idempotency-Key",
+        ] {
+            let fixed = GOOD.replace(
+                "auth = { type",
+                &format!("headers = {{ \"{name}\" = \"00-forged\" }}\n        auth = {{ type"),
+            );
+            let problems = problems_of(&fixed);
+            assert_eq!(problems.len(), 1, "{name}: {problems:?}");
+            assert_eq!(
+                problems[0].path,
+                format!("tasks.crm.create_ticket.http.headers.{name}")
+            );
+            assert!(
+                problems[0].message.contains("set by the worker"),
+                "{}",
+                problems[0].message
+            );
+            let as_auth = GOOD.replace(
+                "auth = { type = \"bearer\", secret = \"env://CRM_TOKEN\" }",
+                &format!("auth = {{ type = \"header\", name = \"{name}\", secret = \"env://CRM_TOKEN\" }}"),
+            );
+            let problems = problems_of(&as_auth);
+            assert_eq!(problems.len(), 1, "{name}: {problems:?}");
+            assert_eq!(problems[0].path, "tasks.crm.create_ticket.http.auth.name");
+        }
     }
 
     #[test]

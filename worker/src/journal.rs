@@ -715,8 +715,11 @@ mod tests {
             inputs_json: "{}".into(),
             deadline: None,
             approval: None,
+            trace: TRACE.parse().unwrap(),
         }
     }
+
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     /// Opens again once the writer thread of the dropped handle let go.
     fn reopen(path: &Path) -> (Journal, Unfinished) {
@@ -788,6 +791,14 @@ mod tests {
         assert_eq!(
             unfinished[1].assignment.as_ref().map(|a| a.attempt),
             Some(1)
+        );
+        assert_eq!(
+            unfinished[1]
+                .assignment
+                .as_ref()
+                .map(|a| a.trace.to_string()),
+            Some(TRACE.to_string()),
+            "a recovered attempt stays in its trace"
         );
         assert!(unfinished[1].result.is_none() && unfinished[1].entry.received_at.is_some());
         let acked = journal.lookup("acked").unwrap().unwrap();

@@ -27,6 +27,7 @@ use crate::kill_switch::KillSwitch;
 use crate::secrets::Secrets;
 use private_worker_proto::approval::{Approval, Refusal, Subject, Verifier};
 use private_worker_proto::audit::{system_time_text, truncation_marker};
+use private_worker_proto::trace::TraceParent;
 
 /// One assignment, in the worker's terms.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +49,30 @@ pub struct Assignment {
     /// The signed approval that came with it, as received.
     #[serde(default)]
     pub approval: Option<Approval>,
+    /// The attempt's W3C trace context: `Assignment.traceparent` when it
+    /// is valid, else a trace this worker started for the attempt. Its
+    /// trace id is on every log line of the task; each HTTP call sends it
+    /// with a new parent-id. Kept in the journal, so a recovered attempt
+    /// stays in its trace.
+    #[serde(default = "TraceParent::new_trace")]
+    pub trace: TraceParent,
+}
+
+impl Assignment {
+    /// The tracing span of everything logged about this attempt: its ids
+    /// and task (escaped: they came from the wire) and its trace context,
+    /// so every log line of the task carries `trace_id`.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "task",
+            task_id = %crate::shown::shown(&self.task_id),
+            attempt = self.attempt,
+            plan_id = %crate::shown::shown(&self.plan_id),
+            task = %crate::shown::shown(&self.task_name),
+            trace_id = %self.trace.trace_id(),
+            traceparent = %self.trace,
+        )
+    }
 }
 
 /// The final report of one attempt.
@@ -576,6 +601,7 @@ impl Runner {
                         &ready.inputs,
                         ready.credential.as_ref(),
                         &assignment.task_id,
+                        &assignment.trace,
                         ready.timeout,
                     )
                     .await
@@ -783,6 +809,7 @@ mod tests {
             inputs_json: inputs.into(),
             deadline: None,
             approval: None,
+            trace: TraceParent::new_trace(),
         }
     }
 

@@ -77,6 +77,10 @@ pub struct PlanRecord {
     /// for: that step and every later one never start again.
     #[serde(default)]
     pub cancel_from: Option<usize>,
+    /// The plan's W3C trace context (submitted, or made at submission);
+    /// `None` in records written before it existed.
+    #[serde(default)]
+    pub traceparent: Option<private_worker_proto::trace::TraceParent>,
 }
 
 /// One step as stored.
@@ -141,6 +145,7 @@ impl Change {
             created_at: plan.created_at.clone(),
             steps: Vec::new(),
             cancel_from: plan.cancel_from,
+            traceparent: plan.traceparent,
         }))
     }
 

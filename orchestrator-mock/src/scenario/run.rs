@@ -314,6 +314,7 @@ impl Harness {
                 let submission = PlanSubmission {
                     name: Some(s.plan.get_ref().clone()),
                     steps: s.tasks.iter().map(submission_step).collect(),
+                    traceparent: None,
                 };
                 let view = self
                     .admin

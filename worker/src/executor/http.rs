@@ -8,12 +8,21 @@
 //! cap; the credential, raw or encoded, is masked in it
 //! ([`crate::secrets::mask`]) before it leaves this module.
 //!
+//! Every call carries the task id as `Idempotency-Key` and a W3C
+//! `traceparent` naming the task's trace with a new parent-id for this
+//! call (each call is a span of its own), and never a `tracestate`. A
+//! task's config cannot set these headers ([`is_reserved_header`]; config
+//! validation refuses them), and the executor sets them last, replacing
+//! anything else.
+//!
 //! It does not decide whether a task may run, load credentials, or retry.
 
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
+
+use private_worker_proto::trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceParent};
 
 use super::{ErrorCode, Execution, TaskError};
 use crate::config::AuthConfig;
@@ -291,20 +300,26 @@ impl HttpExecutor {
     /// validated) and `credential` (when the config names one), within
     /// `timeout`. `idempotency_key` (the task id: the same for every
     /// attempt of one task) goes out as the `Idempotency-Key` header, so an
-    /// internal API that honours it can recognise a retry.
+    /// internal API that honours it can recognise a retry. `trace` is the
+    /// task's trace context: the call sends `traceparent` with its trace
+    /// id and flags and a new parent-id for this call ([`TraceParent::child`]).
     pub async fn execute(
         &self,
         config: &HttpExecutorConfig,
         inputs: &Map<String, Value>,
         credential: Option<&SecretValue>,
         idempotency_key: &str,
+        trace: &TraceParent,
         timeout: Duration,
     ) -> Execution {
         let masker = Masker::for_values(credential);
-        let request = match self.build(config, inputs, credential, idempotency_key) {
+        let mut request = match self.build(config, inputs, credential, idempotency_key) {
             Ok(r) => r,
             Err(error) => return Execution::failed(error),
         };
+        let call_trace = trace.child();
+        set_trace_headers(request.headers_mut(), &call_trace);
+        tracing::debug!(traceparent = %call_trace, "calling the internal API");
         let call = async {
             let response = self.client.execute(request).await?;
             let status = response.status();
@@ -413,6 +428,29 @@ impl HttpExecutor {
 
 /// The header that carries the task id to the internal API.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// Headers the executor sets on every call itself, which a task's config
+/// may not set: `Idempotency-Key` (the task id), `traceparent` (the task's
+/// trace context) and `tracestate` (never sent: the worker carries no
+/// vendor trace state).
+pub const RESERVED_HEADERS: [&str; 3] = [IDEMPOTENCY_KEY, TRACEPARENT_HEADER, TRACESTATE_HEADER];
+
+/// Whether `name` (any case) is one of [`RESERVED_HEADERS`].
+pub fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(name))
+}
+
+/// Puts `trace` on a request as its only `traceparent`, with no
+/// `tracestate` (whatever was there before).
+fn set_trace_headers(headers: &mut http::HeaderMap, trace: &TraceParent) {
+    headers.remove(TRACESTATE_HEADER);
+    // Always a valid header value: 55 characters of hex and `-`.
+    if let Ok(value) = http::HeaderValue::from_str(&trace.to_string()) {
+        headers.insert(TRACEPARENT_HEADER, value);
+    }
+}
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -562,6 +600,7 @@ mod tests {
                 &inputs(serde_json::json!({"ticket_id": ""})),
                 None,
                 "T-1",
+                &TraceParent::new_trace(),
                 Duration::from_secs(5),
             )
             .await;
@@ -608,6 +647,32 @@ mod tests {
         let body = render_body(&template, &inputs(serde_json::json!({"who": "x"}))).unwrap();
         assert!(body.get("title").is_none());
         assert!(render_body(&template, &inputs(serde_json::json!({}))).is_err());
+    }
+
+    #[test]
+    fn the_trace_headers_replace_any_others_and_tracestate_is_never_sent() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("traceparent", http::HeaderValue::from_static("forged"));
+        headers.append("traceparent", http::HeaderValue::from_static("forged-too"));
+        headers.append("tracestate", http::HeaderValue::from_static("vendor=x"));
+        let trace = TraceParent::new_trace();
+        set_trace_headers(&mut headers, &trace);
+        let sent: Vec<&str> = headers
+            .get_all("traceparent")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(sent, [trace.to_string()]);
+        assert!(headers.get("tracestate").is_none());
+        for name in [
+            "traceparent",
+            "TraceParent",
+            "tracestate",
+            "idempotency-key",
+        ] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        assert!(!is_reserved_header("x-request-source"));
     }
 
     #[test]

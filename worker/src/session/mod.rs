@@ -506,13 +506,9 @@ impl Worker {
         let runner = self.runner.clone();
         let gate = self.gate.clone();
         let done_tx = self.done_tx.clone();
-        let span = tracing::info_span!(
-            "task",
-            task_id = %shown(&assignment.task_id),
-            attempt = assignment.attempt,
-            plan_id = %shown(&assignment.plan_id),
-            task = %shown(&assignment.task_name),
-        );
+        let status = self.status.clone();
+        let began = Instant::now();
+        let span = assignment.span();
         let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
         tokio::spawn(
             async move {

@@ -370,14 +370,7 @@ fn assign(
         }
     };
     let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
-    let _span = tracing::info_span!(
-        "task",
-        task_id = %shown(&key.0),
-        attempt = key.1,
-        plan_id = %shown(&assignment.plan_id),
-        task = %shown(&assignment.task_name),
-    )
-    .entered();
+    let _span = assignment.span().entered();
     if worker.ledger.is_running(&key) {
         tracing::info!("ignoring a re-delivered assignment: this attempt is running");
         return ignore(worker, live);

@@ -9,6 +9,7 @@
 
 use std::time::SystemTime;
 
+use private_worker_proto::trace::TraceParent;
 use private_worker_proto::v1 as pb;
 use prost::Message;
 
@@ -22,6 +23,8 @@ pub type AttemptKey = (String, u32);
 
 /// Turns an `Assignment` message into the worker's type, after checking
 /// every id against the contract ([`private_worker_proto::check_id`]).
+/// Its `traceparent` is checked too ([`trace`]), but a bad one never
+/// refuses the task.
 ///
 /// # Errors
 /// A short reason naming the field that breaks the rule; the value itself
@@ -35,6 +38,7 @@ pub fn assignment(message: pb::Assignment) -> Result<Assignment, String> {
     ] {
         private_worker_proto::check_id(value).map_err(|why| format!("{field} {why}"))?;
     }
+    let trace = trace(&message);
     Ok(Assignment {
         task_id: message.task_id,
         attempt: message.attempt,
@@ -47,6 +51,31 @@ pub fn assignment(message: pb::Assignment) -> Result<Assignment, String> {
             .approval
             .as_ref()
             .map(private_worker_proto::approval::Approval::from),
+        trace,
+    })
+}
+
+/// The attempt's trace context: `Assignment.traceparent` when it is a valid
+/// W3C traceparent, else a new trace (the contract's rule: trace context is
+/// observability, never a reason to refuse work). An invalid value is
+/// dropped with a warning naming the rule it broke, never the value (it
+/// came from the wire).
+fn trace(message: &pb::Assignment) -> TraceParent {
+    if message.traceparent.is_empty() {
+        let trace = TraceParent::new_trace();
+        tracing::debug!(task_id = %message.task_id, trace_id = %trace.trace_id(), "assignment has no traceparent; started a trace for it");
+        return trace;
+    }
+    TraceParent::parse(&message.traceparent).unwrap_or_else(|e| {
+        let trace = TraceParent::new_trace();
+        tracing::warn!(
+            task_id = %message.task_id,
+            plan_id = %message.plan_id,
+            reason = %e,
+            trace_id = %trace.trace_id(),
+            "dropped the assignment's traceparent: it is not a W3C traceparent; started a new trace for the task, which runs anyway"
+        );
+        trace
     })
 }
 
@@ -155,6 +184,38 @@ mod tests {
         let why = assignment(message("t\n2026-01-01 INFO forged")).unwrap_err();
         assert!(why.starts_with("task_id holds a character"), "{why}");
         assert!(!why.contains("forged"));
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_kept_and_an_invalid_or_missing_one_gives_a_new_trace() {
+        let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let kept = assignment(pb::Assignment {
+            traceparent: given.into(),
+            ..message("t-1")
+        })
+        .unwrap();
+        assert_eq!(kept.trace.to_string(), given);
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "not a traceparent\n2026-01-01 INFO forged",
+        ] {
+            let taken = assignment(pb::Assignment {
+                traceparent: bad.into(),
+                ..message("t-1")
+            })
+            .expect("an invalid traceparent never refuses the task");
+            assert_ne!(taken.trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert!(taken.trace.is_sampled());
+        }
+        let missing = assignment(message("t-1")).unwrap();
+        let other = assignment(message("t-1")).unwrap();
+        assert_ne!(
+            missing.trace.trace_id(),
+            other.trace.trace_id(),
+            "each attempt without one starts its own trace"
+        );
     }
 
     #[test]
