@@ -3,7 +3,9 @@
 //!
 //! It requires `Authorization: Bearer <token>` on every request (the token
 //! only the worker knows) and records every request it receives, so tests
-//! can prove what reached it and what never did. Endpoints:
+//! can prove what reached it and what never did, with its W3C
+//! `traceparent` header (as a CRM would log it, so a task can be followed
+//! from the agent's request to here). Endpoints:
 //! - `POST /tickets` `{title, priority?, customer?}` -> 201 with the ticket.
 //! - `GET /tickets/{id}` -> 200 with the ticket, 404 if unknown.
 //! - `POST /tickets/{id}/comments` `{text}` -> 201.
@@ -38,6 +40,19 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Body, as text.
     pub body: String,
+    /// Every `traceparent` header value received, in order (a well-behaved
+    /// caller sends exactly one).
+    pub traceparents: Vec<String>,
+}
+
+impl RecordedRequest {
+    /// The request's one `traceparent`, when it carried exactly one.
+    pub fn traceparent(&self) -> Option<&str> {
+        match self.traceparents.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -149,11 +164,19 @@ async fn record_and_authorize(
             )
         })
         .collect();
+    let traceparents: Vec<String> = parts
+        .headers
+        .get_all("traceparent")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    tracing::info!(method = %parts.method, uri = %parts.uri, traceparent = ?traceparents, "internal API request");
     state.inner.lock().unwrap().requests.push(RecordedRequest {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
+        traceparents,
     });
     let expected = format!("Bearer {}", state.token.lock().unwrap());
     let presented = parts
