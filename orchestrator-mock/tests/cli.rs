@@ -122,6 +122,46 @@ fn serve_prints_one_ready_line_the_cli_talks_to_it_and_sigterm_stops_it() {
     );
     assert!(err.contains("step 1 (nope) at /: unknown task"), "{err}");
 
+    // A trace context given on the command line is stored and shown; an
+    // invalid one refuses the plan (exit 2) naming the field.
+    let traced = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    std::fs::write(
+        &plan,
+        r#"{"steps": [{"task": "crm.create_ticket", "inputs": {"title": "traced"}}]}"#,
+    )
+    .unwrap();
+    let submit = |traceparent: &str| {
+        Command::new(BIN)
+            .args(["plan", "submit", "--json", "--traceparent", traceparent])
+            .arg(&plan)
+            .env("ORCHESTRATOR_ADMIN_URL", &admin)
+            .env("ORCHESTRATOR_MOCK_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let out = submit(traced);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(submitted["traceparent"], traced);
+    let out = Command::new(BIN)
+        .args(["plan", "show", "--json"])
+        .arg(submitted["id"].as_str().unwrap())
+        .env("ORCHESTRATOR_ADMIN_URL", &admin)
+        .env("ORCHESTRATOR_MOCK_TOKEN", &token)
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["traceparent"], traced, "plan show prints it");
+    let out = submit(&traced.to_uppercase());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("traceparent_invalid"), "{err}");
+    assert!(err.contains("lower-case hex"), "{err}");
+
     let out = Command::new(BIN)
         .args(["tasks", "--admin-url", &admin, "--json", "--token-file"])
         .arg(&token_file)

@@ -14,10 +14,12 @@
 //!   with their output captured to files.
 //! - [`python_worker`]: running the Python worker of `tests/python_worker/`
 //!   (interpreter and packages, generated code, its config).
-//! - [`proxy`]: a TCP proxy whose connections a test can cut.
+//! - [`proxy`]: TCP relays: one whose connections a test can cut, and a
+//!   recording upstream for a real HTTP proxy.
 //! - [`scripted`]: a scripted orchestrator (the contract's server side with
 //!   the test in control) to play a broken or hostile orchestrator.
 //! - [`sockets`]: what sockets a process holds, read from /proc.
+//! - [`tinyproxy`]: a real HTTP proxy (Debian's tinyproxy) per test.
 //! - [`fake_vault`]: a fake Azure Key Vault and token endpoint over HTTPS,
 //!   close enough to the service for the real SDK (a test double).
 //!
@@ -36,3 +38,4 @@ pub mod proxy;
 pub mod python_worker;
 pub mod scripted;
 pub mod sockets;
+pub mod tinyproxy;

@@ -1,7 +1,13 @@
-//! A TCP proxy on 127.0.0.1:0 whose connections a test can cut or stall
-//! at will, standing for a flaky network path or a load balancer that
-//! drops or freezes streams. It forwards bytes unchanged (TLS passes
-//! through end to end).
+//! TCP relays for tests, on 127.0.0.1:0.
+//!
+//! - [`CuttableProxy`]: connections a test can cut or stall at will,
+//!   standing for a flaky network path or a load balancer that drops or
+//!   freezes streams. It forwards bytes unchanged (TLS passes through end
+//!   to end).
+//! - [`RecordingUpstream`]: the hop behind a real HTTP proxy: it answers a
+//!   CONNECT for any host with 200, leads the tunnel to one fixed address,
+//!   and records the CONNECT lines and every byte that crosses, so a test
+//!   can show what a proxy on the path sees.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,6 +127,129 @@ impl CuttableProxy {
 }
 
 impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// An upstream HTTP proxy that accepts every CONNECT, whatever host it
+/// names, and tunnels it to one fixed address, recording what it sees.
+pub struct RecordingUpstream {
+    addr: SocketAddr,
+    connects: Arc<std::sync::Mutex<Vec<String>>>,
+    bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// Copies `from` to `to`, appending every byte to `seen`.
+async fn record(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    seen: Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        seen.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl RecordingUpstream {
+    /// Starts accepting CONNECTs on 127.0.0.1:<any port>, tunnelling each
+    /// to `target`.
+    ///
+    /// # Errors
+    /// The listener cannot be bound.
+    pub async fn start(target: SocketAddr) -> std::io::Result<RecordingUpstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connects = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let bytes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (lines, seen, stopped) = (connects.clone(), bytes.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(_) => continue,
+                    },
+                };
+                let (lines, seen, stopped) = (lines.clone(), seen.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    // The request head, byte by byte so nothing after it is taken.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                        match inbound.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        let _ = inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    if inbound
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let (in_read, in_write) = inbound.split();
+                    let (out_read, out_write) = outbound.split();
+                    tokio::select! {
+                        _ = record(in_read, out_write, seen.clone()) => {}
+                        _ = record(out_read, in_write, seen) => {}
+                        _ = stopped.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(RecordingUpstream {
+            addr,
+            connects,
+            bytes,
+            stop,
+        })
+    }
+
+    /// Where the proxy in front should send its CONNECTs.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The request line of every CONNECT received (`CONNECT host:port HTTP/1.0`).
+    pub fn connects(&self) -> Vec<String> {
+        self.connects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every byte tunnelled so far, both directions, in arrival order.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for RecordingUpstream {
     fn drop(&mut self) {
         self.stop.cancel();
     }

@@ -4,7 +4,8 @@
 //! `[keyvault]` settings the worker uses), and prints a report: which
 //! reference resolved (with its length) and which failed and why. It never
 //! prints a credential's value. It does not dial the orchestrator. It says
-//! whether the local kill switch is on, and which file it is.
+//! whether the local kill switch is on, and which file it is, and which
+//! HTTP proxy (or none, and why) the orchestrator stream will go through.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -44,6 +45,7 @@ pub async fn check(config: &Config) -> CheckReport {
             config.orchestrator.server_name
         ),
     );
+    check_route(config, &mut report);
     match crate::tls::ClientTls::load(&config.tls, &config.orchestrator.server_name) {
         Ok(tls) => report.item(
             true,
@@ -170,6 +172,30 @@ pub async fn check(config: &Config) -> CheckReport {
         }
     }
     report
+}
+
+/// The `orchestrator route` line: which proxy the stream will use (from
+/// the config or the environment), or direct and why; never the password.
+/// The proxy password is loaded to prove it can be, not shown.
+fn check_route(config: &Config, report: &mut CheckReport) {
+    let address = &config.orchestrator.address;
+    match crate::proxy::Route::resolve_from_process(&config.orchestrator.proxy, address) {
+        Ok(route) => {
+            let connect = match route.proxy() {
+                Some(p) => format!(
+                    "; CONNECT {address}{}",
+                    if p.username.is_some() {
+                        ", with Basic credentials (password loaded)"
+                    } else {
+                        ""
+                    }
+                ),
+                None => String::new(),
+            };
+            report.item(true, format!("orchestrator route: {route}{connect}"));
+        }
+        Err(e) => report.item(false, format!("orchestrator route: {e}")),
+    }
 }
 
 fn auth_kind(auth: &KeyVaultAuthSettings) -> &'static str {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::executor::http::{HttpExecutorConfig, UrlTemplate};
+use crate::proxy::ProxySettings;
 use crate::secrets::SecretRef;
 
 /// Default number of tasks the worker runs at once.
@@ -153,6 +154,10 @@ pub struct KeyVaultSettings {
     /// Require the vault's host to lie under the domain of the resource in
     /// its authentication challenge. Keep it on.
     pub verify_challenge_resource: bool,
+    /// `proxy = "http://host:port"`: the HTTP proxy for requests to the
+    /// vault and to Entra ID (`host:port`); `None`: direct. Never taken from
+    /// the environment, and never used for the managed-identity endpoint.
+    pub proxy: Option<String>,
 }
 
 /// `keyvault.auth`: which credential, chosen explicitly.
@@ -208,6 +213,9 @@ pub struct OrchestratorConfig {
     pub reconnect_initial: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// `proxy`, `proxy_username`, `proxy_password`: the HTTP proxy for the
+    /// stream, or the environment's, or none ([`crate::proxy`]).
+    pub proxy: ProxySettings,
 }
 
 /// TLS material, all PEM files.
@@ -361,6 +369,7 @@ struct RawKeyVault {
     #[serde(default)]
     resolve: BTreeMap<String, String>,
     verify_challenge_resource: Option<bool>,
+    proxy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -408,6 +417,9 @@ struct RawOrchestrator {
     reconnect_initial: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     reconnect_max: Option<Duration>,
+    proxy: Option<String>,
+    proxy_username: Option<String>,
+    proxy_password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -548,6 +560,17 @@ impl Config {
                 ),
             );
         }
+        let proxy = ProxySettings::from_raw(
+            raw.orchestrator.proxy.as_deref(),
+            raw.orchestrator.proxy_username.as_deref(),
+            raw.orchestrator.proxy_password.as_deref(),
+        )
+        .unwrap_or_else(|found| {
+            for (key, message) in found {
+                problem(format!("orchestrator.{key}"), message);
+            }
+            ProxySettings::default()
+        });
         let max_in_flight = raw.worker.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         if max_in_flight == 0 || max_in_flight > 4096 {
             problem(
@@ -666,6 +689,7 @@ impl Config {
                     .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
                 reconnect_initial,
                 reconnect_max,
+                proxy,
             },
             tls: TlsFiles {
                 ca_cert: base.join(raw.tls.ca_cert),
@@ -904,6 +928,16 @@ fn validate_keyvault(
             ),
         }
     }
+    let proxy = match raw.proxy.as_deref() {
+        None => None,
+        Some(text) => match crate::proxy::parse_proxy_url(text) {
+            Ok(authority) => Some(authority),
+            Err(message) => {
+                problem("proxy", message);
+                None
+            }
+        },
+    };
     let settings = KeyVaultSettings {
         auth: auth?,
         cache_ttl,
@@ -914,6 +948,7 @@ fn validate_keyvault(
         authority_host,
         resolve,
         verify_challenge_resource: raw.verify_challenge_resource.unwrap_or(true),
+        proxy,
     };
     (problems.len() == before).then_some(settings)
 }
@@ -1667,6 +1702,61 @@ mod tests {
             .to_string();
         assert!(!shown.contains("sk-live"), "{shown}");
         assert!(shown.contains("worker.max_in_flight"), "{shown}");
+    }
+
+    #[test]
+    fn proxy_settings_are_read_and_bad_ones_reported_with_their_path() {
+        use crate::proxy::ProxySettings;
+        let config = Config::from_toml_str(GOOD, Path::new("/")).unwrap();
+        assert_eq!(config.orchestrator.proxy, ProxySettings::FromEnvironment);
+        let with = |lines: &str| {
+            GOOD.replacen(
+                "[orchestrator]\n",
+                &format!("[orchestrator]\n        {lines}\n"),
+                1,
+            )
+        };
+        let config = Config::from_toml_str(
+            &with("proxy = \"http://proxy.corp:3128\"\n        proxy_username = \"svc-worker\"\n        proxy_password = \"file:///etc/pw/proxy-password\""),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.orchestrator.proxy,
+            ProxySettings::Explicit {
+                authority: "proxy.corp:3128".into(),
+                username: Some("svc-worker".into()),
+                password: Some(SecretRef::File(PathBuf::from("/etc/pw/proxy-password"))),
+            }
+        );
+        let config = Config::from_toml_str(&with("proxy = \"none\""), Path::new("/")).unwrap();
+        assert_eq!(config.orchestrator.proxy, ProxySettings::Off);
+        let bad = with(
+            "proxy = \"http://svc:hunter2@proxy.corp:3128\"\n        proxy_password = \"hunter2\"",
+        ) + "\n[keyvault]\nauth = { type = \"managed_identity\" }\nproxy = \"https://proxy.corp:3128\"\n";
+        let shown = Config::from_toml_str(&bad, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let paths = problem_paths(&bad);
+        for expected in [
+            "orchestrator.proxy",
+            "orchestrator.proxy_password",
+            "keyvault.proxy",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+        let kv = format!(
+            "{GOOD}\n[keyvault]\nauth = {{ type = \"managed_identity\" }}\nproxy = \"http://proxy.corp:3128\"\n"
+        );
+        let config = Config::from_toml_str(&kv, Path::new("/")).unwrap();
+        assert_eq!(
+            config.keyvault.unwrap().proxy.as_deref(),
+            Some("proxy.corp:3128")
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`config`]: the TOML config, parsed and validated in one place.
 //! - [`tls`]: the worker's certificate and identity, and the outbound dialer.
+//! - [`proxy`]: the HTTP proxy (if any) on the way to the orchestrator:
+//!   `[orchestrator] proxy` or `HTTPS_PROXY`/`NO_PROXY`, and the CONNECT tunnel.
 //! - [`session`]: one stream to the orchestrator at a time: hello, frames,
 //!   credit, heartbeats, outbox, drain, reconnect with backoff ([`backoff`]).
 //! - [`journal`]: the durable record of every attempt (received, started,
@@ -37,6 +39,7 @@ pub mod executor;
 pub mod journal;
 pub mod kill_switch;
 pub mod outcome;
+pub mod proxy;
 pub mod secrets;
 pub mod session;
 pub mod shown;
@@ -57,6 +60,10 @@ pub enum StartError {
     /// TLS files are missing or unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The route to the orchestrator cannot be decided: the proxy password
+    /// cannot be read, or the environment names an unusable proxy.
+    #[error(transparent)]
+    Proxy(#[from] proxy::RouteError),
     /// The audit log cannot be opened or its chain is broken.
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
@@ -106,7 +113,13 @@ pub enum RunError {
 /// # Errors
 /// [`StartError`] naming the file or task at fault.
 pub fn build(config: Config) -> Result<Worker, StartError> {
-    let tls = tls::ClientTls::load(&config.tls, &config.orchestrator.server_name)?;
+    let route = proxy::Route::resolve_from_process(
+        &config.orchestrator.proxy,
+        &config.orchestrator.address,
+    )?;
+    tracing::info!(orchestrator = %config.orchestrator.address, %route, "orchestrator stream route");
+    let tls =
+        tls::ClientTls::load(&config.tls, &config.orchestrator.server_name)?.with_route(route);
     let mut log = audit::AuditLog::open(&config.audit_log)?;
     log.set_sync(config.audit_fsync);
     let audit = audit::AuditWriter::start(log).map_err(|source| audit::AuditError::Io {

@@ -79,6 +79,11 @@ pub enum DialError {
         /// Why (rustls' description).
         source: std::io::Error,
     },
+    /// The HTTP proxy could not be reached, refused the CONNECT (407,
+    /// 403, ...) or broke it off; the variant of [`crate::proxy::ProxyError`]
+    /// says what to fix.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
     /// HTTP/2 could not be set up over the TLS connection.
     #[error("HTTP/2 set-up with {address} failed: {source}")]
     Channel {
@@ -95,6 +100,8 @@ pub struct ClientTls {
     connector: TlsConnector,
     server_name: ServerName<'static>,
     identity: String,
+    /// Direct, or through an HTTP proxy ([`crate::proxy`]).
+    route: crate::proxy::Route,
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -141,7 +148,15 @@ impl ClientTls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
             identity,
+            route: crate::proxy::Route::default(),
         })
+    }
+
+    /// The same TLS material, dialing along `route` (direct or through an
+    /// HTTP proxy).
+    pub fn with_route(mut self, route: crate::proxy::Route) -> ClientTls {
+        self.route = route;
+        self
     }
 
     /// The worker's identity: the URI SAN of its certificate.
@@ -159,14 +174,14 @@ impl ClientTls {
         timeout: Duration,
     ) -> Result<TlsStream<TcpStream>, DialError> {
         let attempt = async {
-            let tcp = TcpStream::connect(address)
-                .await
-                .map_err(|source| DialError::Connect {
+            // Straight to `address`, or a CONNECT tunnel through the proxy.
+            let tcp = self.route.connect(address).await.map_err(|e| match e {
+                crate::proxy::ConnectError::Direct(source) => DialError::Connect {
                     address: address.to_string(),
                     source,
-                })?;
-            // Frames are small and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
+                },
+                crate::proxy::ConnectError::Proxy(e) => DialError::Proxy(e),
+            })?;
             self.connector
                 .connect(self.server_name.clone(), tcp)
                 .await

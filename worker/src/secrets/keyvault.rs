@@ -176,6 +176,10 @@ pub struct KeyVaultConfig {
     /// tokens to a look-alike host). Default true; never turn it off in
     /// production.
     pub verify_challenge_resource: bool,
+    /// `host:port` of the HTTP proxy for the vault and Entra ID
+    /// (`keyvault.proxy`); `None`: direct. The managed-identity endpoint
+    /// never goes through it.
+    pub proxy: Option<String>,
 }
 
 impl KeyVaultConfig {
@@ -191,6 +195,7 @@ impl KeyVaultConfig {
             resolve_overrides: Vec::new(),
             authority_host: None,
             verify_challenge_resource: true,
+            proxy: None,
         }
     }
 
@@ -254,6 +259,7 @@ impl KeyVaultConfig {
                 .collect(),
             authority_host: settings.authority_host.clone(),
             verify_challenge_resource: settings.verify_challenge_resource,
+            proxy: settings.proxy.clone(),
         })
     }
 }
@@ -385,12 +391,20 @@ impl KeyVaultSource {
             reference: "keyvault".into(),
             kind: KeyVaultErrorKind::Config(cause),
         };
-        let http = build_http_client(&config).map_err(config_error)?;
+        let transport = |proxy: Option<&str>| {
+            build_http_client(&config, proxy).map(|http| {
+                Transport::new(Arc::new(KvHttpClient {
+                    inner: http,
+                    request_timeout: config.request_timeout,
+                }))
+            })
+        };
+        // Two clients: the vault's (and Entra ID's) through `keyvault.proxy`
+        // when set, and the managed-identity endpoint's, never proxied.
+        let proxied = transport(config.proxy.as_deref()).map_err(config_error)?;
+        let identity = transport(None).map_err(config_error)?;
         let client_options = ClientOptions {
-            transport: Some(Transport::new(Arc::new(KvHttpClient {
-                inner: http,
-                request_timeout: config.request_timeout,
-            }))),
+            transport: Some(proxied),
             retry: RetryOptions::exponential(ExponentialRetryOptions {
                 initial_delay: azure_core::time::Duration::milliseconds(200),
                 max_retries: config.max_retries,
@@ -402,7 +416,8 @@ impl KeyVaultSource {
             })],
             ..Default::default()
         };
-        let credential = build_credential(&config, &client_options).map_err(config_error)?;
+        let credential =
+            build_credential(&config, &client_options, identity).map_err(config_error)?;
         Ok(KeyVaultSource {
             config,
             credential,
@@ -532,13 +547,23 @@ impl SecretSource for KeyVaultSource {
     }
 }
 
-/// The reqwest client every SDK request goes through, the credential's
-/// token requests included. It ignores `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`:
-/// a managed identity's token endpoint is plain HTTP, so a proxy named by
-/// the environment would see access tokens.
-fn build_http_client(config: &KeyVaultConfig) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
+/// A reqwest client for SDK requests, the credential's token requests
+/// included. It ignores `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`: a managed
+/// identity's token endpoint is plain HTTP, so a proxy named by the
+/// environment would see access tokens. `proxy` (`host:port`, from
+/// `keyvault.proxy`) is the only proxy it uses, for every request.
+fn build_http_client(
+    config: &KeyVaultConfig,
+    proxy: Option<&str>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if let Some(proxy) = proxy {
+        builder = builder.proxy(
+            reqwest::Proxy::all(format!("http://{proxy}"))
+                .map_err(|e| format!("keyvault.proxy: {e}"))?,
+        );
+    }
+    let mut builder = builder
         .connect_timeout(config.request_timeout)
         .timeout(config.request_timeout)
         .redirect(reqwest::redirect::Policy::none());
@@ -589,10 +614,15 @@ impl HttpClient for KvHttpClient {
 }
 
 /// The credential `config.auth` names, sharing the HTTP client and retry
-/// settings where its options allow.
+/// settings where its options allow. Entra ID (client secret, workload
+/// identity) is reached like the vault, through `keyvault.proxy` when set;
+/// the managed-identity endpoint (IMDS on the VM's link-local address, or
+/// App Service's local `IDENTITY_ENDPOINT`) only through `identity`, which
+/// has no proxy: the token crosses that hop in plain HTTP.
 fn build_credential(
     config: &KeyVaultConfig,
     client_options: &ClientOptions,
+    identity: Transport,
 ) -> Result<Arc<dyn TokenCredential>, String> {
     let mut options = client_options.clone();
     // The per-try observer only matters for vault calls.
@@ -609,7 +639,10 @@ fn build_credential(
         AzureAuth::ManagedIdentity { client_id } => {
             ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                 user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                client_options: options,
+                client_options: ClientOptions {
+                    transport: Some(identity),
+                    ..options
+                },
             }))
             .map_err(failed)?
         }
