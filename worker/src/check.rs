@@ -47,14 +47,31 @@ pub async fn check(config: &Config) -> CheckReport {
     );
     check_route(config, &mut report);
     match crate::tls::ClientTls::load(&config.tls, &config.orchestrator.server_name) {
-        Ok(tls) => report.item(
-            true,
-            format!(
-                "tls: certificate {} identity {}",
-                config.tls.cert.display(),
-                tls.identity()
-            ),
-        ),
+        Ok(tls) => {
+            let cert = tls.certificate();
+            let left = cert.expires_in(std::time::SystemTime::now());
+            let expiry = if left.is_zero() {
+                "EXPIRED: renew it (certs-tool renew)".to_string()
+            } else if left < config.tls_rotation.expiry_warning {
+                format!(
+                    "expires in {} day(s), within tls.expiry_warning: renew it (certs-tool renew)",
+                    left.as_secs() / 86_400
+                )
+            } else {
+                format!("{} day(s) left", left.as_secs() / 86_400)
+            };
+            report.item(
+                !left.is_zero(),
+                format!(
+                    "tls: certificate {} identity {} serial {} not_after {} ({expiry}); files re-read every {:?}",
+                    config.tls.cert.display(),
+                    tls.identity(),
+                    cert.serial,
+                    cert.not_after_rfc3339,
+                    config.tls_rotation.reload_interval,
+                ),
+            );
+        }
         Err(e) => report.item(false, format!("tls: {e}")),
     }
     if config.audit_log.exists() {

@@ -63,6 +63,8 @@ pub const MAX_APPROVAL_CLOCK_SKEW: Duration = Duration::from_secs(3600);
 /// Longest `approvals.max_validity` accepted: it bounds how long the
 /// journal remembers used nonces.
 pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Shortest `tls.reload_interval` accepted.
+pub const MIN_TLS_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 /// Highest `keyvault.max_retries` accepted.
 pub const MAX_KEYVAULT_RETRIES: u32 = 10;
 
@@ -73,6 +75,9 @@ pub struct Config {
     pub orchestrator: OrchestratorConfig,
     /// The worker's own certificate and the CA it trusts for the orchestrator.
     pub tls: TlsFiles,
+    /// How the TLS files are followed while the worker runs (`[tls]
+    /// reload_interval`, `[tls] expiry_warning`).
+    pub tls_rotation: crate::tls::RotationSettings,
     /// How many tasks run at once; also the credit announced in `Hello`.
     pub max_in_flight: u32,
     /// Where the worker's local, hash-chained audit log is appended.
@@ -428,6 +433,10 @@ struct RawTls {
     ca_cert: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    #[serde(default, with = "humantime_serde")]
+    reload_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    expiry_warning: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -579,6 +588,24 @@ impl Config {
             );
         }
         let drain_grace = raw.worker.drain_grace.unwrap_or(DEFAULT_DRAIN_GRACE);
+        let tls_rotation = crate::tls::RotationSettings {
+            reload_interval: raw
+                .tls
+                .reload_interval
+                .unwrap_or(crate::tls::DEFAULT_RELOAD_INTERVAL),
+            expiry_warning: raw
+                .tls
+                .expiry_warning
+                .unwrap_or(crate::tls::DEFAULT_EXPIRY_WARNING),
+        };
+        if tls_rotation.reload_interval < MIN_TLS_RELOAD_INTERVAL {
+            problem(
+                "tls.reload_interval".into(),
+                format!(
+                    "must be at least {MIN_TLS_RELOAD_INTERVAL:?} (the files are read at every poll)"
+                ),
+            );
+        }
         let audit_log = base.join(
             raw.worker
                 .audit_log
@@ -691,6 +718,7 @@ impl Config {
                 reconnect_max,
                 proxy,
             },
+            tls_rotation,
             tls: TlsFiles {
                 ca_cert: base.join(raw.tls.ca_cert),
                 cert: base.join(raw.tls.cert),

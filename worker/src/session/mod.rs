@@ -95,6 +95,16 @@ pub enum SessionError {
     /// after draining, so the restart recovers from the journal.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A new worker certificate was taken from disk: the stream rolls over
+    /// to a new connection at once (no backoff). In-flight tasks go on and
+    /// their results go out on the next stream, as after a cut.
+    #[error("certificate rotated: serial {old} -> {new}, rolling the stream over")]
+    Rotated {
+        /// Serial of the certificate this stream's connection presented.
+        old: String,
+        /// Serial of the certificate the next handshake presents.
+        new: String,
+    },
 }
 
 impl From<RecordError> for SessionError {
@@ -140,7 +150,8 @@ pub fn classify(error: &SessionError) -> Disposition {
         | SessionError::Closed
         | SessionError::NoWelcome(_)
         | SessionError::HeartbeatTimeout(_)
-        | SessionError::Protocol(_) => Disposition::Retry,
+        | SessionError::Protocol(_)
+        | SessionError::Rotated { .. } => Disposition::Retry,
     }
 }
 
@@ -258,6 +269,11 @@ impl Worker {
     /// or an attempt could not be recorded.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), FatalError> {
         self.resume_recovered().await?;
+        // The TLS files are polled while the worker runs; the watch ends
+        // with this function.
+        let watch_stop = shutdown.child_token();
+        let _watch_guard = watch_stop.clone().drop_guard();
+        tokio::spawn(self.tls.clone().watch(self.config.tls_rotation, watch_stop));
         let mut backoff = Backoff::new(
             self.config.orchestrator.reconnect_initial,
             self.config.orchestrator.reconnect_max,
@@ -270,6 +286,15 @@ impl Worker {
             };
             if classify(&error) == Disposition::Fatal {
                 return self.fail(error, &shutdown).await;
+            }
+            if let SessionError::Rotated { .. } = &error {
+                // A deliberate roll-over: dial again at once, with the new
+                // certificate; nothing failed.
+                tracing::info!("{error}");
+                backoff.reset();
+                if !shutdown.is_cancelled() {
+                    continue;
+                }
             }
             tracing::warn!(
                 error = %shown(&error),
@@ -642,6 +667,11 @@ mod tests {
             classify(&SessionError::Protocol("x".into())),
             Disposition::Retry
         );
+        let rotated = SessionError::Rotated {
+            old: "01".into(),
+            new: "02".into(),
+        };
+        assert_eq!(classify(&rotated), Disposition::Retry);
         let audit = SessionError::Audit(AuditError::Io {
             path: "a".into(),
             source: std::io::Error::other("disk full"),

@@ -74,6 +74,10 @@ pub(super) async fn run(
 ) -> Result<(), SessionError> {
     let address = worker.config.orchestrator.address.clone();
     let timeout = worker.config.orchestrator.connect_timeout;
+    // Subscribed before the dial: a certificate taken during the handshake
+    // still rolls this stream over.
+    let mut rotated = worker.tls.subscribe();
+    let dialed_with = rotated.borrow_and_update().serial.clone();
     let channel = worker.tls.channel(&address, timeout).await?;
     let mut client = WorkerGatewayClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -152,7 +156,11 @@ pub(super) async fn run(
         for result in worker.ledger.all_unacknowledged(generation) {
             live.send(Up::Result(result))?;
         }
-        pump(worker, &mut live, &mut inbound, shutdown, heartbeat).await
+        let rotation = Rotation {
+            changes: &mut rotated,
+            dialed_with,
+        };
+        pump(worker, &mut live, &mut inbound, shutdown, heartbeat, rotation).await
     }
     .instrument(span)
     .await
@@ -193,12 +201,20 @@ fn hello(worker: &Worker) -> pb::Hello {
     }
 }
 
+/// The worker certificate this stream's connection presented, and the
+/// channel that says when a new one was taken.
+struct Rotation<'a> {
+    changes: &'a mut tokio::sync::watch::Receiver<crate::tls::CertificateSummary>,
+    dialed_with: String,
+}
+
 async fn pump(
     worker: &mut Worker,
     live: &mut Live,
     inbound: &mut tonic::Streaming<pb::OrchestratorMessage>,
     shutdown: &CancellationToken,
     heartbeat: Duration,
+    rotation: Rotation<'_>,
 ) -> Result<(), SessionError> {
     let mut tick = tokio::time::interval(heartbeat / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,6 +254,17 @@ async fn pump(
                 announce_drain(live, "worker shutting down")?;
             }
             _ = tokio::time::sleep_until(drain_wake) => {}
+            // A new certificate: roll over to a new connection, unless the
+            // stream is ending anyway. In-flight tasks go on; their results
+            // go out on the next stream (as after a cut).
+            changed = rotation.changes.changed(), if !worker.ledger.is_draining() && !live.drained_by_orchestrator => {
+                if changed.is_ok() {
+                    let new = rotation.changes.borrow_and_update().serial.clone();
+                    if new != rotation.dialed_with {
+                        return Err(SessionError::Rotated { old: rotation.dialed_with, new });
+                    }
+                }
+            }
             // Before reading more: results are bounded by the slots, while
             // a peer could keep the inbound side busy for ever.
             Some(done) = worker.done_rx.recv() => {
