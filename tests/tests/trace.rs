@@ -233,3 +233,32 @@ async fn an_assignment_with_an_invalid_traceparent_runs_in_a_new_trace_with_a_wa
         "the warning names the new trace: {warning}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plans_trace_context_survives_an_orchestrator_restart_and_reaches_the_api_after_it() {
+    let mut env = Env::start(Options::default()).await;
+    let pending = env.admin.submit(&two_steps(Some(GIVEN))).await.unwrap();
+    env.shutdown_orchestrator().await;
+
+    // The same data directory and gRPC address: the plan comes back from
+    // the state store, its trace context with it.
+    let mut config = env.orchestrator_config.clone();
+    config.grpc_listen = env.grpc_addr;
+    let restarted = orchestrator_mock::spawn(config).await.unwrap();
+    env.admin = common::admin_client(&restarted);
+    env.orchestrator = Some(restarted);
+    let restored = env.admin.plan(&pending.id).await.unwrap();
+    assert_eq!(restored.status, PlanStatus::PendingApproval);
+    assert_eq!(restored.traceparent.as_deref(), Some(GIVEN));
+
+    let worker = env.start_worker();
+    env.wait_connected(&env.pki.worker_identity).await;
+    env.admin.approve(&pending.id).await.unwrap();
+    let plan = env.admin.wait_for_plan(&pending.id, WAIT).await.unwrap();
+    assert_eq!(plan.status, PlanStatus::Succeeded, "{}", worker.output());
+    let calls = received(&env.api.requests());
+    assert_eq!(calls.len(), 2);
+    for call in calls {
+        assert_eq!(call.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}
