@@ -489,6 +489,10 @@ pub struct WorkerView {
     pub session_id: String,
     /// Peer address of the TLS connection.
     pub remote_addr: String,
+    /// Serial of the client certificate this session's connection
+    /// presented (changes when the worker rotates its certificate).
+    #[serde(default)]
+    pub certificate_serial: Option<String>,
     /// `Hello.worker_version`.
     pub worker_version: String,
     /// `Hello.instance_id`.

@@ -79,6 +79,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// TLS files.
     pub tls: TlsConfig,
+    /// `[tls] reload_interval` and `[tls] expiry_warning`: how the TLS
+    /// files are followed while the orchestrator runs.
+    pub tls_reload: crate::tls::ReloadSettings,
     /// The task registry file (JSON).
     pub registry: PathBuf,
     /// Where results and audit records are stored (created if missing).
@@ -333,9 +336,28 @@ impl Config {
         let admission = r.admission(&table);
         let approvals = r.approvals(&table);
         let admin = r.admin(&table);
+        let mut tls_reload = crate::tls::ReloadSettings::default();
         let tls = match table.get("tls") {
             Some(toml::Value::Table(t)) => {
-                r.unknown_keys(t, "tls.", &["ca_cert", "cert", "key"]);
+                r.unknown_keys(
+                    t,
+                    "tls.",
+                    &[
+                        "ca_cert",
+                        "cert",
+                        "key",
+                        "reload_interval",
+                        "expiry_warning",
+                    ],
+                );
+                tls_reload = crate::tls::ReloadSettings {
+                    interval: r
+                        .tls_duration(t, "reload_interval")
+                        .unwrap_or(crate::tls::DEFAULT_RELOAD_INTERVAL),
+                    expiry_warning: r
+                        .tls_duration(t, "expiry_warning")
+                        .unwrap_or(crate::tls::DEFAULT_EXPIRY_WARNING),
+                };
                 Some((
                     r.path(t, "tls.", "ca_cert", true),
                     r.path(t, "tls.", "cert", true),
@@ -373,6 +395,7 @@ impl Config {
                 grpc_listen,
                 admin_listen,
                 tls: TlsConfig { ca_cert, cert, key },
+                tls_reload,
                 registry,
                 admin: AdminConfig {
                     allowed_hosts: admin.allowed_hosts,
@@ -660,6 +683,30 @@ impl Reader<'_> {
                 if required {
                     self.problem(&full, "missing (a file path)");
                 }
+                None
+            }
+        }
+    }
+
+    /// The duration at `key` of the `[tls]` table; `None` when absent or
+    /// bad (reported as `tls.<key>`).
+    fn tls_duration(&mut self, table: &toml::Table, key: &str) -> Option<Duration> {
+        let path = format!("tls.{key}");
+        let text = self.string(table, &path, key)?;
+        match humantime_serde::re::humantime::parse_duration(text) {
+            Ok(d) if d < crate::tls::MIN_RELOAD_INTERVAL => {
+                self.problem(
+                    &path,
+                    format!("must be at least {:?}", crate::tls::MIN_RELOAD_INTERVAL),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    &path,
+                    format!("{text:?} is not a duration like \"30s\" ({e})"),
+                );
                 None
             }
         }

@@ -344,6 +344,7 @@ impl Inner {
         }
         tracing::info!(
             remote_addr = %conn.remote_addr,
+            serial = %conn.cert_serial,
             worker_version = %shown(&hello.worker_version),
             instance_id = %hello.instance_id,
             credit = hello.max_in_flight,
@@ -368,6 +369,7 @@ impl Inner {
             session_id: session_id.clone(),
             identity: conn.identity.clone(),
             remote_addr: conn.remote_addr,
+            cert_serial: conn.cert_serial.clone(),
             worker_version: hello.worker_version.chars().take(256).collect(),
             instance_id: hello.instance_id.clone(),
             manifest,

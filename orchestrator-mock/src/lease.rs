@@ -63,6 +63,7 @@ mod tests {
                 session_id: id.into(),
                 identity: format!("spiffe://t/worker/{worker}"),
                 remote_addr: "127.0.0.1:1".parse().unwrap(),
+                cert_serial: String::new(),
                 worker_version: "test".into(),
                 instance_id: "i".into(),
                 manifest: vec![ManifestEntryView {

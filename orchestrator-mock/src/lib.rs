@@ -159,6 +159,7 @@ pub struct OrchestratorHandle {
     tasks: Vec<JoinHandle<()>>,
     journal: durable::journal::JournalHandle,
     admission: Arc<admission::Admission>,
+    server_tls: Arc<tls::ServerTls>,
 }
 
 impl OrchestratorHandle {
@@ -197,6 +198,12 @@ impl OrchestratorHandle {
     /// The admission rules in force and their refusal counters.
     pub fn admission(&self) -> &admission::Admission {
         &self.admission
+    }
+
+    /// The gateway's TLS as it follows its files: the server certificate
+    /// presented at new handshakes ([`tls::ServerTls::certificate`]).
+    pub fn server_tls(&self) -> &tls::ServerTls {
+        &self.server_tls
     }
 
     /// Graceful shutdown: stop accepting, send `Drain` to every session,
@@ -247,8 +254,8 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     let registry = Arc::new(registry::Registry::load(&config.registry)?);
     let approval_keys =
         approvals::ApprovalKeys::load(&config.approvals).map_err(StartError::ApprovalKeys)?;
-    let (tls_config, client_verifier) =
-        tls::server_config(&config.tls, config.admission.crl.as_deref())?;
+    let (tls_config, server_tls) = tls::server_tls(&config.tls, config.admission.crl.as_deref())?;
+    let client_verifier = server_tls.verifier();
     let admission = Arc::new(
         admission::Admission::new(
             config.admission.identities.clone(),
@@ -289,6 +296,11 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     ));
 
     let crl_watch = tokio::spawn(tls::watch_crl(client_verifier, shutdown.clone()));
+    let tls_watch = tokio::spawn(
+        server_tls
+            .clone()
+            .watch(config.tls_reload, shutdown.clone()),
+    );
     // Worker gateway: our TLS accept loop feeds tonic.
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
     let accept = tokio::spawn(tls::accept_loop(
@@ -405,9 +417,10 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         admin_tls: is_tls,
         tokens,
         shutdown,
-        tasks: vec![accept, grpc, admin, sweeper, crl_watch],
+        tasks: vec![accept, grpc, admin, sweeper, crl_watch, tls_watch],
         journal,
         admission,
+        server_tls,
     })
 }
 

@@ -130,6 +130,8 @@ pub struct NewSession {
     pub identity: String,
     /// TLS peer address.
     pub remote_addr: SocketAddr,
+    /// Serial of the client certificate of this session's connection.
+    pub cert_serial: String,
     /// `Hello.worker_version`.
     pub worker_version: String,
     /// `Hello.instance_id`.
@@ -1236,6 +1238,7 @@ impl State {
                     identity: s.info.identity.clone(),
                     session_id: s.info.session_id.clone(),
                     remote_addr: s.info.remote_addr.to_string(),
+                    certificate_serial: Some(s.info.cert_serial.clone()),
                     worker_version: s.info.worker_version.clone(),
                     instance_id: s.info.instance_id.clone(),
                     manifest: s.info.manifest.clone(),
@@ -1533,6 +1536,7 @@ mod tests {
             session_id: id.into(),
             identity: format!("spiffe://t/worker/{worker}"),
             remote_addr: "127.0.0.1:1".parse().unwrap(),
+            cert_serial: String::new(),
             worker_version: "test".into(),
             instance_id: instance.into(),
             manifest: manifest(tasks),

@@ -33,8 +33,19 @@
 //! so a revoked worker loses its stream within [`CRL_POLL`] of the file
 //! change, not only at its next handshake.
 //!
-//! What it does not do: hot reload of certificates (roadmap), or
-//! authorization beyond the identity allowlist.
+//! Rotation ([`ServerTls`]): the server certificate and key, the CA bundle
+//! and the CRLs follow their files. [`ServerTls::watch`] reads the
+//! certificate, key and CA files every `[tls] reload_interval` and takes
+//! them when their content changed and all three are usable (new handshakes
+//! present the new certificate through [`ServerCertResolver`] and verify
+//! workers against the new anchors; open connections go on); broken or
+//! mismatched files are logged once per change and the last good material
+//! stays. It also warns ahead of the server certificate's expiry (`[tls]
+//! expiry_warning`). Each worker connection carries the serial of the
+//! certificate it presented ([`WorkerConnInfo::cert_serial`]).
+//!
+//! What it does not do: authorization beyond the identity allowlist, or
+//! close open connections when the CA bundle changes (a CRL does that).
 
 use std::fs::File;
 use std::future::Future;
@@ -50,8 +61,9 @@ use std::time::Duration;
 use std::sync::{Mutex, RwLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
@@ -102,34 +114,369 @@ pub fn server_config(
     tls: &TlsConfig,
     crl: Option<&Path>,
 ) -> Result<(Arc<rustls::ServerConfig>, Arc<ClientVerifier>), TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let (config, server) = server_tls(tls, crl)?;
+    Ok((config, server.verifier()))
+}
+
+/// How often the TLS files are read again by default (`[tls]
+/// reload_interval`).
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+/// Shortest `[tls] reload_interval` (and `expiry_warning`) accepted.
+pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+/// How long before its expiry the server certificate is warned about by
+/// default (`[tls] expiry_warning`).
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How often an expiring certificate is warned about again.
+pub const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
+
+/// How the gateway follows its TLS files while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSettings {
+    /// How often the certificate, key and CA files are read again.
+    pub interval: Duration,
+    /// Warn (at start, then daily) once the server certificate expires
+    /// within this.
+    pub expiry_warning: Duration,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings {
+            interval: DEFAULT_RELOAD_INTERVAL,
+            expiry_warning: DEFAULT_EXPIRY_WARNING,
+        }
+    }
+}
+
+/// A certificate in brief: serial and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// Serial number, hex bytes separated by colons (as `certs-tool
+    /// inspect` prints it).
+    pub serial: String,
+    /// End of validity.
+    pub not_after: std::time::SystemTime,
+    /// End of validity, RFC 3339.
+    pub not_after_rfc3339: String,
+}
+
+impl CertificateSummary {
+    /// Summarises a DER certificate.
+    ///
+    /// # Errors
+    /// A message when it does not parse.
+    pub fn of_der(der: &[u8]) -> Result<CertificateSummary, String> {
+        let info = certs_tool::inspect::inspect_der(der).map_err(|e| e.with_causes())?;
+        let not_after = time::OffsetDateTime::parse(
+            &info.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| format!("unreadable notAfter {:?}: {e}", info.not_after))?;
+        Ok(CertificateSummary {
+            serial: info.serial,
+            not_after: not_after.into(),
+            not_after_rfc3339: info.not_after,
+        })
+    }
+}
+
+/// The server certificate presented at each new handshake; swapped by
+/// [`ServerTls::reload_if_changed`]. Handshakes already done keep theirs.
+#[derive(Debug)]
+pub struct ServerCertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ServerCertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The gateway's TLS material as last loaded, and how it follows the
+/// files: the server certificate and key (for new handshakes), the CA
+/// bundle (the client verifier's trust anchors) and, through
+/// [`ClientVerifier`], the CRLs.
+pub struct ServerTls {
+    files: TlsConfig,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    resolver: Arc<ServerCertResolver>,
+    verifier: Arc<ClientVerifier>,
+    /// SHA-256 of the three files as last read (or why they could not be
+    /// read), so each change is handled, and warned about, once.
+    seen: Mutex<Result<[u8; 32], String>>,
+    /// SHA-256 of the CA file in use.
+    ca_in_use: Mutex<[u8; 32]>,
+    /// SHA-256 of the certificate and key files in use.
+    pair_in_use: Mutex<[u8; 32]>,
+    /// The server certificate in use.
+    certificate: Mutex<CertificateSummary>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One read of the three files, parsed.
+struct Loaded {
+    roots: RootCertStore,
+    key: Arc<CertifiedKey>,
+    summary: CertificateSummary,
+    digest: [u8; 32],
+    ca_digest: [u8; 32],
+    pair_digest: [u8; 32],
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+fn parse_certs(
+    what: &'static str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let error = |message: String| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        message,
+    };
+    let certs = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(error("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+fn load_files(
+    files: &TlsConfig,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Loaded, TlsError> {
+    let ca = read_file("tls.ca_cert", &files.ca_cert)?;
+    let cert = read_file("tls.cert", &files.cert)?;
+    let key = read_file("tls.key", &files.key)?;
     let mut roots = RootCertStore::empty();
-    for cert in read_certs("tls.ca_cert", &tls.ca_cert)? {
-        roots.add(cert).map_err(|e| TlsError::File {
+    for anchor in parse_certs("tls.ca_cert", &files.ca_cert, &ca)? {
+        roots.add(anchor).map_err(|e| TlsError::File {
             what: "tls.ca_cert",
-            path: tls.ca_cert.clone(),
+            path: files.ca_cert.clone(),
             message: format!("not a usable trust anchor: {e}"),
         })?;
     }
-    let chain = read_certs("tls.cert", &tls.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsError::File {
+    let chain = parse_certs("tls.cert", &files.cert, &cert)?;
+    let summary = CertificateSummary::of_der(&chain[0]).map_err(|message| TlsError::File {
+        what: "tls.cert",
+        path: files.cert.clone(),
+        message,
+    })?;
+    let private = PrivateKeyDer::from_pem_slice(&key).map_err(|e| TlsError::File {
         what: "tls.key",
-        path: tls.key.clone(),
+        path: files.key.clone(),
         message: format!("no PEM private key: {e}"),
     })?;
+    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::File {
+            what: "tls.key",
+            path: files.key.clone(),
+            message: format!(
+                "does not match the certificate in {}; put the key and certificate of one pair in place",
+                files.cert.display()
+            ),
+        },
+        other => TlsError::Rustls(format!("server certificate and key: {other}")),
+    })?;
+    Ok(Loaded {
+        roots,
+        key: Arc::new(certified),
+        summary,
+        digest: sha256(&[&ca, &cert, &key]),
+        ca_digest: sha256(&[&ca]),
+        pair_digest: sha256(&[&cert, &key]),
+    })
+}
+
+/// Builds the gateway's TLS: the rustls server config (client certificates
+/// required and verified against `ca_cert` and the CRLs of `crl` when set,
+/// ALPN `h2`, aws-lc-rs provider) whose server certificate and trust
+/// anchors follow the files through the returned [`ServerTls`]
+/// ([`ServerTls::watch`]).
+///
+/// # Errors
+/// [`TlsError`] naming the file or the rustls error.
+pub fn server_tls(
+    tls: &TlsConfig,
+    crl: Option<&Path>,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ServerTls>), TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let loaded = load_files(tls, &provider)?;
     let verifier = Arc::new(ClientVerifier::new(
-        Arc::new(roots),
+        Arc::new(loaded.roots),
         provider.clone(),
         crl.map(Path::to_path_buf),
     )?);
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let resolver = Arc::new(ServerCertResolver {
+        current: RwLock::new(loaded.key),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Rustls(format!("server certificate and key: {e}")))?;
+        .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((Arc::new(config), verifier))
+    let server = ServerTls {
+        files: tls.clone(),
+        provider,
+        resolver,
+        verifier,
+        seen: Mutex::new(Ok(loaded.digest)),
+        ca_in_use: Mutex::new(loaded.ca_digest),
+        pair_in_use: Mutex::new(loaded.pair_digest),
+        certificate: Mutex::new(loaded.summary),
+    };
+    Ok((Arc::new(config), Arc::new(server)))
+}
+
+impl ServerTls {
+    /// The client certificate verifier (CA bundle and CRLs).
+    pub fn verifier(&self) -> Arc<ClientVerifier> {
+        self.verifier.clone()
+    }
+
+    /// The server certificate presented at new handshakes.
+    pub fn certificate(&self) -> CertificateSummary {
+        self.certificate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the certificate, key and CA files again and, when their
+    /// content changed (SHA-256), takes them if all three are usable (a
+    /// key that matches the certificate, a CA file of trust anchors): new
+    /// handshakes present the new certificate and verify clients against
+    /// the new anchors; connections already open go on. Otherwise the
+    /// material in use stays and the problem is logged once per change of
+    /// the files. Returns whether anything new was taken.
+    pub fn reload_if_changed(&self) -> bool {
+        let in_use = self.certificate();
+        let digest = (|| {
+            let ca = read_file("tls.ca_cert", &self.files.ca_cert)?;
+            let cert = read_file("tls.cert", &self.files.cert)?;
+            let key = read_file("tls.key", &self.files.key)?;
+            Ok::<_, TlsError>(sha256(&[&ca, &cert, &key]))
+        })();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let now = digest.as_ref().map(|d| *d).map_err(ToString::to_string);
+            if *seen == now {
+                return false;
+            }
+            *seen = now.clone();
+            if let Err(problem) = now {
+                tracing::warn!(error = %problem, serial = %in_use.serial, "a TLS file cannot be read; keeping the last good server certificate, key and CA");
+                return false;
+            }
+        }
+        let loaded = match load_files(&self.files, &self.provider) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(error = %e, serial = %in_use.serial, "the TLS files changed but cannot be used; keeping the last good server certificate, key and CA (checked again at the next change)");
+                return false;
+            }
+        };
+        let mut taken = false;
+        {
+            let mut ca = self.ca_in_use.lock().unwrap_or_else(|e| e.into_inner());
+            if *ca != loaded.ca_digest {
+                if let Err(e) = self.verifier.replace_roots(Arc::new(loaded.roots)) {
+                    tracing::warn!(path = %self.files.ca_cert.display(), error = %e, "the CA file changed but cannot be used; keeping the last good CA and certificate");
+                    return false;
+                }
+                *ca = loaded.ca_digest;
+                tracing::info!(path = %self.files.ca_cert.display(), "CA bundle reloaded: new handshakes verify workers against it; open connections go on");
+                taken = true;
+            }
+        }
+        let mut pair = self.pair_in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if *pair != loaded.pair_digest {
+            *pair = loaded.pair_digest;
+            *self
+                .resolver
+                .current
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = loaded.key;
+            tracing::info!(
+                old_serial = %in_use.serial,
+                new_serial = %loaded.summary.serial,
+                not_after = %loaded.summary.not_after_rfc3339,
+                "server certificate rotated: serial {} -> {}; new handshakes present it, open connections go on",
+                in_use.serial,
+                loaded.summary.serial,
+            );
+            *self.certificate.lock().unwrap_or_else(|e| e.into_inner()) = loaded.summary;
+            taken = true;
+        }
+        taken
+    }
+
+    /// Polls the files every `settings.interval` until `shutdown`
+    /// ([`ServerTls::reload_if_changed`]), and warns when the server
+    /// certificate expires within `settings.expiry_warning`: at start,
+    /// after each rotation, and once a day.
+    pub async fn watch(self: Arc<Self>, settings: ReloadSettings, shutdown: CancellationToken) {
+        let mut warned: Option<(String, tokio::time::Instant)> = None;
+        loop {
+            let summary = self.certificate();
+            let due = warned.as_ref().is_none_or(|(serial, at)| {
+                *serial != summary.serial || at.elapsed() >= EXPIRY_REMINDER
+            });
+            let left = summary
+                .not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            if due && left < settings.expiry_warning {
+                tracing::warn!(
+                    serial = %summary.serial,
+                    not_after = %summary.not_after_rfc3339,
+                    days_left = left.as_secs() / 86_400,
+                    "the server certificate expires within tls.expiry_warning (or has expired); renew it (certs-tool renew) and the orchestrator takes it without a restart"
+                );
+                warned = Some((summary.serial.clone(), tokio::time::Instant::now()));
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(settings.interval) => {}
+            }
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+        }
+    }
 }
 
 /// The client certificate verifier: webpki against the CA, plus the CRLs
@@ -138,13 +485,16 @@ pub fn server_config(
 /// entity's revocation is checked, and with a CRL file its issuer must
 /// have a CRL in it (an unknown status is refused).
 pub struct ClientVerifier {
-    roots: Arc<RootCertStore>,
+    /// The trust anchors in force (replaced by [`ClientVerifier::replace_roots`]).
+    roots: RwLock<Arc<RootCertStore>>,
+    /// The CRLs in force (the last good read of the CRL file).
+    crls: RwLock<Vec<CertificateRevocationListDer<'static>>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     crl: Option<PathBuf>,
     hints: Vec<DistinguishedName>,
     current: RwLock<Arc<dyn ClientCertVerifier>>,
-    /// Modification time and size of the CRL file last read.
-    stamp: Mutex<Option<(std::time::SystemTime, u64)>>,
+    /// SHA-256 of the CRL file as last read.
+    stamp: Mutex<Option<[u8; 32]>>,
     /// Counts the CRL reloads; open connections watch it.
     reloads: tokio::sync::watch::Sender<u64>,
 }
@@ -175,13 +525,14 @@ impl ClientVerifier {
                 (read_crls(path).map_err(file_error)?, stamp)
             }
         };
-        let verifier = build_verifier(&roots, &provider, crls).map_err(|e| match &crl {
+        let verifier = build_verifier(&roots, &provider, crls.clone()).map_err(|e| match &crl {
             Some(_) => file_error(format!("unusable: {e}")),
             None => TlsError::Rustls(format!("client verifier: {e}")),
         })?;
         Ok(ClientVerifier {
             hints: verifier.root_hint_subjects().to_vec(),
-            roots,
+            roots: RwLock::new(roots),
+            crls: RwLock::new(crls),
             provider,
             crl,
             current: RwLock::new(verifier),
@@ -228,15 +579,17 @@ impl ClientVerifier {
             }
             *last = stamp;
         }
+        let roots = self.roots.read().unwrap_or_else(|e| e.into_inner()).clone();
         let built = read_crls(path).and_then(|crls| {
             let n = crls.len();
-            build_verifier(&self.roots, &self.provider, crls)
-                .map(|v| (v, n))
+            build_verifier(&roots, &self.provider, crls.clone())
+                .map(|v| (v, n, crls))
                 .map_err(|e| e.to_string())
         });
         match built {
-            Ok((verifier, n)) => {
+            Ok((verifier, n, crls)) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+                *self.crls.write().unwrap_or_else(|e| e.into_inner()) = crls;
                 tracing::info!(path = %path.display(), crls = n, "CRL file reloaded");
                 self.reloads.send_modify(|n| *n += 1);
                 true
@@ -246,6 +599,23 @@ impl ClientVerifier {
                 false
             }
         }
+    }
+}
+
+impl ClientVerifier {
+    /// Verifies clients against `roots` from now on (with the CRLs in
+    /// force). Connections already open are not checked again here; the
+    /// root hints sent in the handshake stay those of the start (clients
+    /// with one certificate do not use them).
+    ///
+    /// # Errors
+    /// Why no verifier could be built from `roots`; the old anchors stay.
+    pub fn replace_roots(&self, roots: Arc<RootCertStore>) -> Result<(), String> {
+        let crls = self.crls.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let verifier = build_verifier(&roots, &self.provider, crls).map_err(|e| e.to_string())?;
+        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = roots;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+        Ok(())
     }
 }
 
@@ -309,9 +679,10 @@ fn build_verifier(
     builder.build()
 }
 
-fn crl_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// SHA-256 of the CRL file (content, not modification time: a file
+/// replaced within the same second with the same size still counts).
+fn crl_stamp(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|bytes| sha256(&[&bytes]))
 }
 
 /// The CRLs of a PEM file (one or more `X509 CRL` blocks) or of a DER
@@ -349,14 +720,6 @@ pub async fn watch_crl(verifier: Arc<ClientVerifier>, shutdown: CancellationToke
     }
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    certs_tool::files::read_certificates(path).map_err(|e| TlsError::File {
-        what,
-        path: path.to_path_buf(),
-        message: e.with_causes(),
-    })
-}
-
 /// Who is on the other end of an accepted connection; available to the
 /// gRPC service as a request extension.
 #[derive(Debug, Clone)]
@@ -367,6 +730,9 @@ pub struct WorkerConnInfo {
     pub remote_addr: SocketAddr,
     /// Connection number (also names the wire capture file).
     pub conn_id: u64,
+    /// Serial of the client certificate presented at the handshake (hex
+    /// bytes separated by colons, as `certs-tool inspect` prints it).
+    pub cert_serial: String,
     /// Set by the gateway once a valid `Hello` arrived on this connection.
     pub said_hello: Arc<HelloFlag>,
 }
@@ -634,7 +1000,7 @@ pub async fn accept_loop(
             });
             match conn {
                 Ok(conn) => {
-                    tracing::info!(peer = %peer, worker = %conn.info.identity, conn_id, "worker connection authenticated");
+                    tracing::info!(peer = %peer, worker = %conn.info.identity, conn_id, serial = %conn.info.cert_serial, "worker connection authenticated");
                     let _ = out.send(Ok(conn)).await;
                 }
                 Err(reason) => {
@@ -673,6 +1039,9 @@ async fn authenticate(
     let leaf = chain.first().ok_or("no client certificate")?;
     let identity = certs_tool::identity::worker_identity_from_der(leaf.as_ref())
         .map_err(|e| format!("client certificate has no worker identity: {e}"))?;
+    let cert_serial = CertificateSummary::of_der(leaf.as_ref())
+        .map(|c| c.serial)
+        .unwrap_or_default();
     let capture = match capture_dir {
         None => None,
         Some(dir) => {
@@ -697,6 +1066,7 @@ async fn authenticate(
             identity,
             remote_addr: peer,
             conn_id,
+            cert_serial,
             said_hello: Arc::new(HelloFlag::default()),
         },
         hello_deadline: Some(Box::pin(tokio::time::sleep(NO_HELLO_CLOSE))),

@@ -34,6 +34,9 @@ pub struct Options {
     /// Approver public keys the orchestrator trusts (`[approvals] keys`):
     /// `(key id, PEM file)`.
     pub approval_keys: Vec<(String, PathBuf)>,
+    /// How the orchestrator follows its TLS files (`[tls] reload_interval`,
+    /// `expiry_warning`); default as configured.
+    pub tls_reload: Option<orchestrator_mock::tls::ReloadSettings>,
 }
 
 /// One test's world.
@@ -102,6 +105,9 @@ impl Env {
             orchestrator_config.lease_timeout = lease;
         }
         orchestrator_config.approvals.keys = options.approval_keys;
+        if let Some(reload) = options.tls_reload {
+            orchestrator_config.tls_reload = reload;
+        }
         let orchestrator = orchestrator_mock::spawn(orchestrator_config.clone())
             .await
             .unwrap();
