@@ -63,6 +63,9 @@ pub const MAX_APPROVAL_CLOCK_SKEW: Duration = Duration::from_secs(3600);
 /// Longest `approvals.max_validity` accepted: it bounds how long the
 /// journal remembers used nonces.
 pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The status file's name when `worker.status_file` is not set (it goes
+/// beside the audit log).
+pub const DEFAULT_STATUS_FILE_NAME: &str = "status.json";
 /// Shortest `tls.reload_interval` accepted.
 pub const MIN_TLS_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 /// Highest `keyvault.max_retries` accepted.
@@ -94,6 +97,14 @@ pub struct Config {
     /// audit log, `<audit log name>.journal.redb`). One worker process per
     /// journal.
     pub journal: PathBuf,
+    /// Where the worker writes its status for `private-worker status` and
+    /// monitoring (default: `status.json` beside the audit log). Replaced
+    /// atomically; never holds a secret.
+    pub status_file: PathBuf,
+    /// Where Prometheus metrics are served, if the operator asked for them
+    /// (`[metrics] listen`, loopback only). `None`: the worker listens on
+    /// nothing at all.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// How many acknowledged task ids the journal remembers to refuse
     /// running them again.
     pub journal_retain: u64,
@@ -336,6 +347,13 @@ struct RawConfig {
     tasks: BTreeMap<String, RawTask>,
     keyvault: Option<RawKeyVault>,
     approvals: Option<RawApprovals>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Deserialize)]
@@ -404,6 +422,7 @@ struct RawWorker {
     max_in_flight: Option<u32>,
     audit_log: Option<PathBuf>,
     kill_switch: Option<PathBuf>,
+    status_file: Option<PathBuf>,
     audit_fsync: Option<bool>,
     journal: Option<PathBuf>,
     journal_retain: Option<u64>,
@@ -606,6 +625,16 @@ impl Config {
                 ),
             );
         }
+        let metrics_listen =
+            raw.metrics
+                .as_ref()
+                .and_then(|m| match validate_metrics_listen(&m.listen) {
+                    Ok(address) => Some(address),
+                    Err(message) => {
+                        problem("metrics.listen".into(), message);
+                        None
+                    }
+                });
         let audit_log = base.join(
             raw.worker
                 .audit_log
@@ -737,6 +766,11 @@ impl Config {
                 .worker
                 .kill_switch
                 .map_or_else(|| audit_log.with_file_name("STOP"), |path| base.join(path)),
+            status_file: raw.worker.status_file.map_or_else(
+                || audit_log.with_file_name(DEFAULT_STATUS_FILE_NAME),
+                |path| base.join(path),
+            ),
+            metrics_listen,
             audit_log,
             audit_fsync: raw.worker.audit_fsync.unwrap_or(true),
             drain_grace,
@@ -745,6 +779,22 @@ impl Config {
             approvals,
         })
     }
+}
+
+/// `metrics.listen`: an IP address and port on loopback. The worker's
+/// promise is that nothing outside the host can connect to it, so any
+/// other address is refused rather than served.
+fn validate_metrics_listen(listen: &str) -> Result<std::net::SocketAddr, String> {
+    let address: std::net::SocketAddr = listen.parse().map_err(|_| {
+        format!("`{listen}` is not an IP address and port; write e.g. \"127.0.0.1:9464\"")
+    })?;
+    if !address.ip().is_loopback() {
+        return Err(format!(
+            "`{listen}` is not a loopback address: metrics are served on 127.0.0.1 or ::1 only \
+             (the worker accepts no connection from outside its host); scrape through a local agent"
+        ));
+    }
+    Ok(address)
 }
 
 /// Validates `[approvals]` (absent: no keys, defaults).
@@ -1389,6 +1439,34 @@ mod tests {
                 paths.iter().any(|p| p == expected),
                 "{expected} missing from {paths:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_status_file_defaults_beside_the_audit_log_and_metrics_are_off_unless_asked() {
+        let config = Config::from_toml_str(GOOD, Path::new("/etc/pw")).unwrap();
+        assert_eq!(config.status_file, PathBuf::from("/etc/pw/status.json"));
+        assert_eq!(config.metrics_listen, None);
+        let set = GOOD.replace(
+            "max_in_flight = 4",
+            "max_in_flight = 4\n        status_file = \"/run/pw/status.json\"",
+        ) + "\n[metrics]\nlisten = \"127.0.0.1:9464\"\n";
+        let config = Config::from_toml_str(&set, Path::new("/etc/pw")).unwrap();
+        assert_eq!(config.status_file, PathBuf::from("/run/pw/status.json"));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn metrics_on_a_non_loopback_address_are_refused() {
+        for listen in ["0.0.0.0:9464", "10.1.2.3:9464", "localhost:9464", "9464"] {
+            let set = format!("{GOOD}\n[metrics]\nlisten = \"{listen}\"\n");
+            let error = Config::from_toml_str(&set, Path::new("/etc/pw"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("metrics.listen"), "{listen}: {error}");
         }
     }
 

@@ -23,6 +23,9 @@
 //! - `batch`: group commit's shared half (take every waiting request).
 //! - [`kill_switch`]: the local file whose presence refuses every assignment.
 //! - [`check`]: `--check`: validate everything without connecting.
+//! - [`status`]: what the worker is doing, for its host: the status file
+//!   (`private-worker status`), systemd notifications ([`systemd`]) and
+//!   opt-in loopback metrics.
 //!
 //! # What it does not do
 //! It does not accept connections, follow redirects, choose hosts from
@@ -43,6 +46,8 @@ pub mod proxy;
 pub mod secrets;
 pub mod session;
 pub mod shown;
+pub mod status;
+pub mod systemd;
 pub mod task;
 pub mod tls;
 
@@ -91,6 +96,10 @@ pub enum StartError {
     /// credential options); fix the `[keyvault]` section or the environment.
     #[error("keyvault: {0}")]
     Secrets(#[from] secrets::SecretError),
+    /// The metrics address cannot be bound; choose another or remove
+    /// `[metrics]`.
+    #[error(transparent)]
+    Metrics(#[from] status::metrics::ServeError),
 }
 
 /// Why [`run`] ended with an error.
@@ -198,7 +207,33 @@ pub fn approval_verifier(
 /// # Errors
 /// [`RunError`]: a start-up problem or a failure that retrying cannot fix.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let status_file = config.status_file.clone();
+    let kill_switch = kill_switch::KillSwitch::new(config.kill_switch.clone());
+    let stall_limit = config.orchestrator.connect_timeout + status::STALL_MARGIN;
+    let metrics_listen = config.metrics_listen;
     let worker = build(config)?;
-    worker.run(shutdown).await?;
+    let board = worker.status_board();
+    // Stopped after the worker, so the last write says how it ended.
+    let outputs_stop = CancellationToken::new();
+    if let Some(address) = metrics_listen {
+        status::metrics::serve(board.clone(), address, outputs_stop.clone())
+            .await
+            .map_err(StartError::from)?;
+    }
+    let writer = status::spawn(
+        board.clone(),
+        status::Outputs {
+            file: status_file,
+            kill_switch,
+            stall_limit,
+            notifier: systemd::Notifier::from_environment(),
+        },
+        outputs_stop.clone(),
+    );
+    let ended = worker.run(shutdown).await;
+    board.stopped();
+    outputs_stop.cancel();
+    let _ = writer.await;
+    ended?;
     Ok(())
 }

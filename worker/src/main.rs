@@ -11,8 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 /// The private worker: dials out to the orchestrator and runs locally allowed tasks.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true)]
 struct Cli {
+    /// What to do instead of running the worker.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Path of the worker's TOML config.
     #[arg(
         long,
@@ -40,6 +43,29 @@ struct Cli {
     log_format: LogFormat,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the running worker's status from its status file and exit: 0
+    /// healthy (connected, kill switch off, file fresh), 1 unhealthy, 2 the
+    /// file cannot be read. Needs no socket: the worker writes the file.
+    Status {
+        /// Print the status file's JSON (for scripts) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The status file (default: the one the config names; the config
+        /// comes from --config, PRIVATE_WORKER_CONFIG, or
+        /// /etc/private-worker/worker.toml).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The worker's config, to find its status file.
+        #[arg(long, short, env = "PRIVATE_WORKER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Where `private-worker status` looks for the config when none is given.
+const DEFAULT_CONFIG: &str = "/etc/private-worker/worker.toml";
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -63,6 +89,9 @@ fn main() -> ExitCode {
     }
     if let Some(log) = &cli.verify_audit {
         return verify_audit(log);
+    }
+    if let Some(Command::Status { json, file, config }) = &cli.command {
+        return status(*json, file.as_deref(), config.as_deref());
     }
     let Some(config_path) = &cli.config else {
         eprintln!("error: --config is required");
@@ -155,5 +184,64 @@ fn verify_audit(log: &std::path::Path) -> ExitCode {
             println!("{e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `status`: reads the status file and judges it.
+fn status(
+    json: bool,
+    file: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+) -> ExitCode {
+    use private_worker::status::report;
+    let file = match file {
+        Some(file) => file.to_path_buf(),
+        None => {
+            let config = config.unwrap_or(std::path::Path::new(DEFAULT_CONFIG));
+            match private_worker::Config::load(config) {
+                Ok(config) => config.status_file,
+                Err(e) => {
+                    eprintln!(
+                        "error: {e}\n(give the worker's config with --config, or the status file with --file)"
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let status = match report::read(&file) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = std::time::SystemTime::now();
+    let health = status.health(now);
+    if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", status.render(now));
+        for warning in &health.warnings {
+            println!("warning: {warning}");
+        }
+        if health.is_healthy() {
+            println!("healthy");
+        } else {
+            for problem in &health.problems {
+                println!("unhealthy: {problem}");
+            }
+        }
+    }
+    if health.is_healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

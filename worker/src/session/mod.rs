@@ -45,6 +45,7 @@ use crate::config::Config;
 use crate::journal::{JournalError, Recovered, Stage, Unfinished};
 use crate::outcome::{ErrorCode, TaskError};
 use crate::shown::shown;
+use crate::status::{LIVENESS_TICK, StatusBoard};
 use crate::task::{Assignment, Receipt, RecordError, Runner, StartGate};
 use crate::tls::{ClientTls, DialError};
 
@@ -238,6 +239,9 @@ pub struct Worker {
     failure: Option<SessionError>,
     /// Counts streams, so a result is sent at most once per stream.
     stream_generation: u64,
+    /// Where the session reports what it is doing (status file, systemd,
+    /// metrics).
+    status: StatusBoard,
 }
 
 impl Worker {
@@ -245,7 +249,15 @@ impl Worker {
     /// the audit log held at start.
     pub fn new(config: Config, tls: ClientTls, runner: Runner, recovery: Recovery) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let status = StatusBoard::new(
+            tls.identity(),
+            &config.orchestrator.address,
+            &config.kill_switch,
+            Some((&tls.certificate()).into()),
+            config.tls_rotation.expiry_warning,
+        );
         Worker {
+            status,
             ledger: Ledger::new(config.max_in_flight),
             config,
             tls,
@@ -261,6 +273,23 @@ impl Worker {
         }
     }
 
+    /// The board this worker reports its state into.
+    pub fn status_board(&self) -> StatusBoard {
+        self.status.clone()
+    }
+
+    /// Tells the board the loop is alive, with the current counts.
+    fn report_progress(&self) {
+        self.status.beat();
+        self.status.counts(
+            self.ledger.running_count(),
+            self.ledger.unacknowledged_count(),
+        );
+        if self.ledger.is_draining() {
+            self.status.draining();
+        }
+    }
+
     /// Runs streams until `shutdown` is cancelled and in-flight work has
     /// drained, or a fatal error (after draining the same way).
     ///
@@ -273,7 +302,16 @@ impl Worker {
         // with this function.
         let watch_stop = shutdown.child_token();
         let _watch_guard = watch_stop.clone().drop_guard();
-        tokio::spawn(self.tls.clone().watch(self.config.tls_rotation, watch_stop));
+        tokio::spawn(
+            self.tls
+                .clone()
+                .watch(self.config.tls_rotation, watch_stop.clone()),
+        );
+        tokio::spawn(crate::status::follow_certificate(
+            self.status.clone(),
+            self.tls.subscribe(),
+            watch_stop,
+        ));
         let mut backoff = Backoff::new(
             self.config.orchestrator.reconnect_initial,
             self.config.orchestrator.reconnect_max,
@@ -284,6 +322,7 @@ impl Worker {
                 Ok(()) => return self.stopped(),
                 Err(e) => e,
             };
+            self.status.disconnected(&error.to_string());
             if classify(&error) == Disposition::Fatal {
                 return self.fail(error, &shutdown).await;
             }
@@ -353,6 +392,7 @@ impl Worker {
                 self.ledger
                     .start_drain(Instant::now(), self.config.drain_grace);
             }
+            self.report_progress();
             let wake = match self.ledger.drain_step(Instant::now(), false) {
                 DrainStep::Finished => return Waited::Stopped,
                 DrainStep::CancelRunning => {
@@ -362,7 +402,10 @@ impl Worker {
                 DrainStep::WaitUntil(at) => at,
             };
             let dial_at = until.filter(|_| !self.ledger.is_draining());
-            let wake = dial_at.map_or(wake, |u| u.min(wake));
+            // Waking at least every LIVENESS_TICK keeps the watchdog fed.
+            let wake = dial_at
+                .map_or(wake, |u| u.min(wake))
+                .min(Instant::now() + LIVENESS_TICK);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if !self.ledger.is_draining() => {}
@@ -546,6 +589,11 @@ impl Worker {
                                 "the bookkeeping of an attempt panicked".into(),
                             ))
                         });
+                if let Ok(result) = &result {
+                    let outcome =
+                        pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unknown);
+                    status.task_finished(outcome.as_str_name(), began.elapsed());
+                }
                 let _ = done_tx.send(Done { key, result });
             }
             .instrument(span),

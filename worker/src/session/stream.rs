@@ -74,11 +74,15 @@ pub(super) async fn run(
 ) -> Result<(), SessionError> {
     let address = worker.config.orchestrator.address.clone();
     let timeout = worker.config.orchestrator.connect_timeout;
+    // Each step below takes at most `timeout`; a beat between them keeps
+    // the watchdog fed through a slow dial (see crate::status).
+    worker.status.beat();
     // Subscribed before the dial: a certificate taken during the handshake
     // still rolls this stream over.
     let mut rotated = worker.tls.subscribe();
     let dialed_with = rotated.borrow_and_update().serial.clone();
     let channel = worker.tls.channel(&address, timeout).await?;
+    worker.status.beat();
     let mut client = WorkerGatewayClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -97,6 +101,7 @@ pub(super) async fn run(
     .await
     .map_err(|_| SessionError::NoWelcome("the stream did not open in time"))?;
     let mut inbound = opened?.into_inner();
+    worker.status.beat();
     let welcome = match tokio::time::timeout(timeout, inbound.message()).await {
         Err(_) => return Err(SessionError::NoWelcome("timed out")),
         Ok(Err(status)) => return Err(status.into()),
@@ -109,6 +114,7 @@ pub(super) async fn run(
         }
     };
     *welcomed = true;
+    worker.status.connected(&welcome.session_id);
     // The orchestrator's value is bounded: a zero or absurd interval must
     // not break the worker.
     let heartbeat = welcome
@@ -218,10 +224,13 @@ async fn pump(
 ) -> Result<(), SessionError> {
     let mut tick = tokio::time::interval(heartbeat / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut liveness = tokio::time::interval(crate::status::LIVENESS_TICK);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if worker.ledger.is_draining() {
         announce_drain(live, "worker shutting down")?;
     }
     loop {
+        worker.report_progress();
         let drain_wake = match worker.ledger.drain_step(Instant::now(), true) {
             DrainStep::Finished if worker.ledger.is_draining() => {
                 close_gracefully(live, inbound).await;
@@ -283,6 +292,7 @@ async fn pump(
             }
             message = inbound.message() => {
                 live.last_received = Instant::now();
+                worker.status.heard();
                 worker.gate.open_until(SystemTime::now() + live.start_window);
                 match message? {
                     None => return Err(SessionError::Closed),
@@ -295,6 +305,8 @@ async fn pump(
                     live.send(Up::Result(result))?;
                 }
             }
+            // Proves the loop alive to the status board (and systemd's watchdog).
+            _ = liveness.tick() => {}
             _ = tick.tick() => {
                 let silent = live.last_received.elapsed();
                 if silent > heartbeat * 3 {
