@@ -208,7 +208,22 @@ async fn a_plan_runs_with_the_credential_read_from_key_vault_through_the_real_sd
 /// tokens come from the host's identity endpoint), with `extra` in its
 /// environment.
 fn managed_identity_worker(env: &Env, kv: &Vault, extra: &[(&str, &str)]) -> Process {
-    let path = write_kv_config(env, kv, &[("crm.create_ticket", &kv_ref("crm-token"))], "");
+    managed_identity_worker_with(env, kv, extra, "")
+}
+
+/// [`managed_identity_worker`] with extra `[keyvault]` `settings`.
+fn managed_identity_worker_with(
+    env: &Env,
+    kv: &Vault,
+    extra: &[(&str, &str)],
+    settings: &str,
+) -> Process {
+    let path = write_kv_config(
+        env,
+        kv,
+        &[("crm.create_ticket", &kv_ref("crm-token"))],
+        settings,
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let start = text
         .find("auth = { type = \"client_secret\"")
@@ -282,6 +297,59 @@ async fn key_vault_and_identity_requests_ignore_a_proxy_in_the_environment() {
         dialed.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "the environment's proxy was dialled"
+    );
+}
+
+/// `[keyvault] proxy` carries the vault's requests; the managed-identity
+/// endpoint is still reached directly. The proxy is a real tinyproxy that
+/// hands `*.vault.test` to a recording upstream leading to the fake vault;
+/// it cannot resolve `login.test` (the identity endpoint's host here), so a
+/// token request sent through it would fail the plan and show in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_requests_use_the_keyvault_proxy_and_the_managed_identity_endpoint_never_does() {
+    use private_worker_tests::proxy::RecordingUpstream;
+    use private_worker_tests::tinyproxy::{Tinyproxy, TinyproxyOptions};
+    let (env, kv) = vault_with_token(None).await;
+    let upstream = RecordingUpstream::start(kv.vault.addr()).await.unwrap();
+    let proxy = Tinyproxy::start(
+        &env.path("tinyproxy"),
+        &TinyproxyOptions {
+            upstream: Some((upstream.addr(), ".vault.test".into())),
+            ..TinyproxyOptions::default()
+        },
+    );
+    let worker =
+        managed_identity_worker_with(&env, &kv, &[], &format!("proxy = \"{}\"", proxy.url()));
+    env.wait_connected(&env.pki.worker_identity).await;
+    let plan = env
+        .run_plan(&[("crm.create_ticket", json!({"title": "vault via proxy"}))])
+        .await;
+    assert_eq!(
+        plan.status,
+        PlanStatus::Succeeded,
+        "{plan:#?}\n{}\nproxy log:\n{}",
+        worker.output(),
+        proxy.log()
+    );
+    assert_eq!(kv.vault.token_requests(), 1, "one token, fetched directly");
+    assert_eq!(kv.vault.request_count("crm-token"), 1);
+    let connects = upstream.connects();
+    assert!(
+        !connects.is_empty()
+            && connects
+                .iter()
+                .all(|l| l.starts_with(&format!("CONNECT {VAULT}:"))),
+        "the vault's requests, and only those, went through the proxy: {connects:?}"
+    );
+    let log = proxy.log();
+    assert!(log.contains(&format!("CONNECT {VAULT}:")), "{log}");
+    assert!(
+        !log.contains("login.test"),
+        "the identity endpoint was asked through the proxy:\n{log}"
+    );
+    assert!(
+        !contains(&upstream.bytes(), env.token.as_bytes()),
+        "the secret crossed the proxy in plaintext"
     );
 }
 

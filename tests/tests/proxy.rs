@@ -367,3 +367,80 @@ async fn wait_until(done: impl Fn() -> bool, why: impl Fn() -> String) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_the_route_the_stream_will_take_without_the_password() {
+    let env = Env::start(Options::default()).await;
+    let password = format!("proxy-pw-{}-DO-NOT-LEAK", std::process::id());
+    let path = env.write_worker_config(
+        "worker",
+        &env.pki.worker_cert,
+        &env.pki.worker_key,
+        ORCHESTRATOR_NAME,
+    );
+    let plain = std::fs::read_to_string(&path).unwrap();
+    let check = |vars: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(binary("private-worker"));
+        command
+            .args(["--config", path.to_str().unwrap(), "--check"])
+            .env(catalog::TOKEN_ENV, &env.token)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        text.lines()
+            .find(|l| l.contains("orchestrator route:"))
+            .unwrap_or_else(|| panic!("no route line in:\n{text}"))
+            .to_string()
+    };
+
+    std::fs::write(
+        &path,
+        plain.replace(
+            "[orchestrator]\n",
+            "[orchestrator]\nproxy = \"http://proxy.corp.example:3128\"\nproxy_username = \"svc-worker\"\nproxy_password = \"env://PROXY_PASSWORD\"\n",
+        ),
+    )
+    .unwrap();
+    let line = check(&[("PROXY_PASSWORD", password.as_str())]);
+    assert!(
+        line.contains(&format!(
+            "ok   orchestrator route: through the HTTP proxy http://proxy.corp.example:3128 (from orchestrator.proxy) as user `svc-worker`; CONNECT {}",
+            env.grpc_addr
+        )),
+        "{line}"
+    );
+    assert!(!line.contains(&password), "{line}");
+    let line = check(&[]);
+    assert!(
+        line.starts_with(
+            "FAIL orchestrator route: orchestrator.proxy_password: env://PROXY_PASSWORD"
+        ),
+        "{line}"
+    );
+
+    std::fs::write(&path, &plain).unwrap();
+    let line = check(&[
+        ("HTTPS_PROXY", "http://proxy.corp.example:3128"),
+        ("NO_PROXY", "127.0.0.1"),
+    ]);
+    assert!(
+        line.contains("direct (NO_PROXY=127.0.0.1 matches the orchestrator's host)"),
+        "{line}"
+    );
+    let line = check(&[]);
+    assert!(
+        line.contains(
+            "direct (no orchestrator.proxy, and neither HTTPS_PROXY nor ALL_PROXY is set)"
+        ),
+        "{line}"
+    );
+}
