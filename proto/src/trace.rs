@@ -48,7 +48,9 @@ pub struct TraceParent {
 
 /// Why a text is not a valid `traceparent`. The value itself is never in
 /// the message (it came from outside and may be huge or hold control
-/// characters); each variant names the field and the rule.
+/// characters); each variant names the field and the rule, in a clause
+/// that reads after the word "traceparent" (`traceparent has version ff,
+/// ...`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TraceParentError {
     /// Shorter than 55 characters. Send
@@ -62,17 +64,17 @@ pub enum TraceParentError {
     #[error("is {0} characters long; a version 00 traceparent is exactly 55")]
     TooLong(usize),
     /// The version is not two lower-case hex digits. Send `00`.
-    #[error("its version is not two lower-case hex digits (send 00)")]
+    #[error("has a version that is not two lower-case hex digits (send 00)")]
     Version,
     /// Version `ff`, which W3C Trace Context forbids. Send `00`.
-    #[error("its version ff is forbidden by W3C Trace Context (send 00)")]
+    #[error("has version ff, which W3C Trace Context forbids (send 00)")]
     VersionForbidden,
     /// A field is not followed by `-` where it must be.
-    #[error("a `-` must follow its {0}")]
+    #[error("lacks the `-` that must follow its {0}")]
     Separator(&'static str),
     /// A field is not lower-case hex of its length. Upper case is refused
     /// too, as level 1 says.
-    #[error("its {field} is not {digits} lower-case hex digits")]
+    #[error("has a {field} that is not {digits} lower-case hex digits")]
     NotHex {
         /// `trace-id`, `parent-id` or `trace-flags`.
         field: &'static str,
@@ -81,7 +83,7 @@ pub enum TraceParentError {
     },
     /// The trace-id or parent-id is all zeros, which level 1 makes
     /// invalid. Use random ids.
-    #[error("its {0} is all zeros, which W3C Trace Context makes invalid")]
+    #[error("has an all-zero {0}, which W3C Trace Context makes invalid")]
     AllZeros(&'static str),
 }
 
