@@ -514,16 +514,36 @@ fn check(path: &std::path::Path) -> ExitCode {
         ),
         Err(e) => report(false, "registry", e.to_string()),
     }
-    match crate::tls::server_config(&config.tls, config.admission.crl.as_deref()) {
-        Ok(_) => report(
-            true,
-            "tls",
-            format!(
-                "server chain {} with client CA {}",
-                config.tls.cert.display(),
-                config.tls.ca_cert.display()
-            ),
-        ),
+    match crate::tls::server_tls(&config.tls, config.admission.crl.as_deref()) {
+        Ok((_, server)) => {
+            let cert = server.certificate();
+            let left = cert
+                .not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            report(
+                !left.is_zero(),
+                "tls",
+                format!(
+                    "server chain {} (serial {}, not_after {}, {}) with client CA {}; files re-read every {:?}",
+                    config.tls.cert.display(),
+                    cert.serial,
+                    cert.not_after_rfc3339,
+                    if left.is_zero() {
+                        "EXPIRED: renew it (certs-tool renew)".to_string()
+                    } else if left < config.tls_reload.expiry_warning {
+                        format!(
+                            "expires in {} day(s), within tls.expiry_warning",
+                            left.as_secs() / 86_400
+                        )
+                    } else {
+                        format!("{} day(s) left", left.as_secs() / 86_400)
+                    },
+                    config.tls.ca_cert.display(),
+                    config.tls_reload.interval,
+                ),
+            );
+        }
         Err(e) => report(false, "tls", e.to_string()),
     }
     match crate::approvals::ApprovalKeys::load(&config.approvals) {

@@ -48,6 +48,10 @@ fn check_accepts_a_complete_setup() {
     );
     assert!(text.contains("ok   registry: 2 task versions"), "{text}");
     assert!(text.contains("ok   tls"), "{text}");
+    // The server certificate's serial and expiry, and how often it is re-read.
+    assert!(text.contains("(serial "), "{text}");
+    assert!(text.contains(", not_after "), "{text}");
+    assert!(text.contains("files re-read every 30s"), "{text}");
 }
 
 #[test]
