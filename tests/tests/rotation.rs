@@ -329,3 +329,34 @@ async fn broken_or_mismatched_new_files_are_refused_with_a_warning_and_the_old_p
     tokio::time::sleep(RELOAD * 5).await;
     assert!(!worker.output().contains("rolling the stream over"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_the_worker_certificate_serial_and_expiry() {
+    let env = Env::start(Options::default()).await;
+    let config = env.write_worker_config(
+        "worker",
+        &env.pki.worker_cert,
+        &env.pki.worker_key,
+        private_worker_tests::pki::ORCHESTRATOR_NAME,
+    );
+    let output = std::process::Command::new(private_worker_tests::procs::binary("private-worker"))
+        .args(["--config", config.to_str().unwrap(), "--check"])
+        .env(private_worker_tests::catalog::TOKEN_ENV, &env.token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let info = &certs_tool::inspect_pem(&std::fs::read_to_string(&env.pki.worker_cert).unwrap())
+        .unwrap()[0];
+    let line = text
+        .lines()
+        .find(|l| l.contains("tls: certificate"))
+        .unwrap_or_else(|| panic!("no tls line:\n{text}"));
+    assert!(line.starts_with("ok"), "{line}");
+    assert!(line.contains(&format!("serial {}", info.serial)), "{line}");
+    assert!(
+        line.contains(&format!("not_after {}", info.not_after)),
+        "{line}"
+    );
+    // The test PKI lives 7 days: inside the default 14-day warning window.
+    assert!(line.contains("within tls.expiry_warning"), "{line}");
+}
