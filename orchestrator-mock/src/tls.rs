@@ -1076,3 +1076,118 @@ async fn authenticate(
         _revocation_watch: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use certs_tool::files::{write_private_key, write_public};
+    use certs_tool::{CertificateAuthority, ServerCertRequest, WorkerCertRequest};
+
+    use super::*;
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        tls: TlsConfig,
+        ca: CertificateAuthority,
+    }
+
+    fn server_cert(ca: &CertificateAuthority) -> certs_tool::IssuedCert {
+        ca.issue_server(&ServerCertRequest {
+            common_name: "orchestrator".into(),
+            dns_names: vec!["orchestrator.local".into()],
+            ip_addresses: Vec::new(),
+            validity_days: 30,
+        })
+        .unwrap()
+    }
+
+    fn files() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::new_root("test root", 30).unwrap();
+        let tls = TlsConfig {
+            ca_cert: dir.path().join("ca.pem"),
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+        };
+        let issued = server_cert(&ca);
+        write_public(&tls.ca_cert, ca.cert_pem()).unwrap();
+        write_public(&tls.cert, &issued.chain_pem).unwrap();
+        write_private_key(&tls.key, &issued.key_pem).unwrap();
+        Files { _dir: dir, tls, ca }
+    }
+
+    fn worker_chain(ca: &CertificateAuthority) -> Vec<CertificateDer<'static>> {
+        let issued = ca
+            .issue_worker(&WorkerCertRequest {
+                identity: "spiffe://example.org/worker/w1".into(),
+                validity_days: 30,
+            })
+            .unwrap();
+        CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_renewed_server_certificate_is_taken_for_new_handshakes() {
+        let f = files();
+        let (_, server) = server_tls(&f.tls, None).unwrap();
+        let before = server.certificate();
+        assert!(!server.reload_if_changed(), "nothing changed yet");
+        let renewed = certs_tool::renew::renew_files(&f.tls.cert, &f.tls.key, &f.ca, 10).unwrap();
+        assert!(server.reload_if_changed());
+        assert_eq!(server.certificate().serial, renewed.new_serial);
+        assert_ne!(server.certificate(), before);
+        let presented = server.resolver.current.read().unwrap().cert[0].clone();
+        assert_eq!(
+            CertificateSummary::of_der(&presented).unwrap().serial,
+            renewed.new_serial
+        );
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_keeps_the_last_good_pair_until_the_key_arrives() {
+        let f = files();
+        let (_, server) = server_tls(&f.tls, None).unwrap();
+        let before = server.certificate();
+        let other = server_cert(&f.ca);
+        write_public(&f.tls.cert, &other.chain_pem).unwrap();
+        assert!(!server.reload_if_changed(), "a mismatched pair was taken");
+        assert_eq!(server.certificate(), before);
+        write_private_key(&f.tls.key, &other.key_pem).unwrap();
+        assert!(server.reload_if_changed());
+        assert_ne!(server.certificate(), before);
+    }
+
+    #[test]
+    fn a_broken_file_keeps_the_last_good_material() {
+        let f = files();
+        let (_, server) = server_tls(&f.tls, None).unwrap();
+        let before = server.certificate();
+        std::fs::write(&f.tls.ca_cert, "garbage").unwrap();
+        assert!(!server.reload_if_changed());
+        std::fs::remove_file(&f.tls.key).unwrap();
+        assert!(!server.reload_if_changed());
+        assert_eq!(server.certificate(), before);
+    }
+
+    #[test]
+    fn a_new_ca_bundle_decides_which_worker_certificates_new_handshakes_accept() {
+        let f = files();
+        let (_, server) = server_tls(&f.tls, None).unwrap();
+        let verifier = server.verifier();
+        let old_worker = worker_chain(&f.ca);
+        assert!(verifier.still_accepts(&old_worker));
+        // The CA bundle now holds the old root and a new one.
+        let new_ca = CertificateAuthority::new_root("new root", 30).unwrap();
+        write_public(
+            &f.tls.ca_cert,
+            &format!("{}{}", f.ca.cert_pem(), new_ca.cert_pem()),
+        )
+        .unwrap();
+        let new_worker = worker_chain(&new_ca);
+        assert!(!verifier.still_accepts(&new_worker));
+        assert!(server.reload_if_changed());
+        assert!(verifier.still_accepts(&new_worker));
+        assert!(verifier.still_accepts(&old_worker));
+    }
+}
