@@ -2,7 +2,7 @@
 //!
 //! | Method | Path | Role | Does |
 //! |---|---|---|---|
-//! | POST | `/v1/plans` | submit | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems`; a step may carry `"deadline": "<RFC 3339>"`; the plan may carry a W3C `"traceparent"` (422 `traceparent_invalid` when it is not one; absent: the orchestrator makes one) |
+//! | POST | `/v1/plans` | submit | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems`; a step may carry `"deadline": "<RFC 3339>"`; the plan may carry a W3C `"traceparent"` (422 `traceparent_invalid` when it is not one; absent: the orchestrator makes one); 422 `plan_denied` when a task's policy is `deny`; approved at once when every task's policy is `auto` ([`crate::policy`]) |
 //! | GET | `/v1/plans/{id}` | read | the plan, each step with its attempts (holder, accepted, lease expiry, outcome) |
 //! | POST | `/v1/plans/{id}/approve` | approve | approve (queues step 0); 409 unless pending |
 //! | POST | `/v1/plans/{id}/reject` | approve | reject, body `{"reason": "..."}` optional; 409 unless pending |
@@ -16,6 +16,7 @@
 //! | GET | `/v1/unattributed` | read | results (and their audit records) kept as evidence but part of no plan: sent for an attempt never assigned, or assigned to another identity, each with the reason |
 //! | GET | `/v1/tasks` | read | the registry |
 //! | GET | `/healthz` | none | `{"status":"ok"}` |
+//! | POST, GET | `/mcp` | submit | the MCP server (streamable HTTP): each task a tool ([`crate::mcp`]) |
 //! | any | `/v1/testing/...` | operate | fault-injection hooks, when enabled ([`crate::testing`]) |
 //!
 //! Who may call it ([`crate::admin_auth`], one middleware in front of
@@ -83,6 +84,8 @@ pub struct AdminState {
     pub approval_keys: crate::approvals::ApprovalKeys,
     /// The worker-connection rules, for their counters.
     pub admission: Arc<crate::admission::Admission>,
+    /// The registry's approval policies and the auto-approver.
+    pub policies: Arc<crate::policy::Policies>,
 }
 
 /// An error response: status plus [`ErrorBody`].
@@ -106,6 +109,11 @@ impl ApiError {
 
     fn bad_request(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// The error's JSON body (code, message, problems).
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
     }
 }
 
@@ -247,9 +255,29 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn submit(
     State(app): State<AdminState>,
+    caller: Option<axum::Extension<crate::tokens::Caller>>,
     body: Result<Json<PlanSubmission>, JsonRejection>,
 ) -> Result<(StatusCode, Json<PlanView>), ApiError> {
     let Json(submission) = body?;
+    let caller = caller.map_or_else(|| "-".to_string(), |c| c.0.name);
+    let view = submit_plan(&app, submission, &caller).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Validates and stores a plan submitted by the token `caller`, applying
+/// the registry's approval policies ([`crate::policy`]): refused when a
+/// task is `deny`, approved by the auto-approver when every task is
+/// `auto` (within its limits). What `POST /v1/plans` and the MCP tools
+/// share.
+///
+/// # Errors
+/// 422 `traceparent_invalid`, `plan_invalid` or `plan_denied` (with the
+/// problems), 503 when the store does not commit in time.
+pub async fn submit_plan(
+    app: &AdminState,
+    submission: PlanSubmission,
+    caller: &str,
+) -> Result<PlanView, ApiError> {
     let traceparent = check_traceparent(submission.traceparent.as_deref())?;
     let request = submission.request();
     let resolved = if app.skip_checks {
@@ -281,6 +309,25 @@ async fn submit(
             },
         }
     })?;
+    let denied = crate::policy::denied(&app.registry, &steps);
+    if !denied.is_empty() {
+        tracing::info!(
+            caller,
+            problems = denied.len(),
+            "plan refused: a task's approval policy is deny"
+        );
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: ErrorBody {
+                error: "plan_denied".into(),
+                message: "the plan names a task that the registry's approval policy denies; nothing was stored".into(),
+                problems: denied,
+            },
+        });
+    }
+    let decision = app
+        .policies
+        .decide(&app.registry, &steps, caller, std::time::Instant::now());
     let deadlines = submission
         .steps
         .iter()
@@ -289,7 +336,54 @@ async fn submit(
     let view = app
         .change(|state| Ok(state.submit_traced(request.name, steps, deadlines, traceparent)))
         .await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    match decision {
+        crate::policy::Decision::Auto => Ok(auto_approve(app, view).await),
+        crate::policy::Decision::Human { reason } => {
+            if let Some(reason) = reason {
+                tracing::info!(plan_id = %view.id, caller, %reason, "plan not auto-approved");
+            }
+            Ok(view)
+        }
+    }
+}
+
+/// Approves `plan` with the auto-approver's signatures, checked like a
+/// person's; on any failure the plan stays pending for a person (logged).
+async fn auto_approve(app: &AdminState, plan: PlanView) -> PlanView {
+    let now = std::time::SystemTime::now();
+    let key = app.policies.key_id().unwrap_or("-").to_string();
+    let checked = app.policies.sign(&plan, now).and_then(|approvals| {
+        app.approval_keys
+            .check(&plan, approvals, now)
+            .map_err(|problems| {
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+    });
+    let approvals = match checked {
+        Ok(approvals) => approvals,
+        Err(e) => {
+            tracing::error!(plan_id = %plan.id, key_id = %key, error = %e, "the auto-approver could not approve the plan; it waits for a person");
+            return plan;
+        }
+    };
+    let id = plan.id.clone();
+    match app
+        .change(|state| state.approve_signed(&id, approvals))
+        .await
+    {
+        Ok(view) => {
+            tracing::info!(plan_id = %id, approved_by = %format!("auto:{key}"), "plan approved by the auto-approver");
+            view
+        }
+        Err(e) => {
+            tracing::error!(plan_id = %id, error = ?e.body, "auto-approval not stored");
+            plan
+        }
+    }
 }
 
 async fn plan(State(app): State<AdminState>, Path(id): Path<String>) -> ApiResult<PlanView> {

@@ -24,6 +24,10 @@
 //!    send that type, and a cross-site `fetch` cannot without a CORS
 //!    preflight, which this server never grants.
 //!
+//! A request let through carries the caller ([`Caller`]: the token's name
+//! and roles) in its extensions, for handlers that record who asked (the
+//! approval policies' per-token limits, the MCP server).
+//!
 //! Each refusal is logged at `warn` with the reason and, once the token
 //! is known, the token's name; never the token or the `Authorization`
 //! header.
@@ -41,7 +45,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::ErrorBody;
-use crate::tokens::{Role, TokenFile};
+use crate::tokens::{Caller, Role, TokenFile};
 
 /// One name this admin API answers to: a host (name, IPv4 address or
 /// bracketed IPv6 address, lowercase) and a port.
@@ -211,6 +215,9 @@ pub fn required_role(method: &Method, path: &str) -> (Role, &'static str) {
     let read = *method == Method::GET || *method == Method::HEAD;
     match (read, &segments[..]) {
         (_, ["v1", "testing", ..]) => (Role::Operate, "/v1/testing/..."),
+        // The MCP endpoint (every method of the streamable HTTP transport)
+        // submits plans: the agent's role.
+        (_, ["mcp"]) => (Role::Submit, "/mcp"),
         (true, _) => (Role::Read, "GET (any endpoint but /healthz)"),
         (false, ["v1", "plans"]) if *method == Method::POST => (Role::Submit, "POST /v1/plans"),
         (false, ["v1", "plans", _, "approve"]) if *method == Method::POST => {
@@ -298,9 +305,18 @@ impl IntoResponse for Refusal {
 
 /// The middleware: applies the [`Policy`] (see the module doc), then
 /// passes the request on unchanged.
-pub async fn guard(State(policy): State<Arc<Policy>>, request: Request, next: Next) -> Response {
+pub async fn guard(
+    State(policy): State<Arc<Policy>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     match check(&policy, &request) {
-        Ok(()) => next.run(request).await,
+        Ok(caller) => {
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
+            }
+            next.run(request).await
+        }
         Err((refusal, name)) => {
             tracing::warn!(
                 method = %request.method(),
@@ -316,8 +332,9 @@ pub async fn guard(State(policy): State<Arc<Policy>>, request: Request, next: Ne
     }
 }
 
-/// Every rule in order; the refusal and the token's name once known.
-fn check(policy: &Policy, request: &Request) -> Result<(), (Refusal, Option<String>)> {
+/// Every rule in order; the caller (none for `/healthz`), or the refusal
+/// and the token's name once known.
+fn check(policy: &Policy, request: &Request) -> Result<Option<Caller>, (Refusal, Option<String>)> {
     policy.check_host(request).map_err(|r| (r, None))?;
     policy
         .check_origin(request.headers())
@@ -325,7 +342,7 @@ fn check(policy: &Policy, request: &Request) -> Result<(), (Refusal, Option<Stri
     let method = request.method();
     let path = request.uri().path();
     if (*method == Method::GET || *method == Method::HEAD) && path == "/healthz" {
-        return Ok(());
+        return Ok(None);
     }
     let (needed, endpoint) = required_role(method, path);
     let Some(token) = bearer(request.headers()) else {
@@ -392,7 +409,7 @@ fn check(policy: &Policy, request: &Request) -> Result<(), (Refusal, Option<Stri
             Some(caller.name),
         ));
     }
-    Ok(())
+    Ok(Some(caller))
 }
 
 #[cfg(test)]
@@ -474,6 +491,9 @@ mod tests {
         assert_eq!(required_role(&get, "/v1/plans/x").0, Role::Read);
         assert_eq!(required_role(&get, "/v1/workers").0, Role::Read);
         assert_eq!(required_role(&get, "/v1/testing").0, Role::Operate);
+        assert_eq!(required_role(&post, "/mcp").0, Role::Submit);
+        assert_eq!(required_role(&get, "/mcp").0, Role::Submit);
+        assert_eq!(required_role(&post, "/mcp/x").0, Role::Operate);
         assert_eq!(required_role(&post, "/v1/testing/cut").0, Role::Operate);
         assert_eq!(required_role(&post, "/v1/unknown").0, Role::Operate);
         assert_eq!(

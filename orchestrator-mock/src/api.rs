@@ -153,6 +153,11 @@ pub struct StepView {
     /// Every attempt so far, oldest first.
     #[serde(default)]
     pub attempts: Vec<AttemptView>,
+    /// Who approved the step, once approved with a signature: the key id
+    /// of its signed approval, `auto:<key id>` when the orchestrator's
+    /// auto-approver signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
 }
 
 /// One attempt of a step.
@@ -553,4 +558,44 @@ pub struct TaskView {
     /// Lower-case hex SHA-256 of the canonical JSON of `input_schema`
     /// (what a worker's manifest must carry).
     pub input_schema_sha256: String,
+    /// The task only reads: it changes nothing where it runs (MCP
+    /// `readOnlyHint`; required for `approval = "auto"`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// The task may destroy or overwrite data (MCP `destructiveHint`);
+    /// meaningless when `read_only`.
+    #[serde(default)]
+    pub destructive: bool,
+    /// Who approves a plan with this task: see [`ApprovalPolicy`].
+    #[serde(default)]
+    pub approval: ApprovalPolicy,
+    /// With `approval = "auto"`: at most this many auto-approved calls of
+    /// the task per hour per submitting token; more wait for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_limit_per_hour: Option<u32>,
+}
+
+/// Who approves a plan step of a task (the registry's `approval`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalPolicy {
+    /// A person approves (and signs) through the admin API: the default.
+    #[default]
+    Human,
+    /// The orchestrator's auto-approver signs at once with its own key
+    /// (read-only tasks only; within `auto_limit_per_hour`).
+    Auto,
+    /// Never: a plan with this task is refused at submission.
+    Deny,
+}
+
+impl ApprovalPolicy {
+    /// The policy as written in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Human => "human",
+            Self::Auto => "auto",
+            Self::Deny => "deny",
+        }
+    }
 }

@@ -292,6 +292,7 @@ mod tests {
                     queued_at: None,
                     finished_at: None,
                     attempts: Vec::new(),
+                    approved_by: None,
                 })
                 .collect(),
         }

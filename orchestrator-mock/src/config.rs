@@ -27,6 +27,14 @@
 //! keys = [{ id = "approvals-2026-12", public_key = "approvals-2026-12.pub" }]
 //!                                     # with a key, approving a plan takes one signed approval
 //!                                     # per step (made by `plan approve --key`, never here)
+//! auto_approver = { key_id = "auto-readonly", private_key = "auto-readonly.key", audience = "pool:crm" }
+//!                                     # optional; signs the steps of tasks whose registry policy is
+//!                                     # "auto" (see crate::policy); key_id must be one of `keys`;
+//!                                     # valid_for = "10m" by default (the approval's window)
+//!
+//! [mcp]                               # optional; see crate::mcp (the MCP server at /mcp)
+//! call_wait = "20s"                   # default 20s: how long a tool call waits for its plan to
+//!                                     # finish before it answers "pending" with the plan id
 //!
 //! [admission]                         # optional; see crate::admission
 //! identities = ["spiffe://example.org/worker/*", "spiffe://example.org/worker/crm-eu-?"]
@@ -113,6 +121,30 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// `[admin]`: who may call the admin API and how it is served.
     pub admin: AdminConfig,
+    /// `[mcp]`: the MCP server on the admin listener.
+    pub mcp: McpConfig,
+}
+
+/// Default `[mcp] call_wait`.
+pub const DEFAULT_MCP_CALL_WAIT: Duration = Duration::from_secs(20);
+/// Longest `[mcp] call_wait` accepted: MCP clients time a call out after
+/// a minute or so, and a pending answer with the plan id is better.
+pub const MAX_MCP_CALL_WAIT: Duration = Duration::from_secs(120);
+
+/// `[mcp]`: the MCP server ([`crate::mcp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpConfig {
+    /// `call_wait`: how long a tool call waits for its plan to finish
+    /// before it answers "pending" with the plan id (0 s: never waits).
+    pub call_wait: Duration,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            call_wait: DEFAULT_MCP_CALL_WAIT,
+        }
+    }
 }
 
 /// `[admin]`: the admin API's names, TLS and token file (see
@@ -147,6 +179,30 @@ pub struct AdminTls {
 pub struct ApprovalsConfig {
     /// `(key id, PEM public key file)`, several for rotation.
     pub keys: Vec<(String, PathBuf)>,
+    /// `auto_approver`: the key the orchestrator signs "auto" tasks with.
+    pub auto_approver: Option<AutoApproverConfig>,
+}
+
+/// Default `[approvals] auto_approver.valid_for`.
+pub const DEFAULT_AUTO_VALID_FOR: Duration = Duration::from_secs(600);
+
+/// `[approvals] auto_approver`: the orchestrator's own approver key, for
+/// the tasks whose registry policy is `"auto"` ([`crate::policy`]).
+/// Holding a private approver key here is a deliberate trust decision:
+/// workers should trust this key only for read-only tasks (their
+/// `[approvals] keys` entry lists them in `tasks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoApproverConfig {
+    /// `key_id`: one of `keys` (so the orchestrator checks its own
+    /// approvals like any other).
+    pub key_id: String,
+    /// `private_key`: the PKCS#8 PEM Ed25519 key (`certs-tool
+    /// approver-key` writes one).
+    pub private_key: PathBuf,
+    /// `audience`: the worker identity or pool the approvals name.
+    pub audience: String,
+    /// `valid_for`: the approval window from the moment of signing.
+    pub valid_for: Duration,
 }
 
 /// `[admission]`: rules applied to worker connections (see
@@ -282,6 +338,7 @@ impl Config {
             "admission",
             "admin",
             "approvals",
+            "mcp",
         ];
         r.unknown_keys(&table, "", TOP);
         let grpc_listen = r.addr(&table, "grpc_listen", DEFAULT_GRPC_LISTEN);
@@ -335,6 +392,7 @@ impl Config {
         };
         let admission = r.admission(&table);
         let approvals = r.approvals(&table);
+        let mcp = r.mcp(&table);
         let admin = r.admin(&table);
         let mut tls_reload = crate::tls::ReloadSettings::default();
         let tls = match table.get("tls") {
@@ -413,6 +471,7 @@ impl Config {
                 fault_injection,
                 admission,
                 approvals,
+                mcp,
             }),
             _ => Err(ConfigError::Invalid(r.problems)),
         }
@@ -745,10 +804,18 @@ impl Reader<'_> {
                 return ApprovalsConfig::default();
             }
         };
-        self.unknown_keys(t, "approvals.", &["keys"]);
+        self.unknown_keys(t, "approvals.", &["keys", "auto_approver"]);
         let mut keys = Vec::new();
         let items = match t.get("keys") {
-            None => return ApprovalsConfig::default(),
+            None => {
+                if t.contains_key("auto_approver") {
+                    self.problem(
+                        "approvals.auto_approver",
+                        "needs its key_id among approvals.keys, and no keys are listed",
+                    );
+                }
+                return ApprovalsConfig::default();
+            }
             Some(toml::Value::Array(items)) => items,
             Some(other) => {
                 self.problem(
@@ -793,7 +860,137 @@ impl Reader<'_> {
                 keys.push((id, public_key));
             }
         }
-        ApprovalsConfig { keys }
+        let auto_approver = self.auto_approver(t, &keys);
+        ApprovalsConfig {
+            keys,
+            auto_approver,
+        }
+    }
+
+    /// `[approvals] auto_approver`; its key id must be one of `keys`.
+    fn auto_approver(
+        &mut self,
+        t: &toml::Table,
+        keys: &[(String, PathBuf)],
+    ) -> Option<AutoApproverConfig> {
+        const AT: &str = "approvals.auto_approver.";
+        let auto = match t.get("auto_approver")? {
+            toml::Value::Table(auto) => auto,
+            other => {
+                self.problem(
+                    "approvals.auto_approver",
+                    format!(
+                        "expected a table {{ key_id, private_key, audience }}, found {}",
+                        other.type_str()
+                    ),
+                );
+                return None;
+            }
+        };
+        self.unknown_keys(
+            auto,
+            AT,
+            &["key_id", "private_key", "audience", "valid_for"],
+        );
+        let key_id = match self.string(auto, &format!("{AT}key_id"), "key_id") {
+            Some(id) if keys.iter().any(|(k, _)| k == id) => Some(id.to_string()),
+            Some(id) => {
+                let id = id.to_string();
+                self.problem(
+                    &format!("{AT}key_id"),
+                    format!("`{id}` is not one of approvals.keys: list its public key there too, so its approvals are checked like any other"),
+                );
+                None
+            }
+            None => {
+                self.problem(
+                    &format!("{AT}key_id"),
+                    "missing (a key id of approvals.keys)",
+                );
+                None
+            }
+        };
+        let private_key = self.path(auto, AT, "private_key", true);
+        let audience = match self.string(auto, &format!("{AT}audience"), "audience") {
+            Some(a) if private_worker_proto::approval::is_audience(a) => Some(a.to_string()),
+            Some(_) => {
+                self.problem(
+                    &format!("{AT}audience"),
+                    "must be 1 to 512 bytes of printable ASCII: a worker identity or a pool such as `pool:crm`",
+                );
+                None
+            }
+            None => {
+                self.problem(
+                    &format!("{AT}audience"),
+                    "missing (the worker identity or pool the approvals are for, such as `pool:crm`)",
+                );
+                None
+            }
+        };
+        let valid_for = match self.string(auto, &format!("{AT}valid_for"), "valid_for") {
+            None => Some(DEFAULT_AUTO_VALID_FOR),
+            Some(text) => match humantime_serde::re::humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() && d <= crate::approvals::MAX_VALIDITY => Some(d),
+                Ok(_) => {
+                    self.problem(
+                        &format!("{AT}valid_for"),
+                        "must be more than zero and at most 30 days",
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        &format!("{AT}valid_for"),
+                        format!("{text:?} is not a duration like \"10m\" ({e})"),
+                    );
+                    None
+                }
+            },
+        };
+        Some(AutoApproverConfig {
+            key_id: key_id?,
+            private_key: private_key?,
+            audience: audience?,
+            valid_for: valid_for?,
+        })
+    }
+
+    /// `[mcp]` (absent: defaults).
+    fn mcp(&mut self, table: &toml::Table) -> McpConfig {
+        let t = match table.get("mcp") {
+            None => return McpConfig::default(),
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => {
+                self.problem(
+                    "mcp",
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                return McpConfig::default();
+            }
+        };
+        self.unknown_keys(t, "mcp.", &["call_wait"]);
+        let Some(text) = self.string(t, "mcp.call_wait", "call_wait") else {
+            return McpConfig::default();
+        };
+        match humantime_serde::re::humantime::parse_duration(text) {
+            Ok(d) if d <= MAX_MCP_CALL_WAIT => McpConfig { call_wait: d },
+            Ok(_) => {
+                self.problem(
+                    "mcp.call_wait",
+                    format!("must be at most {MAX_MCP_CALL_WAIT:?} (a pending answer with the plan id is better than a client timeout)"),
+                );
+                McpConfig::default()
+            }
+            Err(e) => {
+                let text = text.to_string();
+                self.problem(
+                    "mcp.call_wait",
+                    format!("{text:?} is not a duration like \"20s\" ({e})"),
+                );
+                McpConfig::default()
+            }
+        }
     }
 }
 
@@ -810,6 +1007,53 @@ mod tests {
         cert = "server.pem"
         key = "server.key"
     "#;
+
+    #[test]
+    fn the_auto_approver_and_the_mcp_wait_parse_and_bad_values_are_named() {
+        let c = Config::from_toml_str(GOOD, Path::new("/etc/om")).unwrap();
+        assert_eq!(c.approvals.auto_approver, None);
+        assert_eq!(c.mcp.call_wait, DEFAULT_MCP_CALL_WAIT);
+        let c = Config::from_toml_str(
+            &format!(
+                "{GOOD}\n[approvals]\nkeys = [{{ id = \"human-1\", public_key = \"h.pub\" }}, {{ id = \"auto-1\", public_key = \"a.pub\" }}]\nauto_approver = {{ key_id = \"auto-1\", private_key = \"a.key\", audience = \"pool:crm\" }}\n[mcp]\ncall_wait = \"5s\"\n"
+            ),
+            Path::new("/etc/om"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.approvals.auto_approver,
+            Some(AutoApproverConfig {
+                key_id: "auto-1".into(),
+                private_key: "/etc/om/a.key".into(),
+                audience: "pool:crm".into(),
+                valid_for: DEFAULT_AUTO_VALID_FOR,
+            })
+        );
+        assert_eq!(c.mcp.call_wait, Duration::from_secs(5));
+
+        let err = Config::from_toml_str(
+            &format!(
+                "{GOOD}\n[approvals]\nkeys = [{{ id = \"human-1\", public_key = \"h.pub\" }}]\nauto_approver = {{ key_id = \"auto-1\", audience = \"a b\", valid_for = \"90d\", colour = 1 }}\n[mcp]\ncall_wait = \"1h\"\n"
+            ),
+            Path::new("."),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "approvals.auto_approver.key_id",
+            "approvals.auto_approver.private_key",
+            "approvals.auto_approver.audience",
+            "approvals.auto_approver.valid_for",
+            "approvals.auto_approver.colour",
+            "mcp.call_wait",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+        assert!(
+            err.to_string().contains("not one of approvals.keys"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_minimal_config_gets_defaults_and_relative_paths_resolved_against_the_base() {

@@ -27,6 +27,10 @@
 //! - [`admin_auth`]: the admin API's guard: `Host`, `Origin`, bearer token,
 //!   role and content type, in one middleware.
 //! - [`tokens`]: admin tokens, their roles and the hashed token file.
+//! - [`policy`]: the registry's approval policies (`human`, `auto`,
+//!   `deny`) and the auto-approver.
+//! - [`mcp`]: the MCP server at `/mcp` on the admin listener: the tasks as
+//!   tools for AI agents.
 //! - [`admin_tls`]: TLS for the admin listener (required off loopback).
 //! - [`client`]: the typed admin client used by the CLI and tests.
 //! - [`cli`]: the `orchestrator-mock` command line.
@@ -62,6 +66,8 @@ pub mod config;
 pub mod durable;
 pub mod gateway;
 pub mod lease;
+pub mod mcp;
+pub mod policy;
 pub mod registry;
 pub mod scenario;
 pub mod state;
@@ -135,6 +141,10 @@ pub enum StartError {
     /// public key; the message names the key and the file.
     #[error("{0}")]
     ApprovalKeys(String),
+    /// The approval policies cannot be applied: the auto-approver's key is
+    /// unusable, or the registry has `auto` tasks and no auto-approver.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     /// A listener could not be bound; the address is in use or not local.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -254,6 +264,7 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     let registry = Arc::new(registry::Registry::load(&config.registry)?);
     let approval_keys =
         approvals::ApprovalKeys::load(&config.approvals).map_err(StartError::ApprovalKeys)?;
+    let policies = Arc::new(policy::Policies::load(&config.approvals, &registry)?);
     let (tls_config, server_tls) = tls::server_tls(&config.tls, config.admission.crl.as_deref())?;
     let client_verifier = server_tls.verifier();
     let admission = Arc::new(
@@ -267,6 +278,10 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
     admission.log_start();
     let store = Arc::new(store::Store::open(&config.data_dir, config.sync_writes)?);
     let (state, durable, journal) = open_state(&config, &store)?;
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .set_auto_approver_key(policies.key_id().map(str::to_string));
     if let Some(dir) = &config.wire_capture_dir {
         std::fs::create_dir_all(dir).map_err(|source| StartError::WireCapture {
             path: dir.clone(),
@@ -340,8 +355,8 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         }
     });
 
-    // Admin API.
-    let router = admin::router(admin::AdminState {
+    // Admin API, and the MCP server on the same listener and guard.
+    let admin_state = admin::AdminState {
         state,
         durable,
         registry: registry.clone(),
@@ -349,7 +364,14 @@ pub async fn spawn(config: Config) -> Result<OrchestratorHandle, StartError> {
         skip_checks: config.insecure_skip_checks,
         approval_keys,
         admission: admission.clone(),
-    });
+        policies,
+    };
+    let mcp = mcp::service(
+        admin_state.clone(),
+        config.mcp.call_wait,
+        shutdown.child_token(),
+    );
+    let router = admin::router(admin_state).route_service("/mcp", mcp);
     let router = match hooks {
         Some(hooks) => router.merge(testing::router(hooks)),
         None => router,

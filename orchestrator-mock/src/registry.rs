@@ -14,6 +14,23 @@
 //! assignment time plus that many seconds when the plan step has no
 //! deadline of its own.
 //!
+//! What a task does and who approves it (all optional):
+//!
+//! ```json
+//! { "read_only": true, "destructive": false,
+//!   "approval": "auto", "auto_limit_per_hour": 60 }
+//! ```
+//!
+//! `read_only` (default false) and `destructive` (default: true unless
+//! `read_only`) describe the task to agents (the MCP tool annotations
+//! `readOnlyHint`, `destructiveHint`; `idempotent` gives
+//! `idempotentHint`). `approval` is the task's approval policy
+//! ([`ApprovalPolicy`]): `"human"` (default), `"auto"` (only for a
+//! `read_only` task; signed by the orchestrator's auto-approver, see
+//! [`crate::policy`]) or `"deny"` (refused at submission).
+//! `auto_limit_per_hour` (only with `"auto"`, > 0) caps the auto-approved
+//! calls per submitting token; calls over it wait for a person.
+//!
 //! Every schema is compiled at load, so a bad schema stops the start with
 //! an error naming the task. This module does not decide what a worker
 //! runs: the worker checks its own allowlist again (defense in depth).
@@ -24,7 +41,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::{PlanRequest, Problem, StepRequest, TaskView};
+use crate::api::{ApprovalPolicy, PlanRequest, Problem, StepRequest, TaskView};
 
 /// Version used for a step naming an unregistered task without a version
 /// when checks are skipped (`insecure_skip_checks`).
@@ -72,6 +89,14 @@ struct TaskFile {
     idempotent: bool,
     #[serde(default)]
     timeout_secs: Option<u64>,
+    #[serde(default)]
+    read_only: bool,
+    #[serde(default)]
+    destructive: Option<bool>,
+    #[serde(default)]
+    approval: ApprovalPolicy,
+    #[serde(default)]
+    auto_limit_per_hour: Option<u32>,
 }
 
 /// One registered task with its compiled input schema.
@@ -177,6 +202,10 @@ impl Registry {
                 problems.push(format!("{label}: timeout_secs must be greater than zero"));
                 continue;
             }
+            if let Some(problem) = check_policy(&t) {
+                problems.push(format!("{label}: {problem}"));
+                continue;
+            }
             let key = (t.name.clone(), t.version.clone());
             if tasks.contains_key(&key) {
                 problems.push(format!("{label}: registered twice"));
@@ -190,6 +219,10 @@ impl Registry {
                 input_schema: t.input_schema,
                 idempotent: t.idempotent,
                 timeout_secs: t.timeout_secs,
+                read_only: t.read_only,
+                destructive: !t.read_only && t.destructive.unwrap_or(true),
+                approval: t.approval,
+                auto_limit_per_hour: t.auto_limit_per_hour,
             };
             tasks.insert(key, RegisteredTask { view, validator });
         }
@@ -387,6 +420,37 @@ impl Registry {
     }
 }
 
+/// What is wrong with a task's description and approval policy, if
+/// anything: `auto` only for a read-only task, a limit only with `auto`
+/// and above zero, a read-only task cannot be destructive.
+fn check_policy(t: &TaskFile) -> Option<String> {
+    if t.approval == ApprovalPolicy::Auto && !t.read_only {
+        return Some(
+            "approval = \"auto\" needs read_only = true: only a task that changes nothing may run without a person"
+                .into(),
+        );
+    }
+    match t.auto_limit_per_hour {
+        Some(_) if t.approval != ApprovalPolicy::Auto => {
+            return Some(format!(
+                "auto_limit_per_hour applies only with approval = \"auto\" (this task is \"{}\")",
+                t.approval.as_str()
+            ));
+        }
+        Some(0) => {
+            return Some(
+                "auto_limit_per_hour must be greater than zero (use approval = \"human\" instead)"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    if t.read_only && t.destructive == Some(true) {
+        return Some("a read_only task cannot be destructive".into());
+    }
+    None
+}
+
 /// Compiles a task's input schema with its `format` assertions enforced
 /// (the jsonschema crate only annotates `format` unless told otherwise),
 /// as the worker does for its local allowlist: a `format: uuid` guards on
@@ -435,6 +499,64 @@ mod tests {
                 )]))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn approval_policies_parse_with_human_as_the_default_and_bad_combinations_are_named() {
+        let registry = Registry::from_json_str(
+            &json!({"tasks": [
+                {"name": "a.write", "version": "1", "input_schema": {"type": "object"}},
+                {"name": "a.read", "version": "1", "input_schema": {"type": "object"},
+                 "read_only": true, "approval": "auto", "auto_limit_per_hour": 5},
+                {"name": "a.wipe", "version": "1", "input_schema": {"type": "object"},
+                 "approval": "deny", "destructive": true}
+            ]})
+            .to_string(),
+        )
+        .unwrap();
+        let write = &registry.get("a.write", "1").unwrap().view;
+        assert_eq!(write.approval, ApprovalPolicy::Human);
+        assert!(!write.read_only && write.destructive, "{write:?}");
+        let read = &registry.get("a.read", "1").unwrap().view;
+        assert_eq!(read.approval, ApprovalPolicy::Auto);
+        assert_eq!(read.auto_limit_per_hour, Some(5));
+        assert!(read.read_only && !read.destructive, "{read:?}");
+        assert_eq!(
+            registry.get("a.wipe", "1").unwrap().view.approval,
+            ApprovalPolicy::Deny
+        );
+
+        let bad = Registry::from_json_str(
+            &json!({"tasks": [
+                {"name": "b.auto_write", "version": "1", "input_schema": {"type": "object"},
+                 "approval": "auto"},
+                {"name": "b.limit_human", "version": "1", "input_schema": {"type": "object"},
+                 "auto_limit_per_hour": 3},
+                {"name": "b.zero", "version": "1", "input_schema": {"type": "object"},
+                 "read_only": true, "approval": "auto", "auto_limit_per_hour": 0},
+                {"name": "b.both", "version": "1", "input_schema": {"type": "object"},
+                 "read_only": true, "destructive": true}
+            ]})
+            .to_string(),
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "b.auto_write version 1): approval = \"auto\" needs read_only = true",
+            "b.limit_human version 1): auto_limit_per_hour applies only with approval = \"auto\"",
+            "b.zero version 1): auto_limit_per_hour must be greater than zero",
+            "b.both version 1): a read_only task cannot be destructive",
+        ] {
+            assert!(bad.contains(expected), "{expected:?} not in {bad}");
+        }
+        let unknown = Registry::from_json_str(
+            &json!({"tasks": [{"name": "c", "version": "1", "input_schema": {"type": "object"},
+                "approval": "sometimes"}]})
+            .to_string(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unknown.contains("sometimes"), "{unknown}");
     }
 
     pub(crate) fn sample() -> Registry {

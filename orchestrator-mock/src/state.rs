@@ -224,6 +224,9 @@ pub struct State {
     assigned: HashMap<String, Option<String>>,
     leases: BTreeMap<String, Lease>,
     journal: JournalSender,
+    /// The auto-approver's key id: approvals it signed show as
+    /// `auto:<key id>` ([`StepView::approved_by`]).
+    auto_approver_key: Option<String>,
 }
 
 /// The state as the gateway and the admin API share it.
@@ -258,7 +261,14 @@ impl State {
             assigned: HashMap::new(),
             leases: BTreeMap::new(),
             journal,
+            auto_approver_key: None,
         }
+    }
+
+    /// Names the auto-approver's key id, so the steps it approved show
+    /// `approved_by: auto:<key id>`.
+    pub fn set_auto_approver_key(&mut self, key_id: Option<String>) {
+        self.auto_approver_key = key_id;
     }
 
     /// Rebuilds the state from stored plans after a restart: queued steps
@@ -395,6 +405,7 @@ impl State {
                     queued_at: None,
                     finished_at: None,
                     attempts: Vec::new(),
+                    approved_by: None,
                 },
                 idempotent: s.idempotent,
                 accepted: false,
@@ -435,6 +446,15 @@ impl State {
     fn view_of(&self, id: &str) -> Option<PlanView> {
         let plan = self.plans.get(id)?;
         let mut steps: Vec<StepView> = plan.steps.iter().map(|s| s.view.clone()).collect();
+        for (step, record) in steps.iter_mut().zip(&plan.steps) {
+            step.approved_by = record.approval.as_ref().map(|a| {
+                if self.auto_approver_key.as_deref() == Some(a.key_id.as_str()) {
+                    format!("auto:{}", a.key_id)
+                } else {
+                    a.key_id.clone()
+                }
+            });
+        }
         for step in &mut steps {
             if step.status != StepStatus::Assigned {
                 continue;

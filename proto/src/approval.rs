@@ -217,6 +217,19 @@ pub enum Refusal {
     /// what would run could differ from what was approved.
     #[error("the inputs of an approved task must be their canonical JSON text: {0}; nothing ran")]
     InputsNotCanonical(String),
+    /// Signed by a trusted key that this worker trusts only for other
+    /// tasks (its `[approvals] keys` entry lists `tasks`), such as an
+    /// orchestrator's auto-approver key used for a task that changes
+    /// something.
+    #[error(
+        "the approval is signed with key {key_id}, which this worker trusts only for other tasks (its [approvals] keys entry lists the tasks), not for {task}; nothing ran"
+    )]
+    KeyNotForTask {
+        /// The key id, as [`Refusal::UnknownKey`] shows one.
+        key_id: String,
+        /// The task name, shown the same way.
+        task: String,
+    },
     /// The nonce was used before (by a task id this worker no longer
     /// remembers, or by another task id).
     #[error(
@@ -239,6 +252,7 @@ impl Refusal {
                 "approval_invalid"
             }
             Refusal::UnknownKey(_) => "approval_unknown_key",
+            Refusal::KeyNotForTask { .. } => "approval_key_not_for_task",
             Refusal::WrongAudience(_) => "approval_wrong_audience",
             Refusal::NotYetValid(_) => "approval_not_yet_valid",
             Refusal::Expired(_) => "approval_expired",
@@ -248,10 +262,11 @@ impl Refusal {
 }
 
 /// Every error code a [`Refusal`] can carry.
-pub const ERROR_CODES: [&str; 7] = [
+pub const ERROR_CODES: [&str; 8] = [
     "approval_missing",
     "approval_invalid",
     "approval_unknown_key",
+    "approval_key_not_for_task",
     "approval_wrong_audience",
     "approval_not_yet_valid",
     "approval_expired",
@@ -289,6 +304,8 @@ fn shown_audience(value: &str) -> String {
 pub struct PublicKey {
     key_id: String,
     raw: [u8; 32],
+    /// `Some`: the only task names this key may approve.
+    tasks: Option<BTreeSet<String>>,
 }
 
 impl PublicKey {
@@ -309,7 +326,17 @@ impl PublicKey {
         Ok(PublicKey {
             key_id: key_id.to_string(),
             raw,
+            tasks: None,
         })
+    }
+
+    /// The same key, trusted only for approvals of these task names (any
+    /// version): an approval it signed for another task is refused with
+    /// [`Refusal::KeyNotForTask`]. How a worker bounds a key it trusts
+    /// less, such as an orchestrator's auto-approver for read-only tasks.
+    pub fn restricted_to(mut self, tasks: impl IntoIterator<Item = String>) -> PublicKey {
+        self.tasks = Some(tasks.into_iter().collect());
+        self
     }
 
     /// The key's id.
@@ -345,7 +372,7 @@ pub struct Verified {
 /// Checks approvals against trusted keys, accepted audiences and a clock.
 #[derive(Debug, Clone)]
 pub struct Verifier {
-    keys: BTreeMap<String, [u8; 32]>,
+    keys: BTreeMap<String, ([u8; 32], Option<BTreeSet<String>>)>,
     audiences: Audiences,
     max_validity: Duration,
     clock_skew: Duration,
@@ -362,7 +389,10 @@ impl Verifier {
         clock_skew: Duration,
     ) -> Verifier {
         Verifier {
-            keys: keys.into_iter().map(|k| (k.key_id, k.raw)).collect(),
+            keys: keys
+                .into_iter()
+                .map(|k| (k.key_id, (k.raw, k.tasks)))
+                .collect(),
             audiences,
             max_validity,
             clock_skew,
@@ -399,7 +429,7 @@ impl Verifier {
     ) -> Result<Verified, Refusal> {
         let approval = approval.ok_or(Refusal::Missing)?;
         let (not_before, not_after) = self.check_shape(approval)?;
-        let key = self
+        let (key, tasks) = self
             .keys
             .get(&approval.key_id)
             .ok_or_else(|| Refusal::UnknownKey(named(&approval.key_id)))?;
@@ -424,6 +454,16 @@ impl Verifier {
         UnparsedPublicKey::new(&ED25519, key)
             .verify(&statement.signing_bytes(), &signature)
             .map_err(|_| Refusal::BadSignature)?;
+        // Checked once the signature holds: a forgery is reported as one,
+        // and an authentic approval outside the key's tasks as this.
+        if let Some(tasks) = tasks
+            && !tasks.contains(subject.task_name)
+        {
+            return Err(Refusal::KeyNotForTask {
+                key_id: named(&approval.key_id),
+                task: named(subject.task_name),
+            });
+        }
         let now = unix_seconds(now);
         let skew = i64::try_from(self.clock_skew.as_secs()).unwrap_or(i64::MAX);
         if now.saturating_add(skew) < not_before {
@@ -723,6 +763,40 @@ mod tests {
             .unwrap();
         assert_eq!(ok.nonce.len(), 32);
         assert_eq!(ok.not_after, 2_000);
+    }
+
+    #[test]
+    fn a_key_restricted_to_some_tasks_approves_only_those() {
+        let inputs = serde_json::json!({"id": 7});
+        let (approval, text) = signed(&inputs);
+        let restricted = |tasks: &[&str]| {
+            Verifier::new(
+                [PublicKey::from_pem("k1", TEST_PUB.as_bytes())
+                    .unwrap()
+                    .restricted_to(tasks.iter().map(|t| (*t).to_string()))],
+                Audiences::Only(["spiffe://example.org/worker/w1".to_string()].into()),
+                Duration::from_secs(3600),
+                Duration::from_secs(60),
+            )
+        };
+        assert!(
+            restricted(&["crm.lookup", "crm.list"])
+                .verify(subject(&text), Some(&approval), at(1_500))
+                .is_ok()
+        );
+        let refusal = restricted(&["crm.list"])
+            .verify(subject(&text), Some(&approval), at(1_500))
+            .unwrap_err();
+        assert_eq!(refusal.code(), "approval_key_not_for_task");
+        assert!(refusal.to_string().contains("`crm.lookup`"), "{refusal}");
+        // A forgery under the restricted key is still reported as one.
+        let mut forged = approval.clone();
+        forged.signature = "00".repeat(SIGNATURE_BYTES);
+        assert_eq!(
+            restricted(&["crm.list"]).verify(subject(&text), Some(&forged), at(1_500)),
+            Err(Refusal::BadSignature)
+        );
+        assert!(ERROR_CODES.contains(&refusal.code()));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`conformance`]: the conformance pack's harness: one run's world (PKI,
 //!   internal API, registry, mock and worker configs) and `orchestrator-mock
 //!   test` over scenario files against a worker command, its JUnit parsed back.
+//! - [`mcp_client`]: running the MCP client of `tests/mcp_client/` (the
+//!   official MCP Python SDK) against orchestrator-mock's `/mcp`.
 //! - [`pki`]: fresh certificates per test, through the certs-tool library.
 //! - [`procs`]: building and running the real binaries as child processes,
 //!   with their output captured to files.
@@ -32,6 +34,7 @@ pub mod catalog;
 pub mod conformance;
 pub mod fake_vault;
 pub mod internal_api;
+pub mod mcp_client;
 pub mod pki;
 pub mod procs;
 pub mod proxy;

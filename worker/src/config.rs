@@ -143,6 +143,11 @@ pub struct ApproverKey {
     pub id: String,
     /// PEM `PUBLIC KEY` file (Ed25519), as `certs-tool approver-key` writes it.
     pub public_key: PathBuf,
+    /// `tasks`: when set, the only task names this key may approve here
+    /// (for a key trusted less, such as an orchestrator's auto-approver
+    /// for read-only tasks); an approval by it for another task is refused
+    /// (`approval_key_not_for_task`). `None`: every task.
+    pub tasks: Option<Vec<String>>,
 }
 
 /// The validated `[keyvault]` section.
@@ -374,6 +379,8 @@ struct RawApprovals {
 struct RawApproverKey {
     id: String,
     public_key: PathBuf,
+    #[serde(default)]
+    tasks: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -827,9 +834,26 @@ fn validate_approvals(
                 format!("`{}` is listed twice", key.id),
             );
         }
+        if let Some(tasks) = &key.tasks {
+            if tasks.is_empty() {
+                problem(
+                    format!("approvals.keys[{i}].tasks"),
+                    "is empty, so the key could approve nothing: list the task names it may approve, or remove the key".into(),
+                );
+            }
+            for (j, task) in tasks.iter().enumerate() {
+                if let Err(why) = private_worker_proto::check_id(task) {
+                    problem(
+                        format!("approvals.keys[{i}].tasks[{j}]"),
+                        format!("{why} (a task name)"),
+                    );
+                }
+            }
+        }
         keys.push(ApproverKey {
             id: key.id,
             public_key: base.join(key.public_key),
+            tasks: key.tasks,
         });
     }
     for (i, audience) in raw.audiences.iter().enumerate() {
@@ -1418,6 +1442,26 @@ mod tests {
         assert_eq!(
             problem_paths(&without_keys),
             vec!["tasks.crm.create_ticket.require_approval"]
+        );
+    }
+
+    #[test]
+    fn an_approver_key_may_be_restricted_to_some_tasks_and_an_empty_list_is_refused() {
+        let text = format!(
+            "{GOOD}\n        [approvals]\n        keys = [{{ id = \"human\", public_key = \"h.pub\" }}, {{ id = \"auto\", public_key = \"a.pub\", tasks = [\"crm.get_ticket\"] }}]\n"
+        );
+        let config = Config::from_toml_str(&text, Path::new("/etc/pw")).unwrap();
+        assert_eq!(config.approvals.keys[0].tasks, None);
+        assert_eq!(
+            config.approvals.keys[1].tasks,
+            Some(vec!["crm.get_ticket".to_string()])
+        );
+        let bad = format!(
+            "{GOOD}\n        [approvals]\n        keys = [{{ id = \"auto\", public_key = \"a.pub\", tasks = [] }}, {{ id = \"b\", public_key = \"b.pub\", tasks = [\"a b\"] }}]\n"
+        );
+        assert_eq!(
+            problem_paths(&bad),
+            vec!["approvals.keys[0].tasks", "approvals.keys[1].tasks[0]"]
         );
     }
 

@@ -188,7 +188,11 @@ pub fn approval_verifier(
             message,
         };
         let pem = std::fs::read(&key.public_key).map_err(|e| fail(e.to_string()))?;
-        keys.push(PublicKey::from_pem(&key.id, &pem).map_err(fail)?);
+        let public = PublicKey::from_pem(&key.id, &pem).map_err(fail)?;
+        keys.push(match &key.tasks {
+            Some(tasks) => public.restricted_to(tasks.iter().cloned()),
+            None => public,
+        });
     }
     let audiences = std::iter::once(identity.to_string())
         .chain(settings.audiences.iter().cloned())

@@ -82,6 +82,9 @@ pub enum ErrorCode {
     ApprovalInvalid,
     /// The approval is signed by a key this worker does not trust.
     ApprovalUnknownKey,
+    /// The approval is signed by a key this worker trusts only for other
+    /// tasks.
+    ApprovalKeyNotForTask,
     /// The approval is for another worker or pool.
     ApprovalWrongAudience,
     /// The approval's window has not started.
@@ -117,6 +120,7 @@ impl ErrorCode {
             ErrorCode::ApprovalMissing => "approval_missing",
             ErrorCode::ApprovalInvalid => "approval_invalid",
             ErrorCode::ApprovalUnknownKey => "approval_unknown_key",
+            ErrorCode::ApprovalKeyNotForTask => "approval_key_not_for_task",
             ErrorCode::ApprovalWrongAudience => "approval_wrong_audience",
             ErrorCode::ApprovalNotYetValid => "approval_not_yet_valid",
             ErrorCode::ApprovalExpired => "approval_expired",
@@ -141,6 +145,7 @@ impl ErrorCode {
             | ErrorCode::ApprovalWrongAudience
             | ErrorCode::ApprovalNotYetValid
             | ErrorCode::ApprovalExpired
+            | ErrorCode::ApprovalKeyNotForTask
             | ErrorCode::ApprovalReplayed => Outcome::Rejected,
             ErrorCode::CredentialUnavailable | ErrorCode::Unreachable | ErrorCode::HttpStatus => {
                 Outcome::Failed
@@ -172,6 +177,7 @@ impl From<&private_worker_proto::approval::Refusal> for ErrorCode {
                 ErrorCode::ApprovalInvalid
             }
             Refusal::UnknownKey(_) => ErrorCode::ApprovalUnknownKey,
+            Refusal::KeyNotForTask { .. } => ErrorCode::ApprovalKeyNotForTask,
             Refusal::WrongAudience(_) => ErrorCode::ApprovalWrongAudience,
             Refusal::NotYetValid(_) => ErrorCode::ApprovalNotYetValid,
             Refusal::Expired(_) => ErrorCode::ApprovalExpired,
@@ -262,6 +268,10 @@ mod tests {
             Refusal::Missing,
             Refusal::Malformed("x".into()),
             Refusal::UnknownKey("k".into()),
+            Refusal::KeyNotForTask {
+                key_id: "k".into(),
+                task: "t".into(),
+            },
             Refusal::WrongAudience("a".into()),
             Refusal::BadSignature,
             Refusal::NotYetValid(1),

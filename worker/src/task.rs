@@ -545,6 +545,7 @@ impl Runner {
             inputs_json: &assignment.inputs_json,
         };
         let verified = verifier.verify(subject, assignment.approval.as_ref(), SystemTime::now())?;
+        tracing::info!(key_id = %verified.key_id, "signed approval verified");
         let replayed = || Refusal::Replayed {
             key_id: verified.key_id.clone(),
             nonce: verified.nonce.clone(),

@@ -37,7 +37,13 @@ pub struct Options {
     /// How the orchestrator follows its TLS files (`[tls] reload_interval`,
     /// `expiry_warning`); default as configured.
     pub tls_reload: Option<orchestrator_mock::tls::ReloadSettings>,
+    /// Last changes to the orchestrator's config before it starts (it may
+    /// also rewrite the registry file `config.registry` names).
+    pub edit_config: Option<ConfigEdit>,
 }
+
+/// A last change to the orchestrator's config ([`Options::edit_config`]).
+pub type ConfigEdit = Box<dyn FnOnce(&mut orchestrator_mock::Config) + Send>;
 
 /// One test's world.
 pub struct Env {
@@ -107,6 +113,9 @@ impl Env {
         orchestrator_config.approvals.keys = options.approval_keys;
         if let Some(reload) = options.tls_reload {
             orchestrator_config.tls_reload = reload;
+        }
+        if let Some(edit) = options.edit_config {
+            edit(&mut orchestrator_config);
         }
         let orchestrator = orchestrator_mock::spawn(orchestrator_config.clone())
             .await
