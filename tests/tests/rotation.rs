@@ -1,7 +1,8 @@
 //! Certificate hot rotation on both ends. The worker and the orchestrator
 //! poll their TLS files (every 200 ms here); both certificates are renewed
-//! with `certs-tool renew` (library) while 200 non-idempotent tasks flow.
-//! Afterwards every task ran exactly once at the internal API, every plan
+//! with `certs-tool renew` (library) while 200 non-idempotent tasks flow,
+//! and while one 4-second call is surely in flight at the worker's
+//! roll-over. Afterwards every task ran exactly once at the internal API, every plan
 //! succeeded with one result per task, the orchestrator saw the worker's
 //! new serial and the worker saw the orchestrator's. A second test writes
 //! broken and mismatched files: they are refused with a warning naming the
@@ -23,6 +24,8 @@ const PLANS: usize = 50;
 /// Steps per plan: a ticket, a slow write, a ticket, a slow write.
 const STEPS: usize = 4;
 const RELOAD: Duration = Duration::from_millis(200);
+/// A call that lasts through the worker's roll-over (twenty polls).
+const IN_FLIGHT_MS: u64 = 4000;
 
 /// The intermediate CA of the test PKI (it signed both leaves).
 fn intermediate(env: &Env) -> CertificateAuthority {
@@ -196,6 +199,17 @@ async fn rotating_both_certificates_while_200_tasks_flow_loses_and_repeats_nothi
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // One call is surely in flight when the worker rolls over: it takes
+    // far longer than a poll.
+    let in_flight = env
+        .submit(&[("diag.slow_write", json!({"ms": IN_FLIGHT_MS}))])
+        .await;
+    env.admin.approve(&in_flight.id).await.unwrap();
+    let start = Instant::now();
+    while common::requests_to(&env.api, &format!("/slow/{IN_FLIGHT_MS}")) == 0 {
+        assert!(start.elapsed() < WAIT, "the long call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let calls_before_worker_rotation = env.api.requests().len();
     let renewed =
         certs_tool::renew::renew_files(&env.pki.worker_cert, &env.pki.worker_key, &ca, 7).unwrap();
@@ -212,10 +226,20 @@ async fn rotating_both_certificates_while_200_tasks_flow_loses_and_repeats_nothi
         )],
     )
     .await;
+    assert!(
+        !env.admin
+            .plan(&in_flight.id)
+            .await
+            .unwrap()
+            .status
+            .is_finished(),
+        "the long call ended before the roll-over: nothing was in flight"
+    );
     wait_for_worker_serial(&env, &renewed.new_serial).await;
     wait_for_log_line(&worker, &["orchestrator_serial", &orchestrator.new_serial]).await;
 
-    let ids = submitting.await.unwrap();
+    let mut ids = submitting.await.unwrap();
+    ids.push(in_flight.id.clone());
     let mut pending = ids.clone();
     let start = Instant::now();
     while !pending.is_empty() {
@@ -234,7 +258,7 @@ async fn rotating_both_certificates_while_200_tasks_flow_loses_and_repeats_nothi
         }
         pending = still;
     }
-    let mut task_ids = Vec::with_capacity(PLANS * STEPS);
+    let mut task_ids = Vec::with_capacity(PLANS * STEPS + 1);
     for id in &ids {
         let plan = env.admin.plan(id).await.unwrap();
         assert_eq!(
@@ -246,7 +270,7 @@ async fn rotating_both_certificates_while_200_tasks_flow_loses_and_repeats_nothi
         let results = env.admin.results(id).await.unwrap();
         assert_eq!(
             results.len(),
-            STEPS,
+            plan.steps.len(),
             "one stored result per task: {results:#?}"
         );
         task_ids.extend(plan.steps.iter().map(|s| s.task_id.clone()));
@@ -257,20 +281,20 @@ async fn rotating_both_certificates_while_200_tasks_flow_loses_and_repeats_nothi
         .filter(|t| !calls.contains_key(*t))
         .collect();
     let repeated: BTreeMap<_, _> = calls.iter().filter(|(_, n)| **n != 1).collect();
-    assert_eq!(task_ids.len(), PLANS * STEPS);
+    assert_eq!(task_ids.len(), PLANS * STEPS + 1);
     assert!(lost.is_empty(), "tasks never called: {lost:?}");
     assert!(
         repeated.is_empty(),
         "tasks called more than once: {repeated:?}"
     );
-    assert_eq!(calls.len(), PLANS * STEPS, "calls for unknown task ids");
+    assert_eq!(calls.len(), PLANS * STEPS + 1, "calls for unknown task ids");
     assert!(
-        calls_before_worker_rotation < PLANS * STEPS,
+        calls_before_worker_rotation < PLANS * STEPS + 1,
         "the worker's rotation came after the work was done: nothing was in flight"
     );
     eprintln!(
         "{} tasks, each called once; worker rotated after {calls_before_worker_rotation} calls",
-        PLANS * STEPS
+        PLANS * STEPS + 1
     );
 }
 
