@@ -568,6 +568,30 @@ fn check(path: &std::path::Path) -> ExitCode {
         ),
         Err(e) => report(false, "approvals", e),
     }
+    if let Ok(registry) = crate::registry::Registry::load(&config.registry) {
+        match crate::policy::Policies::load(&config.approvals, &registry) {
+            Ok(policies) => {
+                let count = |p: crate::api::ApprovalPolicy| {
+                    registry.views().iter().filter(|t| t.approval == p).count()
+                };
+                report(
+                    true,
+                    "policies",
+                    format!(
+                        "{} task version(s) approved by a person, {} automatically, {} denied; {}",
+                        count(crate::api::ApprovalPolicy::Human),
+                        count(crate::api::ApprovalPolicy::Auto),
+                        count(crate::api::ApprovalPolicy::Deny),
+                        match policies.key_id() {
+                            Some(key) => format!("auto-approver key {key}"),
+                            None => "no auto-approver".into(),
+                        }
+                    ),
+                );
+            }
+            Err(e) => report(false, "policies", e.to_string()),
+        }
+    }
     match std::fs::create_dir_all(&config.data_dir) {
         Ok(()) => report(true, "data_dir", config.data_dir.display().to_string()),
         Err(e) => report(

@@ -52,6 +52,36 @@ fn check_accepts_a_complete_setup() {
     assert!(text.contains("(serial "), "{text}");
     assert!(text.contains(", not_after "), "{text}");
     assert!(text.contains("files re-read every 30s"), "{text}");
+    assert!(
+        text.contains(
+            "ok   policies: 2 task version(s) approved by a person, 0 automatically, 0 denied; no auto-approver"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_fails_when_the_registry_has_auto_tasks_and_no_auto_approver() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, text) = common::write_setup(dir.path());
+    let config = dir.path().join("orchestrator.toml");
+    std::fs::write(&config, text).unwrap();
+    let registry = serde_json::json!({"tasks": [
+        {"name": "crm.get_ticket", "version": "1", "input_schema": {"type": "object"},
+         "read_only": true, "approval": "auto"}
+    ]});
+    std::fs::write(dir.path().join("registry.json"), registry.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("FAIL policies: the registry has tasks with approval = \"auto\" (crm.get_ticket v1) but [approvals] auto_approver is not set"),
+        "{text}"
+    );
 }
 
 #[test]
