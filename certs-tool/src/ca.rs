@@ -20,8 +20,8 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::CertError;
 use crate::issue::{self, IssuedCert, ServerCertRequest, WorkerCertRequest};
-use crate::{CertError, pem};
 
 /// The longest validity accepted, in days (100 years).
 pub const MAX_VALIDITY_DAYS: u32 = 36_500;
@@ -134,7 +134,7 @@ impl CertificateAuthority {
     /// [`CertError::KeyMismatch`] if the key is not the certificate's,
     /// [`CertError::CaExpired`] if the CA has expired.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
-        let blocks = pem::certificate_blocks(cert_pem)?;
+        let blocks = private_worker_identity::pem::certificate_blocks(cert_pem)?;
         let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::MalformedKey(e.to_string()))?;
         let (first, parents) = blocks.split_first().ok_or(CertError::NoCertificate)?;
         let (_, x509) = X509Certificate::from_der(&first.der)
@@ -422,10 +422,11 @@ mod tests {
     use rcgen::{ExtendedKeyUsagePurpose, SanType};
 
     use super::*;
-    use crate::identity::{IdentityError, worker_identity_from_der};
-    use crate::inspect::inspect_pem;
+    use crate::create_worker_csr;
     use crate::test_support::{first_der, verify_client, verify_server};
-    use crate::{create_worker_csr, pem::certificate_blocks};
+    use private_worker_identity::identity::{IdentityError, worker_identity_from_der};
+    use private_worker_identity::inspect::inspect_pem;
+    use private_worker_identity::pem::certificate_blocks;
 
     const WORKER: &str = "spiffe://example.org/worker/crm-1";
 

@@ -219,8 +219,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::identity::worker_identity_from_der;
     use crate::test_support::{first_der, verify_client, verify_server};
+    use private_worker_identity::identity::worker_identity_from_der;
 
     fn read(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap()

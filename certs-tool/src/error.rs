@@ -1,9 +1,9 @@
 //! The one error type of the certs-tool library.
 //!
-//! Every fallible function of the library returns [`CertError`]. It does not
-//! cover [`crate::identity`], which has its own [`crate::identity::IdentityError`]
-//! because it runs inside the TLS layer of the worker and the orchestrator,
-//! where the only question is "does this peer certificate name a worker".
+//! Every fallible function of the library returns [`CertError`]. Problems
+//! met while reading PEM ([`private_worker_identity::PemError`]) become the
+//! variants of the same meaning, so the messages are the same wherever the
+//! text was read.
 
 use std::path::PathBuf;
 
@@ -157,6 +157,24 @@ impl CertError {
             path,
             action,
             source,
+        }
+    }
+}
+
+impl From<private_worker_identity::PemError> for CertError {
+    fn from(e: private_worker_identity::PemError) -> CertError {
+        use private_worker_identity::PemError;
+        match e {
+            PemError::Read { path, source } => CertError::Io {
+                path,
+                action: "read",
+                source,
+            },
+            PemError::File { path, source } => CertError::from(*source).in_file(path),
+            PemError::NoCertificate => CertError::NoCertificate,
+            PemError::MalformedCertificate(m) => CertError::MalformedCertificate(m),
+            PemError::MalformedKey(m) => CertError::MalformedKey(m),
+            other => CertError::MalformedCertificate(other.to_string()),
         }
     }
 }

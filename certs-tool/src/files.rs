@@ -5,6 +5,8 @@
 //! mode is set to 0600 before anything is written into it. Certificates and
 //! CSRs are public and get 0644.
 //!
+//! Reading PEM files is [`private_worker_identity::pem`]'s.
+//!
 //! This does not choose file names, create directories (see
 //! [`crate::dev`]) or protect against another process replacing the file
 //! between runs; it does not encrypt keys (protect them with file
@@ -39,31 +41,6 @@ pub fn write_private_key(path: &Path, pem: &str) -> Result<(), CertError> {
 /// set, or the write fails.
 pub fn write_public(path: &Path, pem: &str) -> Result<(), CertError> {
     write_with_mode(path, pem, PUBLIC_MODE)
-}
-
-/// Reads a PEM file to a string.
-///
-/// # Errors
-/// [`CertError::Io`] naming `path`.
-pub fn read_pem(path: &Path) -> Result<String, CertError> {
-    std::fs::read_to_string(path).map_err(CertError::io(path, "read"))
-}
-
-/// Reads every `CERTIFICATE` block of a PEM file, in order, as DER: a
-/// chain file gives leaf then intermediates, a trust file its anchors.
-///
-/// # Errors
-/// [`CertError::Io`] when the file cannot be read;
-/// [`CertError::NoCertificate`] when it holds no certificate;
-/// [`CertError::MalformedCertificate`] for a broken block.
-pub fn read_certificates(
-    path: &Path,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, CertError> {
-    let text = read_pem(path)?;
-    Ok(crate::pem::certificate_blocks(&text)?
-        .into_iter()
-        .map(|block| block.der)
-        .collect())
 }
 
 fn write_with_mode(path: &Path, pem: &str, mode: u32) -> Result<(), CertError> {
@@ -116,27 +93,6 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-    }
-
-    #[test]
-    fn certificates_are_read_in_order_and_a_file_without_one_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = crate::CertificateAuthority::new_root("files test", 1).unwrap();
-        let inter = ca.new_intermediate("files test inter", 1).unwrap();
-        let path = dir.path().join("chain.pem");
-        std::fs::write(&path, format!("{}{}", inter.cert_pem(), ca.cert_pem())).unwrap();
-        let certs = read_certificates(&path).unwrap();
-        assert_eq!(certs.len(), 2);
-        let key = dir.path().join("key.pem");
-        std::fs::write(&key, ca.key_pem()).unwrap();
-        assert!(matches!(
-            read_certificates(&key),
-            Err(CertError::NoCertificate)
-        ));
-        assert!(matches!(
-            read_certificates(&dir.path().join("missing.pem")),
-            Err(CertError::Io { .. })
-        ));
     }
 
     #[test]

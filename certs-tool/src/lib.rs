@@ -13,9 +13,6 @@
 //!   intermediates and issues leaf certificates.
 //! - [`issue`]: what a leaf certificate looks like (server, worker) and the
 //!   worker side of the CSR flow ([`create_worker_csr`]).
-//! - [`identity`]: reads the worker identity out of a verified client
-//!   certificate; used by the worker and the orchestrator at run time.
-//! - [`inspect`]: a readable summary of every certificate in a PEM file.
 //! - [`renew`]: a new certificate for an existing key and identity
 //!   (`certs-tool renew`), written atomically.
 //! - [`files`]: writes PEM files, private keys with mode 0600 from the start.
@@ -23,6 +20,10 @@
 //! - [`approver`]: the Ed25519 key pair that signs approvals (`certs-tool
 //!   approver-key`).
 //! - `main.rs`: the `certs-tool` command line, a thin layer over this library.
+//!
+//! The identity rules, PEM reading and certificate inspection it relies on
+//! are [`private_worker_identity`]'s, shared with the worker, the
+//! orchestrator and the tests.
 //!
 //! # What it does not do
 //! It verifies no chains and no signatures at run time (rustls does, during
@@ -37,17 +38,13 @@ pub mod ca;
 pub mod dev;
 mod error;
 pub mod files;
-pub mod identity;
-pub mod inspect;
 pub mod issue;
-mod pem;
 pub mod renew;
 #[cfg(test)]
 mod test_support;
 
 pub use ca::CertificateAuthority;
 pub use error::CertError;
-pub use inspect::{CertInfo, inspect_pem};
 pub use issue::{
     IssuedCert, ServerCertRequest, WorkerCertRequest, WorkerCsr, create_worker_csr,
     validate_identity,

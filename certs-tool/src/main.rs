@@ -10,12 +10,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use certs_tool::dev::{self, DevOptions};
-use certs_tool::files::{read_pem, write_private_key, write_public};
+use certs_tool::files::{write_private_key, write_public};
 use certs_tool::{
     CertError, CertificateAuthority, IssuedCert, ServerCertRequest, WorkerCertRequest,
-    create_worker_csr, inspect_pem,
+    create_worker_csr,
 };
 use clap::{Parser, Subcommand};
+use private_worker_identity::inspect_pem;
+use private_worker_identity::pem::read_pem;
 
 /// Default validity of a root CA, in days (10 years).
 const DEFAULT_ROOT_DAYS: u32 = 3650;
@@ -370,7 +372,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Inspect { file } => {
             let text = read_pem(&file)?;
-            let infos = inspect_pem(&text).map_err(|e| e.in_file(&file))?;
+            let infos = inspect_pem(&text).map_err(|e| CertError::from(e).in_file(&file))?;
             let count = infos.len();
             for (i, info) in infos.iter().enumerate() {
                 if i > 0 {

@@ -21,11 +21,13 @@ use std::path::{Path, PathBuf};
 use rcgen::{KeyPair, PublicKeyData};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::CertError;
 use crate::ca::CertificateAuthority;
-use crate::files::{read_pem, write_public};
-use crate::inspect::inspect_der;
+use crate::files::write_public;
 use crate::issue::{self, ServerCertRequest};
-use crate::{CertError, pem};
+use private_worker_identity::identity::{server_names_from_der, worker_identity_from_der};
+use private_worker_identity::inspect::inspect_der;
+use private_worker_identity::pem::{self, read_pem};
 
 /// What [`renew`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +80,8 @@ pub fn renew(
         return Err(CertError::RenewKeyMismatch);
     }
     let old = inspect_der(&leaf.der)?;
-    let client = old.extended_key_usages.iter().any(|u| u == "clientAuth");
-    let server = old.extended_key_usages.iter().any(|u| u == "serverAuth");
-    let (cert_pem, kind) = if old.uris.len() == 1 && client && !old.is_ca {
-        let identity = old.uris[0].clone();
+    // The identity rules say which kind of certificate it is.
+    let (cert_pem, kind) = if let Ok(identity) = worker_identity_from_der(&leaf.der) {
         // The CSR flow: the key signs the request, the CA checks the
         // signature and decides every usage.
         let csr = issue::worker_params(&identity)?
@@ -90,7 +90,7 @@ pub fn renew(
             .map_err(CertError::Generation)?;
         let cert = ca.sign_worker_csr(&csr, validity_days)?;
         (cert, RenewedKind::Worker(identity))
-    } else if server && !old.is_ca && (!old.dns_names.is_empty() || !old.ip_addresses.is_empty()) {
+    } else if server_names_from_der(&leaf.der).is_ok() {
         let common_name = x509
             .subject()
             .iter_common_name()
@@ -171,8 +171,8 @@ fn temporary_beside(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::worker_identity_from_der;
     use crate::issue::WorkerCertRequest;
+    use private_worker_identity::identity::worker_identity_from_der;
 
     const WORKER: &str = "spiffe://example.org/worker/crm-1";
 
@@ -215,7 +215,7 @@ mod tests {
             renewed.kind,
             RenewedKind::Server(vec!["orchestrator.local".into(), "127.0.0.1".into()])
         );
-        let info = crate::inspect_pem(&renewed.chain_pem).unwrap();
+        let info = private_worker_identity::inspect_pem(&renewed.chain_pem).unwrap();
         assert_eq!(info[0].extended_key_usages, vec!["serverAuth".to_string()]);
         assert_eq!(info[0].serial, renewed.new_serial);
     }

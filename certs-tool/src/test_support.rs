@@ -1,15 +1,13 @@
 //! Chain verification with rustls, for this crate's tests only: the same
-//! verifiers the worker and the orchestrator use during the handshake.
+//! verifiers the worker and the orchestrator use during the handshake
+//! ([`private_worker_identity::tls`]).
 
 use std::sync::Arc;
 
+use private_worker_identity::pem::certificate_blocks;
+use private_worker_identity::tls::{client_verifier, root_store, server_verifier};
 use rustls::RootCertStore;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier;
-use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-
-use crate::pem::certificate_blocks;
 
 fn ders(pem: &str) -> Vec<CertificateDer<'static>> {
     certificate_blocks(pem)
@@ -20,23 +18,13 @@ fn ders(pem: &str) -> Vec<CertificateDer<'static>> {
 }
 
 fn roots(root_pem: &str) -> Arc<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for der in ders(root_pem) {
-        roots.add(der).unwrap();
-    }
-    Arc::new(roots)
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(root_store(ders(root_pem)).unwrap())
 }
 
 /// Verifies `chain_pem` (leaf then intermediates) as a client certificate
 /// against `root_pem` as the only trust anchor.
 pub(crate) fn verify_client(root_pem: &str, chain_pem: &str) -> Result<(), rustls::Error> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(root_pem), provider())
-        .build()
-        .unwrap();
+    let verifier = client_verifier(roots(root_pem), Vec::new()).unwrap();
     let chain = ders(chain_pem);
     verifier
         .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
@@ -49,9 +37,7 @@ pub(crate) fn verify_server(
     chain_pem: &str,
     name: &str,
 ) -> Result<(), rustls::Error> {
-    let verifier = WebPkiServerVerifier::builder_with_provider(roots(root_pem), provider())
-        .build()
-        .unwrap();
+    let verifier = server_verifier(roots(root_pem)).unwrap();
     let chain = ders(chain_pem);
     let name = ServerName::try_from(name.to_string()).unwrap();
     verifier

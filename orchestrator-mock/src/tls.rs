@@ -5,7 +5,7 @@
 //! ([`HANDSHAKE_TIMEOUT`]); the client must present a certificate chaining
 //! to the configured CA (webpki checks the chain and, when present, the
 //! clientAuth EKU), and the leaf must carry a worker identity
-//! ([`certs_tool::identity::worker_identity_from_der`]: one URI SAN,
+//! ([`private_worker_identity::identity::worker_identity_from_der`]: one URI SAN,
 //! clientAuth, not a CA). Connections failing either are dropped with a
 //! warning naming the peer and the reason; nothing of them reaches tonic.
 //! The identity and peer address travel to the service as
@@ -166,7 +166,7 @@ impl CertificateSummary {
     /// # Errors
     /// A message when it does not parse.
     pub fn of_der(der: &[u8]) -> Result<CertificateSummary, String> {
-        let info = certs_tool::inspect::inspect_der(der).map_err(|e| e.with_causes())?;
+        let info = private_worker_identity::inspect::inspect_der(der).map_err(|e| e.to_string())?;
         let not_after = time::OffsetDateTime::parse(
             &info.not_after,
             &time::format_description::well_known::Rfc3339,
@@ -1037,7 +1037,7 @@ async fn authenticate(
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
     let leaf = chain.first().ok_or("no client certificate")?;
-    let identity = certs_tool::identity::worker_identity_from_der(leaf.as_ref())
+    let identity = private_worker_identity::identity::worker_identity_from_der(leaf.as_ref())
         .map_err(|e| format!("client certificate has no worker identity: {e}"))?;
     let cert_serial = CertificateSummary::of_der(leaf.as_ref())
         .map(|c| c.serial)

@@ -38,7 +38,7 @@ fn intermediate(env: &Env) -> CertificateAuthority {
 }
 
 fn serial_of(cert: &Path) -> String {
-    certs_tool::inspect_pem(&std::fs::read_to_string(cert).unwrap()).unwrap()[0]
+    private_worker_identity::inspect_pem(&std::fs::read_to_string(cert).unwrap()).unwrap()[0]
         .serial
         .clone()
 }
@@ -369,8 +369,10 @@ async fn check_prints_the_worker_certificate_serial_and_expiry() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    let info = &certs_tool::inspect_pem(&std::fs::read_to_string(&env.pki.worker_cert).unwrap())
-        .unwrap()[0];
+    let info = &private_worker_identity::inspect_pem(
+        &std::fs::read_to_string(&env.pki.worker_cert).unwrap(),
+    )
+    .unwrap()[0];
     let line = text
         .lines()
         .find(|l| l.contains("tls: certificate"))

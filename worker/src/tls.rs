@@ -42,7 +42,7 @@ pub enum TlsError {
         /// The certificate file.
         path: PathBuf,
         /// Which rule it breaks.
-        source: certs_tool::identity::IdentityError,
+        source: private_worker_identity::identity::IdentityError,
     },
     /// The private key is not the certificate's (for example, one of the
     /// two was replaced and the other not yet): put the matching pair in
@@ -155,7 +155,7 @@ impl CertificateSummary {
     /// # Errors
     /// A message when it does not parse.
     pub fn of_der(der: &[u8]) -> Result<CertificateSummary, String> {
-        let info = certs_tool::inspect::inspect_der(der).map_err(|e| e.with_causes())?;
+        let info = private_worker_identity::inspect::inspect_der(der).map_err(|e| e.to_string())?;
         let not_after = time::OffsetDateTime::parse(
             &info.not_after,
             &time::format_description::well_known::Rfc3339,
@@ -268,12 +268,12 @@ fn build_material(files: &TlsFiles, bytes: &FileBytes) -> Result<(Material, Stri
         })?;
     }
     let chain = parse_certs(&files.cert, &bytes.cert)?;
-    let identity = certs_tool::identity::worker_identity_from_der(&chain[0]).map_err(|source| {
-        TlsError::Identity {
+    let identity = private_worker_identity::identity::worker_identity_from_der(&chain[0]).map_err(
+        |source| TlsError::Identity {
             path: files.cert.clone(),
             source,
-        }
-    })?;
+        },
+    )?;
     let summary = CertificateSummary::of_der(&chain[0]).map_err(|message| TlsError::File {
         path: files.cert.clone(),
         message,

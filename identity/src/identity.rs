@@ -1,11 +1,15 @@
-//! Reading a peer's identity out of its certificate.
+//! The identity rules: which certificate names a worker, which serves the
+//! orchestrator.
 //!
 //! Both sides of the stream use this: the orchestrator to learn which worker
 //! connected (from the client certificate, never from anything the worker
 //! says), the worker to learn its own identity for audit records and to check
-//! its certificate before it dials. It does not verify signatures or chains:
-//! rustls does that during the handshake; this only inspects a certificate
-//! that has already been verified (or that the caller is about to present).
+//! its certificate before it dials, certs-tool to tell a worker certificate
+//! from a server certificate when it renews one. It does not verify
+//! signatures or chains: rustls does that during the handshake; this only
+//! inspects a certificate that has already been verified (or that the caller
+//! is about to present). It does not decide which identities are admitted
+//! (the orchestrator's `[admission]` does).
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -35,6 +39,12 @@ pub enum IdentityError {
     /// The certificate lacks the clientAuth extended key usage.
     #[error("certificate lacks the clientAuth extended key usage")]
     NoClientAuth,
+    /// The certificate lacks the serverAuth extended key usage.
+    #[error("certificate lacks the serverAuth extended key usage")]
+    NoServerAuth,
+    /// The certificate names no DNS name and no IP address.
+    #[error("certificate has no DNS name or IP address SAN; a server certificate names its hosts")]
+    NoServerName,
 }
 
 /// Returns the worker identity (its single URI SAN) of a client certificate.
@@ -64,6 +74,31 @@ pub fn worker_identity_from_der(der: &[u8]) -> Result<String, IdentityError> {
         1 => Ok(uris.into_iter().next().unwrap_or_default()),
         n => Err(IdentityError::SeveralUriSans(n)),
     }
+}
+
+/// Returns the host names (DNS SANs, then IP address SANs as text) of an
+/// orchestrator server certificate.
+///
+/// The certificate must not be a CA, must list `serverAuth` in its extended
+/// key usages and must name at least one DNS name or IP address.
+///
+/// # Errors
+/// [`IdentityError`] names the first rule the certificate breaks.
+pub fn server_names_from_der(der: &[u8]) -> Result<Vec<String>, IdentityError> {
+    let info =
+        crate::inspect::inspect_der(der).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+    if info.is_ca {
+        return Err(IdentityError::IsCa);
+    }
+    if !info.extended_key_usages.iter().any(|u| u == "serverAuth") {
+        return Err(IdentityError::NoServerAuth);
+    }
+    let mut names = info.dns_names;
+    names.extend(info.ip_addresses);
+    if names.is_empty() {
+        return Err(IdentityError::NoServerName);
+    }
+    Ok(names)
 }
 
 fn uri_sans(cert: &X509Certificate<'_>) -> Result<Vec<String>, IdentityError> {

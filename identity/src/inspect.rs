@@ -1,19 +1,29 @@
-//! A readable summary of certificates, for people and for tests.
+//! What a certificate says about itself, for people, for status and for
+//! tests.
 //!
 //! [`inspect_pem`] parses every `CERTIFICATE` block of a PEM text into a
-//! [`CertInfo`]: names, usages, validity and fingerprint. It verifies
-//! nothing (no signature, no chain, no expiry check): it reports what the
-//! certificate says, so an operator can compare it with what they expect.
+//! [`CertInfo`]: names, usages, validity and fingerprint (`certs-tool
+//! inspect` prints it). [`CertificateSummary`] is the brief form, serial
+//! and expiry, that the worker and the orchestrator show in status,
+//! `--check` and their rotation logs. It verifies nothing (no signature, no
+//! chain, no expiry check): it reports what the certificate says, so an
+//! operator can compare it with what they expect.
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::ca::rfc3339;
-use crate::{CertError, pem};
+use crate::pem::{self, PemError};
+
+/// `t` as RFC 3339 (`2026-11-25T22:41:40Z`).
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
 
 /// What one certificate says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +58,9 @@ pub struct CertInfo {
 /// Parses every `CERTIFICATE` block of `pem_text`, in order.
 ///
 /// # Errors
-/// [`CertError::NoCertificate`] if there is none;
-/// [`CertError::MalformedCertificate`] if a block does not parse.
-pub fn inspect_pem(pem_text: &str) -> Result<Vec<CertInfo>, CertError> {
+/// [`PemError::NoCertificate`] if there is none;
+/// [`PemError::MalformedCertificate`] if a block does not parse.
+pub fn inspect_pem(pem_text: &str) -> Result<Vec<CertInfo>, PemError> {
     pem::certificate_blocks(pem_text)?
         .iter()
         .map(|block| inspect_der(&block.der))
@@ -60,9 +70,9 @@ pub fn inspect_pem(pem_text: &str) -> Result<Vec<CertInfo>, CertError> {
 /// Summarises one DER certificate.
 ///
 /// # Errors
-/// [`CertError::MalformedCertificate`] if it does not parse.
-pub fn inspect_der(der: &[u8]) -> Result<CertInfo, CertError> {
-    let malformed = |e: &dyn fmt::Display| CertError::MalformedCertificate(e.to_string());
+/// [`PemError::MalformedCertificate`] if it does not parse.
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo, PemError> {
+    let malformed = |e: &dyn fmt::Display| PemError::MalformedCertificate(e.to_string());
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| malformed(&e))?;
 
     let mut dns_names = Vec::new();
@@ -132,6 +142,41 @@ pub fn inspect_der(der: &[u8]) -> Result<CertInfo, CertError> {
         not_after: rfc3339(cert.validity().not_after.to_datetime()),
         sha256_fingerprint: fingerprint(der),
     })
+}
+
+/// The certificate a TLS peer presents, in brief: what status, `--check`
+/// and the rotation logs of both ends show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// Serial number, hex bytes separated by colons (as `certs-tool
+    /// inspect` prints it).
+    pub serial: String,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// End of validity, RFC 3339.
+    pub not_after_rfc3339: String,
+}
+
+impl CertificateSummary {
+    /// Summarises a DER certificate.
+    ///
+    /// # Errors
+    /// A message when it does not parse.
+    pub fn of_der(der: &[u8]) -> Result<CertificateSummary, String> {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| PemError::MalformedCertificate(e.to_string()).to_string())?;
+        let not_after = cert.validity().not_after.to_datetime();
+        Ok(CertificateSummary {
+            serial: cert.raw_serial_as_string(),
+            not_after: not_after.into(),
+            not_after_rfc3339: rfc3339(not_after),
+        })
+    }
+
+    /// How long until it expires (zero once it has).
+    pub fn expires_in(&self, now: SystemTime) -> Duration {
+        self.not_after.duration_since(now).unwrap_or_default()
+    }
 }
 
 fn ip_to_string(bytes: &[u8]) -> String {
@@ -243,11 +288,26 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_gives_the_serial_and_expiry_inspect_gives() {
+        let info = &inspect_pem(KNOWN).unwrap()[0];
+        let der = &pem::certificate_blocks(KNOWN).unwrap()[0].der;
+        let summary = CertificateSummary::of_der(der).unwrap();
+        assert_eq!(summary.serial, info.serial);
+        assert_eq!(summary.not_after_rfc3339, info.not_after);
+        assert!(summary.expires_in(summary.not_after).is_zero());
+        assert_eq!(
+            summary.expires_in(summary.not_after - Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        assert!(CertificateSummary::of_der(b"not der").is_err());
+    }
+
+    #[test]
     fn a_corrupt_certificate_is_reported_as_malformed() {
         let corrupt = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(
             inspect_pem(corrupt),
-            Err(CertError::MalformedCertificate(_))
+            Err(PemError::MalformedCertificate(_))
         ));
     }
 }
