@@ -334,7 +334,15 @@ pub async fn submit_plan(
         .map(|s| s.deadline.clone())
         .collect();
     let view = app
-        .change(|state| Ok(state.submit_traced(request.name, steps, deadlines, traceparent)))
+        .change(|state| {
+            Ok(state.submit_as(
+                request.name,
+                steps,
+                deadlines,
+                traceparent,
+                Some(caller.to_string()).filter(|c| c != "-"),
+            ))
+        })
         .await?;
     match decision {
         crate::policy::Decision::Auto => Ok(auto_approve(app, view).await),

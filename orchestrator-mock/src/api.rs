@@ -117,6 +117,11 @@ pub struct PlanView {
     /// `None` only for a plan stored before trace context existed.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The name of the admin token that submitted it (an agent's token
+    /// through `/mcp` or `POST /v1/plans`); `None` for plans stored before
+    /// it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 /// One step of a [`PlanView`].

@@ -274,6 +274,7 @@ mod tests {
             created_at: String::new(),
             cancel_requested: false,
             traceparent: None,
+            submitted_by: None,
             steps: tasks
                 .iter()
                 .enumerate()

@@ -384,6 +384,19 @@ impl State {
         deadlines: Vec<Option<String>>,
         traceparent: Option<TraceParent>,
     ) -> PlanView {
+        self.submit_as(name, steps, deadlines, traceparent, None)
+    }
+
+    /// [`State::submit_traced`] recording the name of the admin token that
+    /// submitted the plan (shown as `submitted_by`).
+    pub fn submit_as(
+        &mut self,
+        name: Option<String>,
+        steps: Vec<ResolvedStep>,
+        deadlines: Vec<Option<String>>,
+        traceparent: Option<TraceParent>,
+        submitted_by: Option<String>,
+    ) -> PlanView {
         let id = new_id();
         let traceparent = traceparent.unwrap_or_else(TraceParent::new_trace);
         let steps: Vec<StepRecord> = steps
@@ -427,6 +440,7 @@ impl State {
             steps,
             cancel_from: None,
             traceparent: Some(traceparent),
+            submitted_by,
         };
         tracing::info!(plan_id = %id, steps = plan.steps.len(), trace_id = %traceparent.trace_id(), "plan submitted; waiting for approval");
         self.plans.insert(id.clone(), plan);
@@ -476,6 +490,7 @@ impl State {
             steps,
             cancel_requested: plan.cancel_from.is_some() && !plan.status.is_finished(),
             traceparent: plan.traceparent.map(|t| t.to_string()),
+            submitted_by: plan.submitted_by.clone(),
         })
     }
 
@@ -1399,6 +1414,7 @@ fn unreachable_view(id: &str) -> PlanView {
         steps: Vec::new(),
         cancel_requested: false,
         traceparent: None,
+        submitted_by: None,
     }
 }
 

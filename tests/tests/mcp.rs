@@ -332,6 +332,7 @@ async fn a_human_task_answers_pending_approval_and_after_a_signed_approval_its_r
     // The person reviews the plan the agent proposed and signs it.
     let plan = w.env.admin.plan(&plan_id).await.unwrap();
     assert_eq!(plan.status, PlanStatus::PendingApproval);
+    assert_eq!(plan.submitted_by.as_deref(), Some("agent-1"), "{plan:#?}");
     assert_eq!(
         plan.steps[0].inputs,
         json!({"title": "printer on fire", "priority": 2})

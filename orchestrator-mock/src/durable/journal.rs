@@ -254,6 +254,7 @@ mod tests {
             created_at: String::new(),
             steps: Vec::new(),
             cancel_from: None,
+            submitted_by: None,
             traceparent: None,
         }))
     }

@@ -81,6 +81,10 @@ pub struct PlanRecord {
     /// `None` in records written before it existed.
     #[serde(default)]
     pub traceparent: Option<private_worker_proto::trace::TraceParent>,
+    /// The name of the admin token that submitted the plan; `None` in
+    /// records written before it was kept.
+    #[serde(default)]
+    pub submitted_by: Option<String>,
 }
 
 /// One step as stored.
@@ -146,6 +150,7 @@ impl Change {
             steps: Vec::new(),
             cancel_from: plan.cancel_from,
             traceparent: plan.traceparent,
+            submitted_by: plan.submitted_by.clone(),
         }))
     }
 

@@ -166,6 +166,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             steps: Vec::new(),
             cancel_from: None,
+            submitted_by: Some("agent-1".into()),
             // Stored with the plan's own row: it survives reopening.
             traceparent: Some(
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
