@@ -10,7 +10,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::config::{Config, KeyVaultAuthSettings};
+use crate::config::Config;
+use crate::secrets::keyvault::KeyVaultAuthSettings;
 use crate::secrets::{SecretRef, Secrets};
 
 /// The result of a check: one line per item, and whether all passed.
@@ -147,7 +148,7 @@ pub async fn check(config: &Config) -> CheckReport {
         .filter_map(|t| t.executor.secret().cloned())
         .collect();
     let mut keyvault_broken = false;
-    let secrets = match Secrets::from_config(config) {
+    let secrets = match Secrets::new(config.keyvault.as_ref(), config.secret_refs()) {
         Ok(secrets) => {
             if let Some(kv) = &config.keyvault {
                 report.item(

@@ -7,25 +7,30 @@
 //! the host, secret references parse). It reports every problem at once,
 //! each with its path in the file (`tasks.crm.create_ticket.input_schema: ...`).
 //!
-//! The optional `[keyvault]` section ([`KeyVaultSettings`]) says how the
-//! worker reaches Azure Key Vault: the credential type (explicit; there is
-//! no default chain), cache TTL, request timeout, retries and retry budget.
-//! A `keyvault://` reference without that section is reported here.
+//! The types it assembles belong to the modules that use them: the
+//! `[keyvault]` section is validated by its owner
+//! ([`KeyVaultSettings::from_section`], defaults included) and only
+//! prefixed here; `[orchestrator] proxy` by [`ProxySettings::from_raw`]; an
+//! HTTP task's call is checked here into the executor's
+//! [`HttpExecutorConfig`] and [`AuthConfig`]; secret references parse as
+//! [`SecretRef`]. Problems across parts (a `keyvault://` reference without
+//! a `[keyvault]` section) are found here. Nothing under `executor` or
+//! `secrets` imports this module.
 //!
 //! It does not open TLS files or resolve secrets: [`crate::check`] does that
 //! for `--check`, and the worker does it at start-up.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::executor::http::{HttpExecutorConfig, UrlTemplate};
+use crate::executor::http::{AuthConfig, HttpExecutorConfig, UrlTemplate};
 use crate::proxy::ProxySettings;
 use crate::secrets::SecretRef;
+use crate::secrets::keyvault::{KeyVaultSection, KeyVaultSettings};
 
 /// Default number of tasks the worker runs at once.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
@@ -45,14 +50,6 @@ pub const MAX_DRAIN_GRACE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_millis(200);
 /// Default longest reconnect delay.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// Default time a value read from Key Vault is reused before it is read again.
-pub const DEFAULT_KEYVAULT_CACHE_TTL: Duration = Duration::from_secs(300);
-/// Default limit for one HTTP try to Key Vault or the token endpoint.
-pub const DEFAULT_KEYVAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default number of retries after the first try (transport errors, 408, 429, 5xx).
-pub const DEFAULT_KEYVAULT_MAX_RETRIES: u32 = 2;
-/// Default limit for one credential load, tries and waits included.
-pub const DEFAULT_KEYVAULT_RETRY_BUDGET: Duration = Duration::from_secs(10);
 /// Default longest approval window accepted (`approvals.max_validity`).
 pub const DEFAULT_APPROVAL_MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Default clock skew allowed at both ends of an approval window.
@@ -68,8 +65,6 @@ pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_STATUS_FILE_NAME: &str = "status.json";
 /// Shortest `tls.reload_interval` accepted.
 pub const MIN_TLS_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
-/// Highest `keyvault.max_retries` accepted.
-pub const MAX_KEYVAULT_RETRIES: u32 = 10;
 
 /// The validated worker configuration.
 #[derive(Debug, Clone)]
@@ -148,76 +143,6 @@ pub struct ApproverKey {
     /// for read-only tasks); an approval by it for another task is refused
     /// (`approval_key_not_for_task`). `None`: every task.
     pub tasks: Option<Vec<String>>,
-}
-
-/// The validated `[keyvault]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyVaultSettings {
-    /// How the worker gets Entra ID tokens for Key Vault.
-    pub auth: KeyVaultAuthSettings,
-    /// How long a value read from the vault is reused; zero disables the cache.
-    pub cache_ttl: Duration,
-    /// Limit for one HTTP try, connect to last byte.
-    pub request_timeout: Duration,
-    /// Retries after the first try (transport errors, 408, 429, 5xx; never
-    /// 401, 403, 404).
-    pub max_retries: u32,
-    /// Limit for one load, tries and waits (Retry-After included).
-    pub retry_budget: Duration,
-    /// An extra trust anchor (PEM) for the vault and the token endpoint,
-    /// resolved against the config file's directory.
-    pub ca_cert: Option<PathBuf>,
-    /// Entra authority for client-secret and workload-identity tokens
-    /// (sovereign clouds, tests); `None` for the public cloud.
-    pub authority_host: Option<url::Url>,
-    /// Host names pinned to addresses instead of DNS.
-    pub resolve: BTreeMap<String, SocketAddr>,
-    /// Require the vault's host to lie under the domain of the resource in
-    /// its authentication challenge. Keep it on.
-    pub verify_challenge_resource: bool,
-    /// `proxy = "http://host:port"`: the HTTP proxy for requests to the
-    /// vault and to Entra ID (`host:port`); `None`: direct. Never taken from
-    /// the environment, and never used for the managed-identity endpoint.
-    pub proxy: Option<String>,
-}
-
-/// `keyvault.auth`: which credential, chosen explicitly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyVaultAuthSettings {
-    /// `{ type = "managed_identity", client_id? }`: the VM's (or App
-    /// Service's) managed identity; `client_id` picks a user-assigned one.
-    ManagedIdentity {
-        /// Client id of a user-assigned identity.
-        client_id: Option<String>,
-    },
-    /// `{ type = "workload_identity", tenant_id?, client_id?, token_file? }`:
-    /// AKS workload identity; missing values come from `AZURE_TENANT_ID`,
-    /// `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`.
-    WorkloadIdentity {
-        /// Tenant id.
-        tenant_id: Option<String>,
-        /// Application (client) id.
-        client_id: Option<String>,
-        /// The projected service-account token file.
-        token_file: Option<PathBuf>,
-    },
-    /// `{ type = "client_secret", tenant_id, client_id, secret }`: a service
-    /// principal (hosts outside Azure); `secret` is an `env://` or `file://`
-    /// reference, never the value.
-    ClientSecret {
-        /// Tenant id.
-        tenant_id: String,
-        /// Application (client) id.
-        client_id: String,
-        /// Where the client secret is.
-        secret: SecretRef,
-    },
-    /// `{ type = "azure_cli", tenant_id? }`: the `az login` session of a
-    /// developer's laptop.
-    AzureCli {
-        /// Tenant to request tokens from.
-        tenant_id: Option<String>,
-    },
 }
 
 /// Where and how to reach the orchestrator.
@@ -350,7 +275,7 @@ struct RawConfig {
     worker: RawWorker,
     #[serde(default)]
     tasks: BTreeMap<String, RawTask>,
-    keyvault: Option<RawKeyVault>,
+    keyvault: Option<KeyVaultSection>,
     approvals: Option<RawApprovals>,
     metrics: Option<RawMetrics>,
 }
@@ -381,46 +306,6 @@ struct RawApproverKey {
     public_key: PathBuf,
     #[serde(default)]
     tasks: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKeyVault {
-    auth: Option<RawKeyVaultAuth>,
-    #[serde(default, with = "humantime_serde")]
-    cache_ttl: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    request_timeout: Option<Duration>,
-    max_retries: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    retry_budget: Option<Duration>,
-    ca_cert: Option<PathBuf>,
-    authority_host: Option<String>,
-    #[serde(default)]
-    resolve: BTreeMap<String, String>,
-    verify_challenge_resource: Option<bool>,
-    proxy: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
-enum RawKeyVaultAuth {
-    ManagedIdentity {
-        client_id: Option<String>,
-    },
-    WorkloadIdentity {
-        tenant_id: Option<String>,
-        client_id: Option<String>,
-        token_file: Option<PathBuf>,
-    },
-    ClientSecret {
-        tenant_id: String,
-        client_id: String,
-        secret: String,
-    },
-    AzureCli {
-        tenant_id: Option<String>,
-    },
 }
 
 #[derive(Deserialize, Default)]
@@ -502,33 +387,13 @@ enum RawAuth {
     Header { name: String, secret: String },
 }
 
-/// How a credential is put on the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthConfig {
-    /// `Authorization: Bearer <secret>`.
-    Bearer {
-        /// Where the secret comes from.
-        secret: SecretRef,
-    },
-    /// `<name>: <secret>`.
-    Header {
-        /// Header name.
-        name: http::HeaderName,
-        /// Where the secret comes from.
-        secret: SecretRef,
-    },
-}
-
-impl AuthConfig {
-    /// The secret this injection needs.
-    pub fn secret(&self) -> &SecretRef {
-        match self {
-            AuthConfig::Bearer { secret } | AuthConfig::Header { secret, .. } => secret,
-        }
-    }
-}
-
 impl Config {
+    /// Every credential the allowed tasks name (a task without one names
+    /// none), for [`crate::secrets::Secrets::new`].
+    pub fn secret_refs(&self) -> impl Iterator<Item = &SecretRef> {
+        self.tasks.values().filter_map(|t| t.executor.secret())
+    }
+
     /// Reads and validates the config file at `path`.
     ///
     /// # Errors
@@ -726,9 +591,16 @@ impl Config {
                 explicit => task.require_approval = explicit.unwrap_or(!approvals.keys.is_empty()),
             }
         }
-        let keyvault = raw
-            .keyvault
-            .and_then(|kv| validate_keyvault(kv, base, &mut problems));
+        let keyvault = raw.keyvault.and_then(|section| {
+            KeyVaultSettings::from_section(section, base, crate::proxy::parse_proxy_url)
+                .map_err(|found| {
+                    problems.extend(found.into_iter().map(|(key, message)| ConfigProblem {
+                        path: format!("keyvault.{key}"),
+                        message,
+                    }))
+                })
+                .ok()
+        });
         if keyvault.is_none() {
             for (name, task) in &tasks {
                 if task.executor.secret().is_some_and(SecretRef::is_keyvault) {
@@ -894,165 +766,6 @@ fn validate_approvals(
 enum ParseFailure {
     Syntax(String),
     Invalid(Vec<ConfigProblem>),
-}
-
-/// Validates `[keyvault]`; `None` (with problems pushed) when it is invalid.
-fn validate_keyvault(
-    raw: RawKeyVault,
-    base: &Path,
-    problems: &mut Vec<ConfigProblem>,
-) -> Option<KeyVaultSettings> {
-    let before = problems.len();
-    let mut problem = |path: &str, message: String| {
-        problems.push(ConfigProblem {
-            path: format!("keyvault.{path}"),
-            message,
-        });
-    };
-    let mut id = |path: &str, value: &Option<String>| {
-        if let Some(v) = value
-            && (v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_whitespace()))
-        {
-            problem(path, format!("`{v}` is not a tenant or client id"));
-        }
-    };
-    let auth = match raw.auth {
-        None => {
-            problem(
-                "auth",
-                "missing; name the credential explicitly, e.g. auth = { type = \"managed_identity\" } on an Azure VM"
-                    .into(),
-            );
-            None
-        }
-        Some(RawKeyVaultAuth::ManagedIdentity { client_id }) => {
-            id("auth.client_id", &client_id);
-            Some(KeyVaultAuthSettings::ManagedIdentity { client_id })
-        }
-        Some(RawKeyVaultAuth::WorkloadIdentity {
-            tenant_id,
-            client_id,
-            token_file,
-        }) => {
-            id("auth.tenant_id", &tenant_id);
-            id("auth.client_id", &client_id);
-            Some(KeyVaultAuthSettings::WorkloadIdentity {
-                tenant_id,
-                client_id,
-                token_file: token_file.map(|p| base.join(p)),
-            })
-        }
-        Some(RawKeyVaultAuth::AzureCli { tenant_id }) => {
-            id("auth.tenant_id", &tenant_id);
-            Some(KeyVaultAuthSettings::AzureCli { tenant_id })
-        }
-        Some(RawKeyVaultAuth::ClientSecret {
-            tenant_id,
-            client_id,
-            secret,
-        }) => {
-            id("auth.tenant_id", &Some(tenant_id.clone()));
-            id("auth.client_id", &Some(client_id.clone()));
-            match secret.parse::<SecretRef>() {
-                Ok(SecretRef::KeyVault { .. }) => {
-                    problem(
-                        "auth.secret",
-                        "the client secret must come from env:// or file://, not from Key Vault itself".into(),
-                    );
-                    None
-                }
-                Ok(secret) => Some(KeyVaultAuthSettings::ClientSecret {
-                    tenant_id,
-                    client_id,
-                    secret,
-                }),
-                Err(_) => {
-                    // Never echo the text: it may be the secret written inline.
-                    problem(
-                        "auth.secret",
-                        "must be an env://NAME or file:///path reference; the secret itself never goes in the config".into(),
-                    );
-                    None
-                }
-            }
-        }
-    };
-    let cache_ttl = raw.cache_ttl.unwrap_or(DEFAULT_KEYVAULT_CACHE_TTL);
-    let request_timeout = raw
-        .request_timeout
-        .unwrap_or(DEFAULT_KEYVAULT_REQUEST_TIMEOUT);
-    if request_timeout.is_zero() {
-        problem("request_timeout", "must be above zero".into());
-    }
-    let max_retries = raw.max_retries.unwrap_or(DEFAULT_KEYVAULT_MAX_RETRIES);
-    if max_retries > MAX_KEYVAULT_RETRIES {
-        problem(
-            "max_retries",
-            format!("{max_retries} is out of range; use 0..={MAX_KEYVAULT_RETRIES}"),
-        );
-    }
-    let retry_budget = raw.retry_budget.unwrap_or(DEFAULT_KEYVAULT_RETRY_BUDGET);
-    if retry_budget < request_timeout {
-        problem(
-            "retry_budget",
-            "must be at least keyvault.request_timeout (one whole try)".into(),
-        );
-    }
-    let authority_host = match raw.authority_host {
-        None => None,
-        Some(text) => match url::Url::parse(&text) {
-            Ok(url) if url.scheme() == "https" && url.host().is_some() => Some(url),
-            _ => {
-                problem(
-                    "authority_host",
-                    format!(
-                        "`{text}` is not an https:// URL (e.g. https://login.microsoftonline.us)"
-                    ),
-                );
-                None
-            }
-        },
-    };
-    let mut resolve = BTreeMap::new();
-    for (host, addr) in raw.resolve {
-        let host_ok = !host.is_empty()
-            && host.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        match addr.parse::<SocketAddr>() {
-            Ok(addr) if host_ok => {
-                resolve.insert(host.to_ascii_lowercase(), addr);
-            }
-            Ok(_) => problem(&format!("resolve.{host}"), "not a host name".into()),
-            Err(_) => problem(
-                &format!("resolve.{host}"),
-                format!("`{addr}` is not ip:port (e.g. \"10.0.0.5:443\")"),
-            ),
-        }
-    }
-    let proxy = match raw.proxy.as_deref() {
-        None => None,
-        Some(text) => match crate::proxy::parse_proxy_url(text) {
-            Ok(authority) => Some(authority),
-            Err(message) => {
-                problem("proxy", message);
-                None
-            }
-        },
-    };
-    let settings = KeyVaultSettings {
-        auth: auth?,
-        cache_ttl,
-        request_timeout,
-        max_retries,
-        retry_budget,
-        ca_cert: raw.ca_cert.map(|p| base.join(p)),
-        authority_host,
-        resolve,
-        verify_challenge_resource: raw.verify_challenge_resource.unwrap_or(true),
-        proxy,
-    };
-    (problems.len() == before).then_some(settings)
 }
 
 fn validate_task(name: &str, raw: RawTask, at: &str) -> Result<TaskConfig, Vec<ConfigProblem>> {
@@ -1366,6 +1079,10 @@ fn validate_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::keyvault::{
+        DEFAULT_KEYVAULT_CACHE_TTL, DEFAULT_KEYVAULT_MAX_RETRIES, DEFAULT_KEYVAULT_REQUEST_TIMEOUT,
+        DEFAULT_KEYVAULT_RETRY_BUDGET, KeyVaultAuthSettings,
+    };
 
     const GOOD: &str = r#"
         [orchestrator]
@@ -1635,7 +1352,7 @@ mod tests {
         assert_eq!(kv.ca_cert, Some(PathBuf::from("/etc/pw/kv-ca.pem")));
         assert_eq!(
             kv.resolve["myvault.vault.test"],
-            "127.0.0.1:8443".parse::<SocketAddr>().unwrap()
+            "127.0.0.1:8443".parse::<std::net::SocketAddr>().unwrap()
         );
     }
 

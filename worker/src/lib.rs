@@ -144,7 +144,7 @@ pub fn build(config: Config) -> Result<Worker, StartError> {
     let allowlist = Arc::new(task::Allowlist::new(&config).map_err(StartError::Schema)?);
     let runner = task::Runner::new(
         allowlist,
-        secrets::Secrets::from_config(&config)?,
+        secrets::Secrets::new(config.keyvault.as_ref(), config.secret_refs())?,
         executor::http::HttpExecutor::new()?,
         audit,
         journal,

@@ -25,9 +25,8 @@ use serde_json::{Map, Value};
 use private_worker_proto::trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceParent};
 
 use super::{ErrorCode, Execution, TaskError};
-use crate::config::AuthConfig;
-use crate::secrets::SecretValue;
 use crate::secrets::mask::Masker;
+use crate::secrets::{SecretRef, SecretValue};
 
 /// Characters left as they are in a substituted value: RFC 3986 unreserved.
 const VALUE_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -53,6 +52,32 @@ pub struct HttpExecutorConfig {
     pub auth: Option<AuthConfig>,
     /// Longest response body kept; longer bodies are cut and marked.
     pub max_response_bytes: usize,
+}
+
+/// How a credential is put on the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// `Authorization: Bearer <secret>`.
+    Bearer {
+        /// Where the secret comes from.
+        secret: SecretRef,
+    },
+    /// `<name>: <secret>`.
+    Header {
+        /// Header name.
+        name: http::HeaderName,
+        /// Where the secret comes from.
+        secret: SecretRef,
+    },
+}
+
+impl AuthConfig {
+    /// The secret this injection needs.
+    pub fn secret(&self) -> &SecretRef {
+        match self {
+            AuthConfig::Bearer { secret } | AuthConfig::Header { secret, .. } => secret,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

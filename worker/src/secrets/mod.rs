@@ -296,17 +296,15 @@ pub fn load_local_now(reference: &SecretRef) -> Result<SecretValue, SecretError>
     Ok(value)
 }
 
-/// Reads every `env://` and `file://` credential the config's tasks name,
-/// only so that [`mask`] knows them from the start: an error message or a
-/// log line about a task refused before its credential was loaded (or an
-/// output of another task) is masked too. A value that cannot be read is
-/// skipped here; the task that needs it fails as before. Key Vault values
-/// are known once fetched.
-fn remember_local_values(config: &crate::config::Config) {
-    for task in config.tasks.values() {
-        if let Some(reference) = task.executor.secret()
-            && !reference.is_keyvault()
-        {
+/// Reads every `env://` and `file://` credential among `references` (the
+/// ones the config's tasks name), only so that [`mask`] knows them from the
+/// start: an error message or a log line about a task refused before its
+/// credential was loaded (or an output of another task) is masked too. A
+/// value that cannot be read is skipped here; the task that needs it fails
+/// as before. Key Vault values are known once fetched.
+fn remember_local_values<'a>(references: impl IntoIterator<Item = &'a SecretRef>) {
+    for reference in references {
+        if !reference.is_keyvault() {
             let _ = load_local_now(reference);
         }
     }
@@ -334,17 +332,23 @@ impl Default for Secrets {
 
 impl Secrets {
     /// The sources a config asks for: environment and files always, Key
-    /// Vault when the config has a `[keyvault]` section. Builds the Key
-    /// Vault credential and HTTP client (no network traffic yet).
+    /// Vault when `keyvault` (the config's `[keyvault]` section) is given.
+    /// `references` are the credentials the config's tasks name: the local
+    /// ones are read once now so that [`mask`] knows them from the start.
+    /// Builds the Key Vault credential and HTTP client (no network traffic
+    /// yet).
     ///
     /// # Errors
     /// [`SecretError`] when the `[keyvault]` settings cannot be turned into
     /// a client: the CA file is unreadable, the client secret cannot be
     /// loaded, or the SDK refuses the credential options.
-    pub fn from_config(config: &crate::config::Config) -> Result<Self, SecretError> {
-        remember_local_values(config);
+    pub fn new<'a>(
+        keyvault: Option<&keyvault::KeyVaultSettings>,
+        references: impl IntoIterator<Item = &'a SecretRef>,
+    ) -> Result<Self, SecretError> {
+        remember_local_values(references);
         let mut secrets = Secrets::default();
-        if let Some(settings) = &config.keyvault {
+        if let Some(settings) = keyvault {
             let kv_config = keyvault::KeyVaultConfig::from_settings(settings)?;
             secrets.keyvault = Some(Arc::new(KeyVaultSource::new(kv_config)?));
         }
