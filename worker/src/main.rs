@@ -11,18 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 /// The private worker: dials out to the orchestrator and runs locally allowed tasks.
 #[derive(Parser)]
-#[command(version, about, subcommand_negates_reqs = true)]
+#[command(version, about)]
 struct Cli {
     /// What to do instead of running the worker.
     #[command(subcommand)]
     command: Option<Command>,
     /// Path of the worker's TOML config.
-    #[arg(
-        long,
-        short,
-        env = "PRIVATE_WORKER_CONFIG",
-        required_unless_present = "verify_audit"
-    )]
+    #[arg(long, short, env = "PRIVATE_WORKER_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Verify an audit log in the contract's record form (this worker's, or
     /// one written by any other implementation), print where its chain
@@ -57,9 +52,6 @@ enum Command {
         /// /etc/private-worker/worker.toml).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// The worker's config, to find its status file.
-        #[arg(long, short, env = "PRIVATE_WORKER_CONFIG")]
-        config: Option<PathBuf>,
     },
 }
 
@@ -90,11 +82,13 @@ fn main() -> ExitCode {
     if let Some(log) = &cli.verify_audit {
         return verify_audit(log);
     }
-    if let Some(Command::Status { json, file, config }) = &cli.command {
-        return status(*json, file.as_deref(), config.as_deref());
+    if let Some(Command::Status { json, file }) = &cli.command {
+        return status(*json, file.as_deref(), cli.config.as_deref());
     }
     let Some(config_path) = &cli.config else {
-        eprintln!("error: --config is required");
+        eprintln!(
+            "error: --config FILE (or PRIVATE_WORKER_CONFIG) is required to run the worker; see --help"
+        );
         return ExitCode::from(2);
     };
     let config = match private_worker::Config::load(config_path) {
@@ -243,5 +237,28 @@ fn status(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn status_takes_the_config_before_or_after_the_subcommand() {
+        for args in [
+            ["private-worker", "--config", "w.toml", "status"],
+            ["private-worker", "status", "--config", "w.toml"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("w.toml")));
+            assert!(matches!(cli.command, Some(Command::Status { .. })));
+        }
     }
 }

@@ -394,6 +394,20 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         if leaked { "APPEARS" } else { "appears nowhere" }
     );
 
+    // What an operator on the worker host sees, without any inbound port.
+    let status = std::process::Command::new(binary("private-worker"))
+        .args(["status", "--config"])
+        .arg(&worker_config)
+        .output()
+        .context("run private-worker status")?;
+    println!(
+        "\n$ private-worker status --config worker.toml   (exit {}; read from the status file the worker writes)",
+        status.status.code().unwrap_or(-1)
+    );
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("  {line}");
+    }
+
     // Stop everything: the worker drains first.
     let code = worker.terminate(Duration::from_secs(15));
     orchestrator.terminate(Duration::from_secs(10));

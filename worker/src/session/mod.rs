@@ -322,7 +322,11 @@ impl Worker {
                 Ok(()) => return self.stopped(),
                 Err(e) => e,
             };
-            self.status.disconnected(&error.to_string());
+            // A rotation's roll-over is not a loss: the next dial follows at
+            // once, and a failure there reports itself.
+            if !matches!(error, SessionError::Rotated { .. }) {
+                self.status.disconnected(&error.to_string());
+            }
             if classify(&error) == Disposition::Fatal {
                 return self.fail(error, &shutdown).await;
             }
@@ -576,7 +580,15 @@ impl Worker {
         let done_tx = self.done_tx.clone();
         let status = self.status.clone();
         let began = Instant::now();
-        let span = assignment.span();
+        // A new assignment arrives inside its own task span (stream.rs
+        // enters it, under the session's): keep that one rather than
+        // nesting a second copy of the same fields.
+        let current = tracing::Span::current();
+        let span = if current.metadata().is_some_and(|m| m.name() == "task") {
+            current
+        } else {
+            assignment.span()
+        };
         let key: AttemptKey = (assignment.task_id.clone(), assignment.attempt);
         tokio::spawn(
             async move {

@@ -72,6 +72,17 @@ fn now_text() -> String {
     report::format_time(SystemTime::now())
 }
 
+/// Longest text from the wire the status keeps (a peer's session id or
+/// error could otherwise fill the file every write).
+pub const MAX_WIRE_TEXT: usize = 200;
+
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(MAX_WIRE_TEXT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 impl StatusBoard {
     /// A board for the worker `identity` dialing `orchestrator`, in state
     /// `starting`.
@@ -105,6 +116,8 @@ impl StatusBoard {
             },
             certificate,
             certificate_warning_s: certificate_warning.as_secs(),
+            loop_turned_at: now.clone(),
+            stall_limit_ms: 0,
             tasks: report::TaskCounts::default(),
             updated_at: now,
             write_interval_ms: u64::try_from(WRITE_INTERVAL.as_millis()).unwrap_or(u64::MAX),
@@ -137,7 +150,7 @@ impl StatusBoard {
         self.with(|s| {
             s.status.connection = Connection::Connected;
             s.status.since = now_text();
-            s.status.session_id = Some(shown(session_id).to_string());
+            s.status.session_id = Some(bounded(&shown(session_id).to_string()));
             s.status.last_message_at = Some(now_text());
             s.last_beat = Instant::now();
         });
@@ -154,7 +167,7 @@ impl StatusBoard {
                 s.status.since = now_text();
             }
             s.status.session_id = None;
-            s.status.last_error = Some(shown(error).to_string());
+            s.status.last_error = Some(bounded(&shown(error).to_string()));
             s.status.last_error_at = Some(now_text());
             s.last_beat = Instant::now();
             was
@@ -232,8 +245,8 @@ impl StatusBoard {
     }
 }
 
-impl From<&crate::tls::CertificateSummary> for Certificate {
-    fn from(summary: &crate::tls::CertificateSummary) -> Self {
+impl From<&private_worker_identity::CertificateSummary> for Certificate {
+    fn from(summary: &private_worker_identity::CertificateSummary) -> Self {
         Certificate {
             serial: summary.serial.clone(),
             not_after: summary.not_after_rfc3339.clone(),
@@ -245,7 +258,7 @@ impl From<&crate::tls::CertificateSummary> for Certificate {
 /// through rotations, until `stop`.
 pub async fn follow_certificate(
     board: StatusBoard,
-    mut certificates: tokio::sync::watch::Receiver<crate::tls::CertificateSummary>,
+    mut certificates: tokio::sync::watch::Receiver<private_worker_identity::CertificateSummary>,
     stop: CancellationToken,
 ) {
     loop {
@@ -299,11 +312,27 @@ async fn run(board: StatusBoard, outputs: Outputs, stop: CancellationToken) {
             "systemd's WatchdogSec is shorter than orchestrator.connect_timeout plus 5 s: a slow dial may get the worker restarted"
         );
     }
-    let mut last_line = String::new();
-    let mut write_failed = false;
+    let mut publisher = Publisher {
+        board: board.clone(),
+        outputs,
+        last_line: String::new(),
+        write_failed: false,
+    };
     loop {
         let stopping = stop.is_cancelled();
-        publish(&board, &outputs, &mut last_line, &mut write_failed);
+        // File writes and the fsync block: off the async threads.
+        publisher = match tokio::task::spawn_blocking(move || {
+            publisher.publish();
+            publisher
+        })
+        .await
+        {
+            Ok(publisher) => publisher,
+            Err(e) => {
+                tracing::error!(error = %e, "the status writer failed; no more status updates");
+                return;
+            }
+        };
         if stopping {
             return;
         }
@@ -315,49 +344,137 @@ async fn run(board: StatusBoard, outputs: Outputs, stop: CancellationToken) {
     }
 }
 
-/// One round: refresh what the board cannot see by itself, write the file,
-/// tell systemd.
-fn publish(
-    board: &StatusBoard,
-    outputs: &Outputs,
-    last_line: &mut String,
-    write_failed: &mut bool,
-) {
-    let on = outputs.kill_switch.is_on();
-    let (status, alive, ready, stopping) = board.with(|s| {
-        s.status.kill_switch.on = on;
-        s.status.updated_at = now_text();
-        let alive = s.last_beat.elapsed() <= outputs.stall_limit;
-        let ready = s.status.connection == Connection::Connected
-            && !std::mem::replace(&mut s.ready_sent, true);
-        let stopping = s.status.draining && !std::mem::replace(&mut s.stopping_sent, true);
-        (s.status.clone(), alive, ready, stopping)
-    });
-    match report::write_atomically(&outputs.file, &status) {
-        Ok(()) if *write_failed => {
-            *write_failed = false;
-            tracing::info!(file = %outputs.file.display(), "status file written again");
+/// The status writer's state between rounds.
+struct Publisher {
+    board: StatusBoard,
+    outputs: Outputs,
+    /// The last `STATUS=` line sent.
+    last_line: String,
+    /// The last write failed (logged once until one succeeds).
+    write_failed: bool,
+}
+
+impl Publisher {
+    /// One round: refresh what the board cannot see by itself, write the
+    /// file, tell systemd. Returns whether the watchdog was fed (the loop
+    /// turned within the stall limit).
+    fn publish(&mut self) -> bool {
+        let (board, outputs) = (&self.board, &self.outputs);
+        let (last_line, write_failed) = (&mut self.last_line, &mut self.write_failed);
+        let on = outputs.kill_switch.is_on();
+        let (status, alive, ready, stopping) = board.with(|s| {
+            s.status.kill_switch.on = on;
+            let now = SystemTime::now();
+            s.status.updated_at = report::format_time(now);
+            let since_turn = s.last_beat.elapsed();
+            s.status.loop_turned_at =
+                report::format_time(now.checked_sub(since_turn).unwrap_or(now));
+            s.status.stall_limit_ms =
+                u64::try_from(outputs.stall_limit.as_millis()).unwrap_or(u64::MAX);
+            let alive = since_turn <= outputs.stall_limit;
+            let ready = s.status.connection == Connection::Connected
+                && !std::mem::replace(&mut s.ready_sent, true);
+            let stopping = s.status.draining && !std::mem::replace(&mut s.stopping_sent, true);
+            (s.status.clone(), alive, ready, stopping)
+        });
+        match report::write_atomically(&outputs.file, &status) {
+            Ok(()) if *write_failed => {
+                *write_failed = false;
+                tracing::info!(file = %outputs.file.display(), "status file written again");
+            }
+            Ok(()) => {}
+            Err(e) if !*write_failed => {
+                *write_failed = true;
+                tracing::warn!(file = %outputs.file.display(), error = %e, "cannot write the status file; `private-worker status` will call the worker stale until it can");
+            }
+            Err(_) => {}
         }
-        Ok(()) => {}
-        Err(e) if !*write_failed => {
-            *write_failed = true;
-            tracing::warn!(file = %outputs.file.display(), error = %e, "cannot write the status file; `private-worker status` will call the worker stale until it can");
+        let line = status.one_line();
+        if ready {
+            outputs.notifier.ready(&line);
+        } else if line != *last_line {
+            outputs.notifier.status(&line);
         }
-        Err(_) => {}
+        *last_line = line;
+        if stopping {
+            outputs.notifier.stopping();
+        }
+        if alive {
+            outputs.notifier.watchdog();
+        } else {
+            tracing::error!(stall_limit = ?outputs.stall_limit, "the session loop has not turned for too long; no longer feeding systemd's watchdog");
+        }
+        alive
     }
-    let line = status.one_line();
-    if ready {
-        outputs.notifier.ready(&line);
-    } else if line != *last_line {
-        outputs.notifier.status(&line);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher(dir: &Path, board: &StatusBoard) -> Publisher {
+        Publisher {
+            board: board.clone(),
+            outputs: Outputs {
+                file: dir.join("status.json"),
+                kill_switch: KillSwitch::new(dir.join("STOP")),
+                stall_limit: Duration::from_secs(15),
+                notifier: Notifier::default(),
+            },
+            last_line: String::new(),
+            write_failed: false,
+        }
     }
-    *last_line = line;
-    if stopping {
-        outputs.notifier.stopping();
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_stops_turning_starves_the_watchdog_and_reads_as_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = StatusBoard::new(
+            "spiffe://example.org/worker/w1",
+            "orchestrator:443",
+            &dir.path().join("STOP"),
+            None,
+            Duration::from_secs(86_400),
+        );
+        board.connected("session-1");
+        let mut publisher = publisher(dir.path(), &board);
+        let health = || {
+            report::read(&dir.path().join("status.json"))
+                .unwrap()
+                .health(SystemTime::now())
+        };
+
+        assert!(
+            publisher.publish(),
+            "a loop that just turned feeds the watchdog"
+        );
+        assert!(health().is_healthy(), "{:?}", health());
+
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(!publisher.publish(), "20 s without a turn: no WATCHDOG=1");
+        let stuck = health();
+        assert_eq!(stuck.problems.len(), 1, "{stuck:?}");
+        assert!(
+            stuck.problems[0].starts_with("stuck: the session loop"),
+            "{stuck:?}"
+        );
+
+        board.beat();
+        assert!(publisher.publish());
+        assert!(health().is_healthy(), "{:?}", health());
     }
-    if alive {
-        outputs.notifier.watchdog();
-    } else {
-        tracing::error!(stall_limit = ?outputs.stall_limit, "the session loop has not turned for too long; no longer feeding systemd's watchdog");
+
+    #[test]
+    fn wire_text_in_the_status_is_bounded_and_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = StatusBoard::new("w", "o:1", &dir.path().join("STOP"), None, Duration::ZERO);
+        board.connected(&format!("\u{1b}[31m{}", "x".repeat(10_000)));
+        board.disconnected(&"e".repeat(10_000));
+        let status = board.snapshot();
+        assert!(status.last_error.unwrap().chars().count() <= MAX_WIRE_TEXT + 1);
+        board.connected(&format!("\u{1b}[31m{}", "x".repeat(10_000)));
+        let id = board.snapshot().session_id.unwrap();
+        assert!(id.chars().count() <= MAX_WIRE_TEXT + 1, "{}", id.len());
+        assert!(!id.contains('\u{1b}'), "{id}");
     }
 }

@@ -128,6 +128,12 @@ pub struct Status {
     pub certificate_warning_s: u64,
     /// Finished attempts by outcome since the start.
     pub tasks: TaskCounts,
+    /// When the session loop last proved itself alive (it turns at least
+    /// once a second, and between the steps of a dial).
+    pub loop_turned_at: String,
+    /// How long the loop may go without turning before the worker counts
+    /// as stuck: `orchestrator.connect_timeout` plus 5 s, in milliseconds.
+    pub stall_limit_ms: u64,
     /// When this file was written.
     pub updated_at: String,
     /// How often the worker rewrites it, in milliseconds.
@@ -159,6 +165,9 @@ pub fn write_atomically(path: &Path, status: &Status) -> std::io::Result<()> {
     let temporary = std::path::PathBuf::from(temporary);
     let mut file = std::fs::File::create(&temporary)?;
     file.write_all(&text)?;
+    // On disk before the rename: after a power cut the file is the old
+    // status or the new one, never empty.
+    file.sync_data()?;
     std::fs::rename(&temporary, path)
 }
 
@@ -261,6 +270,22 @@ impl Status {
             }
             Some(_) => {}
             None => problems.push(format!("unreadable update time `{}`", self.updated_at)),
+        }
+        if self.connection != Connection::Stopped
+            && let (Some(turned), Some(written)) = (
+                parse_time(&self.loop_turned_at),
+                parse_time(&self.updated_at),
+            )
+        {
+            let quiet = written.duration_since(turned).unwrap_or_default();
+            // Whole seconds on both sides: allow one for rounding.
+            if quiet > Duration::from_millis(self.stall_limit_ms) + Duration::from_secs(1) {
+                problems.push(format!(
+                    "stuck: the session loop had not turned for {} when the status was written (limit {}); systemd's watchdog, if set, restarts it",
+                    human(quiet),
+                    human(Duration::from_millis(self.stall_limit_ms))
+                ));
+            }
         }
         match self.connection {
             Connection::Connected => {}
@@ -435,6 +460,8 @@ mod tests {
             }),
             certificate_warning_s: 14 * 24 * 3600,
             tasks: TaskCounts::default(),
+            loop_turned_at: "2026-12-02T10:00:09Z".into(),
+            stall_limit_ms: 15_000,
             updated_at: "2026-12-02T10:00:10Z".into(),
             write_interval_ms: 2000,
         }
@@ -476,6 +503,18 @@ mod tests {
         let health = expired.health(at("2027-12-02T10:00:05Z"));
         assert!(
             health.problems.iter().any(|p| p.contains("expired")),
+            "{health:?}"
+        );
+    }
+
+    #[test]
+    fn a_session_loop_that_stopped_turning_is_stuck_though_the_file_is_fresh() {
+        let mut stuck = status(Connection::Connected);
+        stuck.loop_turned_at = "2026-12-02T09:59:50Z".into();
+        let health = stuck.health(at("2026-12-02T10:00:11Z"));
+        assert_eq!(health.problems.len(), 1, "{health:?}");
+        assert!(
+            health.problems[0].starts_with("stuck: the session loop had not turned for 20s"),
             "{health:?}"
         );
     }
