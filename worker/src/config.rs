@@ -1616,6 +1616,32 @@ mod tests {
                 "{expected} missing from {paths:?}"
             );
         }
+        // curl's scheme-less `user:password@host:port` and its variants:
+        // refused in both sections, the password in no message.
+        for text in [
+            "svc:hunter2@proxy:3128",
+            "svc:hunter2@proxy.corp:3128",
+            "hunter2@proxy:3128",
+            "svc:hunter2@",
+            "socks5://svc:hunter2@proxy:1080",
+            "svc:hunter2",
+        ] {
+            let bad = with(&format!("proxy = \"{text}\""))
+                + &format!(
+                    "\n[keyvault]\nauth = {{ type = \"managed_identity\" }}\nproxy = \"{text}\"\n"
+                );
+            let shown = Config::from_toml_str(&bad, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(!shown.contains("hunter2"), "{text}: {shown}");
+            let paths = problem_paths(&bad);
+            for expected in ["orchestrator.proxy", "keyvault.proxy"] {
+                assert!(
+                    paths.iter().any(|p| p == expected),
+                    "{text}: {expected} missing from {paths:?}"
+                );
+            }
+        }
         let kv = format!(
             "{GOOD}\n[keyvault]\nauth = {{ type = \"managed_identity\" }}\nproxy = \"http://proxy.corp:3128\"\n"
         );

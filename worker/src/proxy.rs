@@ -163,43 +163,57 @@ impl ProxySettings {
     }
 }
 
-/// `http://host:port[/]` to `host:port`; the reason otherwise (never
-/// quoting a URL that holds credentials). The rule for every explicit proxy
-/// setting (`orchestrator.proxy`, `keyvault.proxy`).
+/// The proxy schemes a message may name: well-known words, never a piece
+/// of what the user typed (which could be a password, see
+/// [`parse_proxy_url`]).
+const KNOWN_SCHEMES: [&str; 6] = ["https", "socks4", "socks4a", "socks5", "socks5h", "ftp"];
+
+/// `http://host:port[/]` to `host:port`; the reason otherwise. The rule for
+/// every explicit proxy setting (`orchestrator.proxy`, `keyvault.proxy`).
+///
+/// No message quotes the text: a value with credentials need not look like
+/// a URL (curl reads `user:password@host:port` without a scheme, which
+/// parses as the scheme `user`), so any value with `@` is refused as
+/// holding credentials, and the other messages name the part that is wrong
+/// (the scheme only when it is a well-known one).
 ///
 /// # Errors
 /// What is wrong with the text and how to write it.
 pub fn parse_proxy_url(text: &str) -> Result<String, String> {
     let example = "write it as http://host:port, e.g. http://proxy.corp.example:3128, or \"none\" for no proxy";
+    if text.contains('@') {
+        return Err(format!(
+            "holds credentials (it contains `@`; the value is not shown); put the user in proxy_username and the password in proxy_password as an env:// or file:// reference, and {example}"
+        ));
+    }
+    if !text.contains("://") {
+        return Err(format!("has no scheme; {example}"));
+    }
     let Ok(url) = url::Url::parse(text) else {
         return Err(format!("is not a URL; {example}"));
     };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "holds credentials; put the user in proxy_username and the password in proxy_password as an env:// or file:// reference".into(),
-        );
-    }
     match url.scheme() {
         "http" => {}
         "https" => {
+            return Err(
+                "is an https:// proxy: TLS to the proxy itself is not supported; use http:// (the stream inside the tunnel is still mutual TLS end to end)".into(),
+            );
+        }
+        known if KNOWN_SCHEMES.contains(&known) => {
             return Err(format!(
-                "`{text}`: TLS to the proxy itself is not supported; use http:// (the stream inside the tunnel is still mutual TLS end to end)"
+                "is a {known}:// proxy, which is not supported; {example}"
             ));
         }
-        other => {
-            return Err(format!(
-                "`{text}`: scheme `{other}` is not supported; {example}"
-            ));
-        }
+        _ => return Err(format!("has a scheme other than http://; {example}")),
     }
-    let Some(host) = url.host_str() else {
-        return Err(format!("`{text}` names no host; {example}"));
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return Err(format!("names no host; {example}"));
     };
     let Some(port) = url.port() else {
-        return Err(format!("`{text}` names no port; {example}"));
+        return Err(format!("names no port; {example}"));
     };
     if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{text}` has a path or query; {example}"));
+        return Err(format!("has a path or query; {example}"));
     }
     Ok(format!("{host}:{port}"))
 }
@@ -977,6 +991,89 @@ mod tests {
             keys(Some("none"), None, Some("env://P")),
             ["proxy_password"]
         );
+    }
+
+    /// Values that hold the password `hunter2`, in the shapes people write
+    /// (curl's scheme-less `user:password@host:port` first).
+    const WITH_PASSWORD: [&str; 13] = [
+        "svc:hunter2@proxy:3128",
+        "svc:hunter2@proxy.corp:3128",
+        "svc:hunter2@proxy",
+        "svc:hunter2@",
+        ":hunter2@proxy:3128",
+        " svc:hunter2@proxy:3128",
+        "svc:hunter2@http://proxy:3128",
+        "http//svc:hunter2@proxy:3128",
+        "http://svc:hunter2@proxy:3128",
+        "http://svc:hunter2@",
+        "https://svc:hunter2@proxy:3128",
+        "socks5://svc:hunter2@proxy:1080",
+        "svc:hunter2",
+    ];
+
+    #[test]
+    fn a_proxy_value_holding_a_password_is_refused_without_echoing_it_in_any_shape() {
+        for text in WITH_PASSWORD {
+            let message = parse_proxy_url(text).unwrap_err();
+            assert!(!message.contains("hunter2"), "{text}: {message}");
+            let problems = ProxySettings::from_raw(Some(text), None, None).unwrap_err();
+            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+            assert_eq!(problems[0].0, "proxy", "{text}");
+            assert!(!problems[0].1.contains("hunter2"), "{text}: {problems:?}");
+        }
+        assert!(
+            parse_proxy_url("svc:hunter2@proxy:3128")
+                .unwrap_err()
+                .starts_with("holds credentials")
+        );
+        // A user alone (a token as the user name) is refused the same way.
+        let message = parse_proxy_url("hunter2@proxy:3128").unwrap_err();
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(
+            parse_proxy_url("svc:hunter2")
+                .unwrap_err()
+                .starts_with("has no scheme")
+        );
+        // No other message quotes the value either.
+        for text in [
+            "socks5://sproxy:1080",
+            "gopher://gproxy:70",
+            "http://hproxy",
+            "http://pproxy:3128/p",
+            "nproxy:3128",
+        ] {
+            let message = parse_proxy_url(text).unwrap_err();
+            assert!(!message.contains(text), "{text}: {message}");
+        }
+        assert!(
+            parse_proxy_url("socks5://proxy:1080")
+                .unwrap_err()
+                .starts_with("is a socks5:// proxy")
+        );
+        assert!(
+            parse_proxy_url("gopher://proxy:70")
+                .unwrap_err()
+                .starts_with("has a scheme other than http://")
+        );
+    }
+
+    #[test]
+    fn a_proxy_variable_holding_a_password_never_shows_it() {
+        for text in WITH_PASSWORD {
+            for variable in PROXY_VARIABLES {
+                let pairs = [(variable, text)];
+                let env = env_of(&pairs);
+                let shown = match Route::resolve(
+                    &ProxySettings::FromEnvironment,
+                    "orch.example.com:443",
+                    &env,
+                ) {
+                    Ok(route) => format!("{route} {route:?} {:?}", route.proxy()),
+                    Err(e) => format!("{e} {e:?}"),
+                };
+                assert!(!shown.contains("hunter2"), "{variable}={text}: {shown}");
+            }
+        }
     }
 
     #[test]
