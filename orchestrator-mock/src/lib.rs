@@ -39,9 +39,10 @@
 //! - [`scenario`]: the scenario runner behind `orchestrator-mock test`.
 //!
 //! # What it does not do (yet)
-//! Sign approvals, or share its queue
-//! between several instances (the [`durable::PlanStore`] trait is shaped
-//! for a PostgreSQL backend that would).
+//! Sign approvals for a person (it holds no person's approver key; only
+//! the opt-in auto-approver of [`policy`] signs, for read-only tasks), or
+//! share its queue between several instances (the [`durable::PlanStore`]
+//! trait is shaped for a PostgreSQL backend that would).
 //!
 //! # Example
 //! ```no_run
