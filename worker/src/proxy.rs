@@ -359,6 +359,34 @@ pub enum ProxyError {
         /// The connect error.
         source: std::io::Error,
     },
+    /// The TCP connect to the proxy did not complete in time (packets to
+    /// it are dropped: a firewall, a wrong address): check
+    /// `orchestrator.proxy` or `HTTPS_PROXY` and the network path to it.
+    #[error(
+        "TCP connect to the proxy at {proxy} did not complete within {after:?}: check the proxy address (orchestrator.proxy or HTTPS_PROXY) and that a firewall lets the worker reach it"
+    )]
+    ConnectTimedOut {
+        /// The proxy's `host:port`.
+        proxy: String,
+        /// The time allowed for the tunnel (just under
+        /// `orchestrator.connect_timeout`).
+        after: std::time::Duration,
+    },
+    /// The proxy accepted the TCP connection but did not answer the
+    /// CONNECT in time: it may not be an HTTP proxy, or it cannot reach
+    /// the orchestrator and does not say so.
+    #[error(
+        "the proxy at {proxy} accepted the TCP connection but did not answer CONNECT {target} within {after:?}: check that it is an HTTP proxy and that it can reach the orchestrator"
+    )]
+    NoAnswer {
+        /// The proxy's `host:port`.
+        proxy: String,
+        /// `host:port` of the orchestrator.
+        target: String,
+        /// The time allowed for the tunnel (just under
+        /// `orchestrator.connect_timeout`).
+        after: std::time::Duration,
+    },
     /// 407 (or 401, which some proxies such as tinyproxy 1.11 send
     /// instead) and no credentials were sent: configure them.
     #[error(
@@ -573,13 +601,19 @@ impl Route {
 
     /// Opens a TCP connection that leads to `address` (`host:port`):
     /// directly, or through the proxy's CONNECT tunnel. The caller bounds
-    /// the time.
+    /// the whole dial with `limit`; the tunnel gets [`tunnel_limit`] of it,
+    /// so that a proxy that never answers is named as such rather than
+    /// ending in the caller's plain timeout.
     ///
     /// # Errors
     /// [`ConnectError`].
-    pub async fn connect(&self, address: &str) -> Result<TcpStream, ConnectError> {
+    pub async fn connect(
+        &self,
+        address: &str,
+        limit: std::time::Duration,
+    ) -> Result<TcpStream, ConnectError> {
         let tcp = match self {
-            Route::Proxy(proxy) => proxy.tunnel(address).await?,
+            Route::Proxy(proxy) => proxy.tunnel(address, tunnel_limit(limit)).await?,
             _ => TcpStream::connect(address)
                 .await
                 .map_err(ConnectError::Direct)?,
@@ -588,6 +622,13 @@ impl Route {
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
+}
+
+/// The time the CONNECT tunnel may take out of the dial's `limit`: nine
+/// tenths, leaving the rest so that the tunnel's own timeout (which names
+/// the proxy and the step) fires before the caller's.
+pub fn tunnel_limit(limit: std::time::Duration) -> std::time::Duration {
+    limit - limit / 10
 }
 
 /// `Basic base64(user:password)`.
@@ -617,8 +658,13 @@ fn basic_user(header: &str) -> Option<String> {
 }
 
 impl ProxyRoute {
-    /// Connects to the proxy and asks it for a tunnel to `address`.
-    async fn tunnel(&self, address: &str) -> Result<TcpStream, ProxyError> {
+    /// Connects to the proxy and asks it for a tunnel to `address`, within
+    /// `limit`.
+    async fn tunnel(
+        &self,
+        address: &str,
+        limit: std::time::Duration,
+    ) -> Result<TcpStream, ProxyError> {
         let target = address.to_string();
         let broken = |detail: String| ProxyError::Broken {
             proxy: self.proxy.clone(),
@@ -649,10 +695,22 @@ impl ProxyRoute {
             value.set_sensitive(true);
             tunnel = tunnel.with_auth(value);
         }
-        let outcome = async { tunnel.ready().await?.call(destination).await }.await;
+        let outcome = tokio::time::timeout(limit, async {
+            tunnel.ready().await?.call(destination).await
+        })
+        .await;
         match outcome {
-            Ok(io) => Ok(io.into_inner().inner),
-            Err(e) => Err(self.classify(&probe, &target, &e)),
+            Ok(Ok(io)) => Ok(io.into_inner().inner),
+            Ok(Err(e)) => Err(self.classify(&probe, &target, &e)),
+            Err(_) if probe.connected.load(Ordering::SeqCst) => Err(ProxyError::NoAnswer {
+                proxy: self.proxy.clone(),
+                target,
+                after: limit,
+            }),
+            Err(_) => Err(ProxyError::ConnectTimedOut {
+                proxy: self.proxy.clone(),
+                after: limit,
+            }),
         }
     }
 
@@ -1073,6 +1131,50 @@ mod tests {
                 };
                 assert!(!shown.contains("hunter2"), "{variable}={text}: {shown}");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_accepts_and_never_answers_is_named_in_the_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and holds every connection, answering nothing.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let route = Route::Proxy(ProxyRoute {
+            proxy: addr.to_string(),
+            source: "orchestrator.proxy",
+            username: None,
+            authorization: None,
+        });
+        let limit = std::time::Duration::from_millis(300);
+        let err = route
+            .connect("orch.example.com:7443", limit)
+            .await
+            .unwrap_err();
+        silent.abort();
+        assert!(
+            matches!(&err, ConnectError::Proxy(ProxyError::NoAnswer { after, .. }) if *after == tunnel_limit(limit)),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "the proxy at {addr} accepted the TCP connection but did not answer CONNECT orch.example.com:7443 within"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_tunnel_gets_less_time_than_the_dial() {
+        for secs in [1, 10, 60] {
+            let limit = std::time::Duration::from_secs(secs);
+            assert!(tunnel_limit(limit) < limit);
+            assert!(tunnel_limit(limit) >= limit / 2);
         }
     }
 

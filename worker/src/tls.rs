@@ -533,13 +533,17 @@ impl ClientTls {
     ) -> Result<TlsStream<TcpStream>, DialError> {
         let attempt = async {
             // Straight to `address`, or a CONNECT tunnel through the proxy.
-            let tcp = self.route.connect(address).await.map_err(|e| match e {
-                crate::proxy::ConnectError::Direct(source) => DialError::Connect {
-                    address: address.to_string(),
-                    source,
-                },
-                crate::proxy::ConnectError::Proxy(e) => DialError::Proxy(e),
-            })?;
+            let tcp = self
+                .route
+                .connect(address, timeout)
+                .await
+                .map_err(|e| match e {
+                    crate::proxy::ConnectError::Direct(source) => DialError::Connect {
+                        address: address.to_string(),
+                        source,
+                    },
+                    crate::proxy::ConnectError::Proxy(e) => DialError::Proxy(e),
+                })?;
             self.connector()
                 .connect(self.shared.server_name.clone(), tcp)
                 .await
