@@ -72,7 +72,7 @@ impl TlsFile {
 
 /// Why one read of the TLS files is unusable. The caller keeps the
 /// material it had; the operator fixes the file named.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MaterialError {
     /// A file could not be read or holds nothing usable: fix or replace the
     /// file named.
@@ -106,8 +106,10 @@ pub enum MaterialError {
 }
 
 /// SHA-256 over `parts`, each preceded by its length (so moving bytes
-/// from one file to the next changes the hash).
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+/// from one file to the next changes the hash): how every file here is
+/// compared (content, not modification time: a file replaced within the
+/// same second with the same size still counts as changed).
+pub fn content_digest(parts: &[&[u8]]) -> [u8; 32] {
     use sha2::Digest;
     let mut hash = sha2::Sha256::new();
     for part in parts {
@@ -158,17 +160,17 @@ impl FileBytes {
 
     /// SHA-256 of all three files.
     pub fn digest(&self) -> [u8; 32] {
-        sha256(&[&self.ca_cert, &self.cert, &self.key])
+        content_digest(&[&self.ca_cert, &self.cert, &self.key])
     }
 
     /// SHA-256 of the CA bundle alone.
     pub fn ca_digest(&self) -> [u8; 32] {
-        sha256(&[&self.ca_cert])
+        content_digest(&[&self.ca_cert])
     }
 
     /// SHA-256 of the certificate and key.
     pub fn pair_digest(&self) -> [u8; 32] {
-        sha256(&[&self.cert, &self.key])
+        content_digest(&[&self.cert, &self.key])
     }
 }
 
@@ -275,8 +277,8 @@ pub enum FileChange {
     /// A file cannot be read; `first` is true the first time this problem
     /// is seen (warn then, not at every poll).
     Unreadable {
-        /// What cannot be read, naming the file.
-        problem: String,
+        /// What cannot be read ([`MaterialError::File`], naming the file).
+        error: MaterialError,
         /// Whether this is the first poll that saw this problem.
         first: bool,
     },
@@ -315,11 +317,11 @@ impl FileWatch {
         let read = FileBytes::read(&self.paths);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         match read {
-            Err(e) => {
-                let problem = e.to_string();
+            Err(error) => {
+                let problem = error.to_string();
                 let first = seen.as_ref().err() != Some(&problem);
-                *seen = Err(problem.clone());
-                FileChange::Unreadable { problem, first }
+                *seen = Err(problem);
+                FileChange::Unreadable { error, first }
             }
             Ok(bytes) => {
                 let digest = bytes.digest();
@@ -405,10 +407,11 @@ mod tests {
         assert!(matches!(watch.poll(), FileChange::Changed(_)));
         assert!(matches!(watch.poll(), FileChange::Unchanged));
         std::fs::remove_file(&paths.key).unwrap();
-        let FileChange::Unreadable { problem, first } = watch.poll() else {
+        let FileChange::Unreadable { error, first } = watch.poll() else {
             panic!("a missing key was not reported");
         };
         assert!(first);
+        let problem = error.to_string();
         assert!(problem.contains("c.key"), "{problem}");
         assert!(matches!(
             watch.poll(),

@@ -60,6 +60,11 @@ impl TestCert {
         crate::pem::parse_private_key(self.key_pem.as_bytes()).expect("test key PEM")
     }
 
+    /// Certificate and key PEM, in that order.
+    pub fn into_pem(self) -> (String, String) {
+        (self.cert_pem, self.key_pem)
+    }
+
     /// The certificate in brief (serial, expiry).
     ///
     /// # Panics
@@ -67,6 +72,15 @@ impl TestCert {
     pub fn summary(&self) -> crate::CertificateSummary {
         crate::CertificateSummary::of_der(&self.chain()[0]).expect("test certificate")
     }
+}
+
+/// A CRL issued by [`TestCa::crl`], in both encodings.
+#[derive(Debug, Clone)]
+pub struct TestCrl {
+    /// PEM (`X509 CRL` block).
+    pub pem: String,
+    /// DER.
+    pub der: Vec<u8>,
 }
 
 /// What [`TestCa::leaf`] puts in a certificate.
@@ -132,6 +146,26 @@ impl TestCa {
         })
     }
 
+    /// A certificate like a worker's but with the serverAuth usage instead
+    /// of clientAuth: the identity rules refuse it.
+    pub fn worker_without_client_auth(&self, identity: &str) -> TestCert {
+        self.leaf(&LeafSpec {
+            uris: vec![identity.to_string()],
+            usages: vec![ExtendedKeyUsagePurpose::ServerAuth],
+            ..LeafSpec::default()
+        })
+    }
+
+    /// A worker certificate with a known serial number (for a CRL to name).
+    pub fn worker_with_serial(&self, identity: &str, serial: u64) -> TestCert {
+        self.leaf(&LeafSpec {
+            uris: vec![identity.to_string()],
+            usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            serial: Some(serial),
+            ..LeafSpec::default()
+        })
+    }
+
     /// Any leaf certificate, including ones the identity rules refuse.
     ///
     /// # Panics
@@ -157,11 +191,11 @@ impl TestCa {
     }
 
     /// A CRL of this CA, number `number`, revoking `serials` (valid from a
-    /// minute ago for a day), PEM.
+    /// minute ago for a day).
     ///
     /// # Panics
     /// If rcgen fails (never in practice).
-    pub fn crl(&self, number: u64, serials: &[u64]) -> String {
+    pub fn crl(&self, number: u64, serials: &[u64]) -> TestCrl {
         let now = time::OffsetDateTime::now_utc();
         CertificateRevocationListParams {
             this_update: now - time::Duration::minutes(1),
@@ -180,9 +214,11 @@ impl TestCa {
             key_identifier_method: KeyIdMethod::Sha256,
         }
         .signed_by(&self.issuer)
+        .map(|crl| TestCrl {
+            pem: crl.pem().expect("CRL PEM"),
+            der: crl.der().to_vec(),
+        })
         .expect("CRL signed")
-        .pem()
-        .expect("CRL PEM")
     }
 
     /// Writes this CA as the bundle and `leaf` as chain and key into `dir`,
@@ -229,20 +265,16 @@ mod tests {
             crate::identity::server_names_from_der(&server.chain()[0]).unwrap(),
             ["orchestrator.local", "127.0.0.1"]
         );
-        let odd = ca.leaf(&LeafSpec {
-            uris: vec!["spiffe://example.org/worker/w2".into()],
-            usages: vec![ExtendedKeyUsagePurpose::ServerAuth],
-            serial: Some(1001),
-            ..LeafSpec::default()
-        });
+        let odd = ca.worker_without_client_auth("spiffe://example.org/worker/w2");
         assert_eq!(
             crate::worker_identity_from_der(&odd.chain()[0]),
             Err(crate::IdentityError::NoClientAuth)
         );
-        assert_eq!(odd.summary().serial, "03:e9");
+        let numbered = ca.worker_with_serial("spiffe://example.org/worker/w3", 1001);
+        assert_eq!(numbered.summary().serial, "03:e9");
         let verifier = crate::tls::client_verifier(
             std::sync::Arc::new(ca.roots()),
-            crate::pem::parse_crls(ca.crl(1, &[1001]).as_bytes()).unwrap(),
+            crate::pem::parse_crls(ca.crl(1, &[1001]).pem.as_bytes()).unwrap(),
         )
         .unwrap();
         let now = rustls_pki_types::UnixTime::now();
@@ -250,6 +282,12 @@ mod tests {
             verifier
                 .verify_client_cert(&worker.chain()[0], &[], now)
                 .is_ok()
+        );
+        assert!(
+            verifier
+                .verify_client_cert(&numbered.chain()[0], &[], now)
+                .is_err(),
+            "the CRL revokes serial 1001"
         );
     }
 }

@@ -5,7 +5,7 @@
 //! ([`HANDSHAKE_TIMEOUT`]); the client must present a certificate chaining
 //! to the configured CA (webpki checks the chain and, when present, the
 //! clientAuth EKU), and the leaf must carry a worker identity
-//! ([`private_worker_identity::identity::worker_identity_from_der`]: one URI SAN,
+//! ([`private_worker_identity::worker_identity_from_der`]: one URI SAN,
 //! clientAuth, not a CA). Connections failing either are dropped with a
 //! warning naming the peer and the reason; nothing of them reaches tonic.
 //! The identity and peer address travel to the service as
@@ -44,6 +44,10 @@
 //! expiry_warning`). Each worker connection carries the serial of the
 //! certificate it presented ([`WorkerConnInfo::cert_serial`]).
 //!
+//! Reading and checking the files, the identity rules, the content-hash
+//! change detection, the certificate summary, the verifier and the rustls
+//! config are `private_worker_identity`'s, shared with the worker.
+//!
 //! What it does not do: authorization beyond the identity allowlist, or
 //! close open connections when the CA bundle changes (a CRL does that).
 
@@ -60,13 +64,15 @@ use std::time::Duration;
 
 use std::sync::{Mutex, RwLock};
 
+use private_worker_identity::CertificateSummary;
+use private_worker_identity::material::{
+    ExpiryReminder, FileChange, FileWatch, Material, MaterialError, TlsPaths, content_digest,
+};
+use private_worker_identity::tls::ServerCertResolver;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -100,6 +106,33 @@ pub enum TlsError {
     Rustls(String),
 }
 
+impl From<MaterialError> for TlsError {
+    fn from(e: MaterialError) -> TlsError {
+        match e {
+            MaterialError::File {
+                file,
+                path,
+                message,
+            } => TlsError::File {
+                what: file.config_key(),
+                path,
+                message,
+            },
+            MaterialError::KeyMismatch { key, cert } => TlsError::File {
+                what: "tls.key",
+                path: key,
+                message: format!(
+                    "does not match the certificate in {}; put the key and certificate of one pair in place",
+                    cert.display()
+                ),
+            },
+            MaterialError::Rustls(other) => {
+                TlsError::Rustls(format!("server certificate and key: {other}"))
+            }
+        }
+    }
+}
+
 /// How often the CRL file's modification time and size are checked.
 pub const CRL_POLL: Duration = Duration::from_secs(2);
 
@@ -118,17 +151,12 @@ pub fn server_config(
     Ok((config, server.verifier()))
 }
 
-/// How often the TLS files are read again by default (`[tls]
-/// reload_interval`).
-pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+/// The defaults of `[tls] reload_interval` and `[tls] expiry_warning`,
+/// shared with the worker; re-exported so that `config.rs` and the tests
+/// keep their path.
+pub use private_worker_identity::material::{DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
 /// Shortest `[tls] reload_interval` (and `expiry_warning`) accepted.
 pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
-/// How long before its expiry the server certificate is warned about by
-/// default (`[tls] expiry_warning`).
-pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
-/// How often an expiring certificate is warned about again.
-pub const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
-
 /// How the gateway follows its TLS files while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReloadSettings {
@@ -148,68 +176,16 @@ impl Default for ReloadSettings {
     }
 }
 
-/// A certificate in brief: serial and expiry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateSummary {
-    /// Serial number, hex bytes separated by colons (as `certs-tool
-    /// inspect` prints it).
-    pub serial: String,
-    /// End of validity.
-    pub not_after: std::time::SystemTime,
-    /// End of validity, RFC 3339.
-    pub not_after_rfc3339: String,
-}
-
-impl CertificateSummary {
-    /// Summarises a DER certificate.
-    ///
-    /// # Errors
-    /// A message when it does not parse.
-    pub fn of_der(der: &[u8]) -> Result<CertificateSummary, String> {
-        let info = private_worker_identity::inspect::inspect_der(der).map_err(|e| e.to_string())?;
-        let not_after = time::OffsetDateTime::parse(
-            &info.not_after,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map_err(|e| format!("unreadable notAfter {:?}: {e}", info.not_after))?;
-        Ok(CertificateSummary {
-            serial: info.serial,
-            not_after: not_after.into(),
-            not_after_rfc3339: info.not_after,
-        })
-    }
-}
-
-/// The server certificate presented at each new handshake; swapped by
-/// [`ServerTls::reload_if_changed`]. Handshakes already done keep theirs.
-#[derive(Debug)]
-pub struct ServerCertResolver {
-    current: RwLock<Arc<CertifiedKey>>,
-}
-
-impl ResolvesServerCert for ServerCertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
-    }
-}
-
 /// The gateway's TLS material as last loaded, and how it follows the
 /// files: the server certificate and key (for new handshakes), the CA
 /// bundle (the client verifier's trust anchors) and, through
 /// [`ClientVerifier`], the CRLs.
 pub struct ServerTls {
-    files: TlsConfig,
-    provider: Arc<rustls::crypto::CryptoProvider>,
     resolver: Arc<ServerCertResolver>,
     verifier: Arc<ClientVerifier>,
-    /// SHA-256 of the three files as last read (or why they could not be
-    /// read), so each change is handled, and warned about, once.
-    seen: Mutex<Result<[u8; 32], String>>,
+    /// The three files and their content as last read (or why they could
+    /// not be read), so each change is handled, and warned about, once.
+    files: FileWatch,
     /// SHA-256 of the CA file in use.
     ca_in_use: Mutex<[u8; 32]>,
     /// SHA-256 of the certificate and key files in use.
@@ -226,100 +202,6 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
-/// One read of the three files, parsed.
-struct Loaded {
-    roots: RootCertStore,
-    key: Arc<CertifiedKey>,
-    summary: CertificateSummary,
-    digest: [u8; 32],
-    ca_digest: [u8; 32],
-    pair_digest: [u8; 32],
-}
-
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    use sha2::Digest;
-    let mut hash = sha2::Sha256::new();
-    for part in parts {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part);
-    }
-    hash.finalize().into()
-}
-
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::File {
-        what,
-        path: path.to_path_buf(),
-        message: format!("cannot read: {e}"),
-    })
-}
-
-fn parse_certs(
-    what: &'static str,
-    path: &Path,
-    bytes: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let error = |message: String| TlsError::File {
-        what,
-        path: path.to_path_buf(),
-        message,
-    };
-    let certs = CertificateDer::pem_slice_iter(bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(format!("not a PEM certificate file: {e}")))?;
-    if certs.is_empty() {
-        return Err(error("no CERTIFICATE block found".into()));
-    }
-    Ok(certs)
-}
-
-fn load_files(
-    files: &TlsConfig,
-    provider: &rustls::crypto::CryptoProvider,
-) -> Result<Loaded, TlsError> {
-    let ca = read_file("tls.ca_cert", &files.ca_cert)?;
-    let cert = read_file("tls.cert", &files.cert)?;
-    let key = read_file("tls.key", &files.key)?;
-    let mut roots = RootCertStore::empty();
-    for anchor in parse_certs("tls.ca_cert", &files.ca_cert, &ca)? {
-        roots.add(anchor).map_err(|e| TlsError::File {
-            what: "tls.ca_cert",
-            path: files.ca_cert.clone(),
-            message: format!("not a usable trust anchor: {e}"),
-        })?;
-    }
-    let chain = parse_certs("tls.cert", &files.cert, &cert)?;
-    let summary = CertificateSummary::of_der(&chain[0]).map_err(|message| TlsError::File {
-        what: "tls.cert",
-        path: files.cert.clone(),
-        message,
-    })?;
-    let private = PrivateKeyDer::from_pem_slice(&key).map_err(|e| TlsError::File {
-        what: "tls.key",
-        path: files.key.clone(),
-        message: format!("no PEM private key: {e}"),
-    })?;
-    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => TlsError::File {
-            what: "tls.key",
-            path: files.key.clone(),
-            message: format!(
-                "does not match the certificate in {}; put the key and certificate of one pair in place",
-                files.cert.display()
-            ),
-        },
-        other => TlsError::Rustls(format!("server certificate and key: {other}")),
-    })?;
-    Ok(Loaded {
-        roots,
-        key: Arc::new(certified),
-        summary,
-        digest: sha256(&[&ca, &cert, &key]),
-        ca_digest: sha256(&[&ca]),
-        pair_digest: sha256(&[&cert, &key]),
-    })
-}
-
 /// Builds the gateway's TLS: the rustls server config (client certificates
 /// required and verified against `ca_cert` and the CRLs of `crl` when set,
 /// ALPN `h2`, aws-lc-rs provider) whose server certificate and trust
@@ -332,28 +214,23 @@ pub fn server_tls(
     tls: &TlsConfig,
     crl: Option<&Path>,
 ) -> Result<(Arc<rustls::ServerConfig>, Arc<ServerTls>), TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let loaded = load_files(tls, &provider)?;
+    let paths = TlsPaths {
+        ca_cert: tls.ca_cert.clone(),
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+    };
+    let loaded = Material::load(&paths)?;
     let verifier = Arc::new(ClientVerifier::new(
         Arc::new(loaded.roots),
-        provider.clone(),
         crl.map(Path::to_path_buf),
     )?);
-    let resolver = Arc::new(ServerCertResolver {
-        current: RwLock::new(loaded.key),
-    });
-    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier.clone())
-        .with_cert_resolver(resolver.clone());
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let resolver = Arc::new(ServerCertResolver::new(loaded.certified));
+    let config = private_worker_identity::tls::server_config(verifier.clone(), resolver.clone())
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let server = ServerTls {
-        files: tls.clone(),
-        provider,
+        files: FileWatch::new(paths, loaded.digest),
         resolver,
         verifier,
-        seen: Mutex::new(Ok(loaded.digest)),
         ca_in_use: Mutex::new(loaded.ca_digest),
         pair_in_use: Mutex::new(loaded.pair_digest),
         certificate: Mutex::new(loaded.summary),
@@ -384,25 +261,19 @@ impl ServerTls {
     /// the files. Returns whether anything new was taken.
     pub fn reload_if_changed(&self) -> bool {
         let in_use = self.certificate();
-        let digest = (|| {
-            let ca = read_file("tls.ca_cert", &self.files.ca_cert)?;
-            let cert = read_file("tls.cert", &self.files.cert)?;
-            let key = read_file("tls.key", &self.files.key)?;
-            Ok::<_, TlsError>(sha256(&[&ca, &cert, &key]))
-        })();
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            let now = digest.as_ref().map(|d| *d).map_err(ToString::to_string);
-            if *seen == now {
+        let bytes = match self.files.poll() {
+            FileChange::Unchanged => return false,
+            FileChange::Unreadable { error, first } => {
+                if first {
+                    let problem = TlsError::from(error);
+                    tracing::warn!(error = %problem, serial = %in_use.serial, "a TLS file cannot be read; keeping the last good server certificate, key and CA");
+                }
                 return false;
             }
-            *seen = now.clone();
-            if let Err(problem) = now {
-                tracing::warn!(error = %problem, serial = %in_use.serial, "a TLS file cannot be read; keeping the last good server certificate, key and CA");
-                return false;
-            }
-        }
-        let loaded = match load_files(&self.files, &self.provider) {
+            FileChange::Changed(bytes) => bytes,
+        };
+        let paths = self.files.paths();
+        let loaded = match Material::from_bytes(paths, &bytes).map_err(TlsError::from) {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::warn!(error = %e, serial = %in_use.serial, "the TLS files changed but cannot be used; keeping the last good server certificate, key and CA (checked again at the next change)");
@@ -414,22 +285,18 @@ impl ServerTls {
             let mut ca = self.ca_in_use.lock().unwrap_or_else(|e| e.into_inner());
             if *ca != loaded.ca_digest {
                 if let Err(e) = self.verifier.replace_roots(Arc::new(loaded.roots)) {
-                    tracing::warn!(path = %self.files.ca_cert.display(), error = %e, "the CA file changed but cannot be used; keeping the last good CA and certificate");
+                    tracing::warn!(path = %paths.ca_cert.display(), error = %e, "the CA file changed but cannot be used; keeping the last good CA and certificate");
                     return false;
                 }
                 *ca = loaded.ca_digest;
-                tracing::info!(path = %self.files.ca_cert.display(), "CA bundle reloaded: new handshakes verify workers against it; open connections go on");
+                tracing::info!(path = %paths.ca_cert.display(), "CA bundle reloaded: new handshakes verify workers against it; open connections go on");
                 taken = true;
             }
         }
         let mut pair = self.pair_in_use.lock().unwrap_or_else(|e| e.into_inner());
         if *pair != loaded.pair_digest {
             *pair = loaded.pair_digest;
-            *self
-                .resolver
-                .current
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = loaded.key;
+            self.resolver.replace(loaded.certified);
             tracing::info!(
                 old_serial = %in_use.serial,
                 new_serial = %loaded.summary.serial,
@@ -449,24 +316,16 @@ impl ServerTls {
     /// certificate expires within `settings.expiry_warning`: at start,
     /// after each rotation, and once a day.
     pub async fn watch(self: Arc<Self>, settings: ReloadSettings, shutdown: CancellationToken) {
-        let mut warned: Option<(String, tokio::time::Instant)> = None;
+        let mut reminder = ExpiryReminder::new(settings.expiry_warning);
         loop {
             let summary = self.certificate();
-            let due = warned.as_ref().is_none_or(|(serial, at)| {
-                *serial != summary.serial || at.elapsed() >= EXPIRY_REMINDER
-            });
-            let left = summary
-                .not_after
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            if due && left < settings.expiry_warning {
+            if let Some(left) = reminder.due(&summary, std::time::SystemTime::now()) {
                 tracing::warn!(
                     serial = %summary.serial,
                     not_after = %summary.not_after_rfc3339,
                     days_left = left.as_secs() / 86_400,
                     "the server certificate expires within tls.expiry_warning (or has expired); renew it (certs-tool renew) and the orchestrator takes it without a restart"
                 );
-                warned = Some((summary.serial.clone(), tokio::time::Instant::now()));
             }
             tokio::select! {
                 biased;
@@ -489,7 +348,6 @@ pub struct ClientVerifier {
     roots: RwLock<Arc<RootCertStore>>,
     /// The CRLs in force (the last good read of the CRL file).
     crls: RwLock<Vec<CertificateRevocationListDer<'static>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
     crl: Option<PathBuf>,
     hints: Vec<DistinguishedName>,
     current: RwLock<Arc<dyn ClientCertVerifier>>,
@@ -508,11 +366,7 @@ impl std::fmt::Debug for ClientVerifier {
 }
 
 impl ClientVerifier {
-    fn new(
-        roots: Arc<RootCertStore>,
-        provider: Arc<rustls::crypto::CryptoProvider>,
-        crl: Option<PathBuf>,
-    ) -> Result<ClientVerifier, TlsError> {
+    fn new(roots: Arc<RootCertStore>, crl: Option<PathBuf>) -> Result<ClientVerifier, TlsError> {
         let file_error = |message: String| TlsError::File {
             what: "admission.crl",
             path: crl.clone().unwrap_or_default(),
@@ -525,7 +379,7 @@ impl ClientVerifier {
                 (read_crls(path).map_err(file_error)?, stamp)
             }
         };
-        let verifier = build_verifier(&roots, &provider, crls.clone()).map_err(|e| match &crl {
+        let verifier = build_verifier(&roots, crls.clone()).map_err(|e| match &crl {
             Some(_) => file_error(format!("unusable: {e}")),
             None => TlsError::Rustls(format!("client verifier: {e}")),
         })?;
@@ -533,7 +387,6 @@ impl ClientVerifier {
             hints: verifier.root_hint_subjects().to_vec(),
             roots: RwLock::new(roots),
             crls: RwLock::new(crls),
-            provider,
             crl,
             current: RwLock::new(verifier),
             stamp: Mutex::new(stamp),
@@ -582,7 +435,7 @@ impl ClientVerifier {
         let roots = self.roots.read().unwrap_or_else(|e| e.into_inner()).clone();
         let built = read_crls(path).and_then(|crls| {
             let n = crls.len();
-            build_verifier(&roots, &self.provider, crls.clone())
+            build_verifier(&roots, crls.clone())
                 .map(|v| (v, n, crls))
                 .map_err(|e| e.to_string())
         });
@@ -612,7 +465,7 @@ impl ClientVerifier {
     /// Why no verifier could be built from `roots`; the old anchors stay.
     pub fn replace_roots(&self, roots: Arc<RootCertStore>) -> Result<(), String> {
         let crls = self.crls.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let verifier = build_verifier(&roots, &self.provider, crls).map_err(|e| e.to_string())?;
+        let verifier = build_verifier(&roots, crls).map_err(|e| e.to_string())?;
         *self.roots.write().unwrap_or_else(|e| e.into_inner()) = roots;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = verifier;
         Ok(())
@@ -667,41 +520,26 @@ impl ClientCertVerifier for ClientVerifier {
 
 fn build_verifier(
     roots: &Arc<RootCertStore>,
-    provider: &Arc<rustls::crypto::CryptoProvider>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
-    let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
-    let builder = if crls.is_empty() {
-        builder
-    } else {
-        builder.with_crls(crls).only_check_end_entity_revocation()
-    };
-    builder.build()
+    private_worker_identity::tls::client_verifier(roots.clone(), crls)
 }
 
 /// SHA-256 of the CRL file (content, not modification time: a file
 /// replaced within the same second with the same size still counts).
 fn crl_stamp(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|bytes| sha256(&[&bytes]))
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| content_digest(&[&bytes]))
 }
 
 /// The CRLs of a PEM file (one or more `X509 CRL` blocks) or of a DER
 /// file (one CRL).
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let crls: Vec<_> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        CertificateRevocationListDer::pem_slice_iter(&bytes)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("not a PEM CRL: {e}"))?
-    } else {
-        vec![CertificateRevocationListDer::from(bytes)]
-    };
-    if crls.is_empty() {
-        return Err("no CRL in the file".into());
-    }
     // Parsed when the verifier is built: a broken CRL is refused there,
     // not at a handshake.
-    Ok(crls)
+    private_worker_identity::pem::parse_crls(&bytes).map_err(|e| e.to_string())
 }
 
 /// Polls the CRL file every [`CRL_POLL`] until `shutdown` and reloads it
@@ -1037,7 +875,7 @@ async fn authenticate(
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
     let leaf = chain.first().ok_or("no client certificate")?;
-    let identity = private_worker_identity::identity::worker_identity_from_der(leaf.as_ref())
+    let identity = private_worker_identity::worker_identity_from_der(leaf.as_ref())
         .map_err(|e| format!("client certificate has no worker identity: {e}"))?;
     let cert_serial = CertificateSummary::of_der(leaf.as_ref())
         .map(|c| c.serial)
@@ -1079,52 +917,42 @@ async fn authenticate(
 
 #[cfg(test)]
 mod tests {
-    use certs_tool::files::{write_private_key, write_public};
-    use certs_tool::{CertificateAuthority, ServerCertRequest, WorkerCertRequest};
+    use private_worker_identity::test_support::{TestCa, TestCert, write_pair};
 
     use super::*;
 
     struct Files {
         _dir: tempfile::TempDir,
         tls: TlsConfig,
-        ca: CertificateAuthority,
+        ca: TestCa,
     }
 
-    fn server_cert(ca: &CertificateAuthority) -> certs_tool::IssuedCert {
-        ca.issue_server(&ServerCertRequest {
-            common_name: "orchestrator".into(),
-            dns_names: vec!["orchestrator.local".into()],
-            ip_addresses: Vec::new(),
-            validity_days: 30,
-        })
-        .unwrap()
+    fn server_cert(ca: &TestCa) -> TestCert {
+        ca.server(&["orchestrator.local"])
     }
 
     fn files() -> Files {
         let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::new_root("test root", 30).unwrap();
+        let ca = TestCa::new("test root");
+        let paths = ca.write_tls_files(dir.path(), "server", &server_cert(&ca));
         let tls = TlsConfig {
-            ca_cert: dir.path().join("ca.pem"),
-            cert: dir.path().join("server.pem"),
-            key: dir.path().join("server.key"),
+            ca_cert: paths.ca_cert,
+            cert: paths.cert,
+            key: paths.key,
         };
-        let issued = server_cert(&ca);
-        write_public(&tls.ca_cert, ca.cert_pem()).unwrap();
-        write_public(&tls.cert, &issued.chain_pem).unwrap();
-        write_private_key(&tls.key, &issued.key_pem).unwrap();
         Files { _dir: dir, tls, ca }
     }
 
-    fn worker_chain(ca: &CertificateAuthority) -> Vec<CertificateDer<'static>> {
-        let issued = ca
-            .issue_worker(&WorkerCertRequest {
-                identity: "spiffe://example.org/worker/w1".into(),
-                validity_days: 30,
-            })
-            .unwrap();
-        CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap()
+    fn paths(tls: &TlsConfig) -> TlsPaths {
+        TlsPaths {
+            ca_cert: tls.ca_cert.clone(),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+        }
+    }
+
+    fn worker_chain(ca: &TestCa) -> Vec<CertificateDer<'static>> {
+        ca.worker("spiffe://example.org/worker/w1").chain()
     }
 
     #[test]
@@ -1133,14 +961,16 @@ mod tests {
         let (_, server) = server_tls(&f.tls, None).unwrap();
         let before = server.certificate();
         assert!(!server.reload_if_changed(), "nothing changed yet");
-        let renewed = certs_tool::renew::renew_files(&f.tls.cert, &f.tls.key, &f.ca, 10).unwrap();
+        let renewed = server_cert(&f.ca);
+        write_pair(&paths(&f.tls), &renewed);
+        let new_serial = renewed.summary().serial;
         assert!(server.reload_if_changed());
-        assert_eq!(server.certificate().serial, renewed.new_serial);
+        assert_eq!(server.certificate().serial, new_serial);
         assert_ne!(server.certificate(), before);
-        let presented = server.resolver.current.read().unwrap().cert[0].clone();
+        let presented = server.resolver.current().cert[0].clone();
         assert_eq!(
             CertificateSummary::of_der(&presented).unwrap().serial,
-            renewed.new_serial
+            new_serial
         );
     }
 
@@ -1150,10 +980,10 @@ mod tests {
         let (_, server) = server_tls(&f.tls, None).unwrap();
         let before = server.certificate();
         let other = server_cert(&f.ca);
-        write_public(&f.tls.cert, &other.chain_pem).unwrap();
+        std::fs::write(&f.tls.cert, &other.cert_pem).unwrap();
         assert!(!server.reload_if_changed(), "a mismatched pair was taken");
         assert_eq!(server.certificate(), before);
-        write_private_key(&f.tls.key, &other.key_pem).unwrap();
+        std::fs::write(&f.tls.key, &other.key_pem).unwrap();
         assert!(server.reload_if_changed());
         assert_ne!(server.certificate(), before);
     }
@@ -1178,10 +1008,10 @@ mod tests {
         let old_worker = worker_chain(&f.ca);
         assert!(verifier.still_accepts(&old_worker));
         // The CA bundle now holds the old root and a new one.
-        let new_ca = CertificateAuthority::new_root("new root", 30).unwrap();
-        write_public(
+        let new_ca = TestCa::new("new root");
+        std::fs::write(
             &f.tls.ca_cert,
-            &format!("{}{}", f.ca.cert_pem(), new_ca.cert_pem()),
+            format!("{}{}", f.ca.cert_pem(), new_ca.cert_pem()),
         )
         .unwrap();
         let new_worker = worker_chain(&new_ca);

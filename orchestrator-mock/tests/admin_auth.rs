@@ -740,10 +740,14 @@ async fn a_non_loopback_admin_listener_without_tls_is_refused_at_start() {
 
 /// An orchestrator whose admin API is served over TLS (`[admin] tls_cert`,
 /// `tls_key`, a certificate for `localhost`), with its directory and CA.
-async fn start_with_admin_tls() -> (tempfile::TempDir, common::Ca, OrchestratorHandle) {
+async fn start_with_admin_tls() -> (
+    tempfile::TempDir,
+    private_worker_identity::test_support::TestCa,
+    OrchestratorHandle,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (ca, text) = common::write_setup(dir.path());
-    let (cert, key) = ca.server();
+    let (cert, key) = ca.server(&["localhost"]).into_pem();
     std::fs::write(dir.path().join("admin.pem"), cert).unwrap();
     std::fs::write(dir.path().join("admin.key"), key).unwrap();
     let config = Config::from_toml_str(
@@ -761,7 +765,7 @@ async fn the_admin_api_over_tls_answers_with_a_token_and_refuses_cleartext() {
     let url = handle.admin_url();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca.issuer.pem().as_bytes()).unwrap()])
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap()])
         .build()
         .unwrap();
     let token = handle.tokens().create("tls-user", &[Role::Read]).unwrap();
@@ -806,7 +810,7 @@ async fn a_flood_of_stalled_admin_tls_handshakes_is_capped_and_the_api_answers_a
     // Once they go, a real caller is served.
     drop(stalled);
     let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca.issuer.pem().as_bytes()).unwrap()])
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap()])
         .build()
         .unwrap();
     let token = handle

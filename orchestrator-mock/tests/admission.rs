@@ -1,15 +1,16 @@
 //! Admission of worker connections (`[admission]` in the config): the
 //! orchestrator in process over real sockets and mutual TLS, PKI generated
-//! per test with rcgen, a hand-written worker (a tonic client).
+//! per test with the shared test PKI (`private_worker_identity::test_support`), a hand-written worker (a tonic client).
 
 use std::time::Duration;
 
 mod common;
 
-use common::{Ca, schema_one};
+use common::schema_one;
 use orchestrator_mock::api::{PlanRequest, PlanStatus, StepRequest};
 use orchestrator_mock::client::AdminClient;
 use orchestrator_mock::{Config, OrchestratorHandle};
+use private_worker_identity::test_support::TestCa;
 use private_worker_proto::v1 as pb;
 use private_worker_proto::v1::orchestrator_message::Kind as Down;
 use private_worker_proto::v1::worker_message::Kind as Up;
@@ -21,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Env {
     _dir: tempfile::TempDir,
-    ca: Ca,
+    ca: TestCa,
     handle: OrchestratorHandle,
     admin: AdminClient,
 }
@@ -33,7 +34,7 @@ impl Env {
     }
 
     /// As [`Env::start`], after `prepare` ran on the directory and CA.
-    async fn start_with(extra: &str, prepare: impl FnOnce(&std::path::Path, &Ca)) -> Env {
+    async fn start_with(extra: &str, prepare: impl FnOnce(&std::path::Path, &TestCa)) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let (ca, text) = common::write_setup(dir.path());
         prepare(dir.path(), &ca);
@@ -242,7 +243,7 @@ async fn an_identity_outside_the_allowlist_cannot_open_a_session_and_one_inside_
     .into_iter()
     .enumerate()
     {
-        let (cert, key) = env.ca.worker(outside, true);
+        let (cert, key) = env.ca.worker(outside).into_pem();
         let refused = env.session(&cert, &key).await;
         assert!(refused.is_err(), "{outside} opened a session");
         let refused = match env.tls(&cert, &key).await {
@@ -261,7 +262,7 @@ async fn an_identity_outside_the_allowlist_cannot_open_a_session_and_one_inside_
         "spiffe://test.example/worker/crm-eu-1",
         "spiffe://test.example/worker/ops-batch",
     ] {
-        let (cert, key) = env.ca.worker(inside, true);
+        let (cert, key) = env.ca.worker(inside).into_pem();
         let session = env.session(&cert, &key).await.unwrap();
         assert_eq!(session.welcome.worker_identity, inside);
     }
@@ -272,7 +273,10 @@ async fn an_identity_outside_the_allowlist_cannot_open_a_session_and_one_inside_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_admission_rules_every_identity_of_the_ca_is_admitted() {
     let env = Env::start("").await;
-    let (cert, key) = env.ca.worker("spiffe://anything.example/worker/x", true);
+    let (cert, key) = env
+        .ca
+        .worker("spiffe://anything.example/worker/x")
+        .into_pem();
     let session = env.session(&cert, &key).await.unwrap();
     assert_eq!(
         session.welcome.worker_identity,
@@ -285,7 +289,10 @@ async fn without_admission_rules_every_identity_of_the_ca_is_admitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_allowlist_admits_no_one() {
     let env = Env::start("[admission]\nidentities = []\n").await;
-    let (cert, key) = env.ca.worker("spiffe://test.example/worker/crm-eu-1", true);
+    let (cert, key) = env
+        .ca
+        .worker("spiffe://test.example/worker/crm-eu-1")
+        .into_pem();
     assert!(env.session(&cert, &key).await.is_err());
     assert_eq!(env.handle.admission().refused_identities(), 1);
     env.handle.shutdown().await;
@@ -295,7 +302,10 @@ async fn an_empty_allowlist_admits_no_one() {
 async fn a_flood_from_one_identity_that_never_says_hello_is_capped_while_another_worker_runs_a_plan()
  {
     let env = Env::start("[admission]\nmax_connections_per_identity = 3\n").await;
-    let (flood_cert, flood_key) = env.ca.worker("spiffe://test.example/worker/flood", true);
+    let (flood_cert, flood_key) = env
+        .ca
+        .worker("spiffe://test.example/worker/flood")
+        .into_pem();
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..10 {
@@ -317,7 +327,10 @@ async fn a_flood_from_one_identity_that_never_says_hello_is_capped_while_another
     );
 
     // Another identity is served meanwhile, start to finish.
-    let (cert, key) = env.ca.worker("spiffe://test.example/worker/real", true);
+    let (cert, key) = env
+        .ca
+        .worker("spiffe://test.example/worker/real")
+        .into_pem();
     let mut real = env.session(&cert, &key).await.unwrap();
     run_a_plan(&env, &mut real).await;
 
@@ -334,7 +347,10 @@ async fn a_flood_from_one_identity_that_never_says_hello_is_capped_while_another
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_before_hello_are_closed_at_accept_and_hello_frees_a_place() {
     let env = Env::start("[admission]\nmax_connections_before_hello = 2\n").await;
-    let (cert, key) = env.ca.worker("spiffe://test.example/worker/real", true);
+    let (cert, key) = env
+        .ca
+        .worker("spiffe://test.example/worker/real")
+        .into_pem();
 
     // A worker that said Hello holds no place before Hello.
     let mut real = env.session(&cert, &key).await.unwrap();
@@ -362,7 +378,10 @@ async fn connections_past_the_limit_before_hello_are_closed_at_accept_and_hello_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // ... so a third is closed before TLS, and a new session cannot open,
-    let (other_cert, other_key) = env.ca.worker("spiffe://test.example/worker/other", true);
+    let (other_cert, other_key) = env
+        .ca
+        .worker("spiffe://test.example/worker/other")
+        .into_pem();
     assert!(env.session(&other_cert, &other_key).await.is_err());
     assert!(env.handle.admission().refused_before_hello_limit() >= 1);
     // while the worker already in keeps being served.
@@ -377,53 +396,25 @@ async fn connections_past_the_limit_before_hello_are_closed_at_accept_and_hello_
     env.handle.shutdown().await;
 }
 
-/// A worker certificate with a known serial number (for a CRL to name).
-fn worker_with_serial(ca: &Ca, identity: &str, serial: u64) -> (String, String) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    params.serial_number = Some(rcgen::SerialNumber::from(serial));
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-/// A CRL of `ca` revoking `serials`.
-fn crl(ca: &Ca, number: u64, serials: &[u64]) -> rcgen::CertificateRevocationList {
-    let now = time::OffsetDateTime::now_utc();
-    rcgen::CertificateRevocationListParams {
-        this_update: now - time::Duration::minutes(1),
-        next_update: now + time::Duration::days(1),
-        crl_number: rcgen::SerialNumber::from(number),
-        issuing_distribution_point: None,
-        revoked_certs: serials
-            .iter()
-            .map(|&s| rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from(s),
-                revocation_time: now - time::Duration::minutes(1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&ca.issuer)
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_is_refused_and_a_replaced_crl_takes_effect_without_restart() {
     let crl_path = std::sync::Arc::new(std::sync::Mutex::new(None));
     let slot = crl_path.clone();
     let env = Env::start_with("[admission]\ncrl = \"revoked.pem\"\n", move |dir, ca| {
         let path = dir.join("revoked.pem");
-        std::fs::write(&path, crl(ca, 1, &[1001]).pem().unwrap()).unwrap();
+        std::fs::write(&path, ca.crl(1, &[1001]).pem).unwrap();
         *slot.lock().unwrap() = Some(path);
     })
     .await;
     let path = crl_path.lock().unwrap().clone().unwrap();
-    let (a_cert, a_key) = worker_with_serial(&env.ca, "spiffe://test.example/worker/a", 1001);
-    let (b_cert, b_key) = worker_with_serial(&env.ca, "spiffe://test.example/worker/b", 1002);
+    let (a_cert, a_key) = env
+        .ca
+        .worker_with_serial("spiffe://test.example/worker/a", 1001)
+        .into_pem();
+    let (b_cert, b_key) = env
+        .ca
+        .worker_with_serial("spiffe://test.example/worker/b", 1002)
+        .into_pem();
 
     assert!(
         env.session(&a_cert, &a_key).await.is_err(),
@@ -434,7 +425,7 @@ async fn a_revoked_certificate_is_refused_and_a_replaced_crl_takes_effect_withou
     drop(b);
 
     // Replaced (DER this time): b revoked, a no longer; no restart.
-    std::fs::write(&path, crl(&env.ca, 2, &[1002]).der().as_ref()).unwrap();
+    std::fs::write(&path, env.ca.crl(2, &[1002]).der).unwrap();
     let a = session_eventually(&env, &a_cert, &a_key).await;
     assert_eq!(a.welcome.worker_identity, "spiffe://test.example/worker/a");
     assert!(env.session(&b_cert, &b_key).await.is_err(), "b was revoked");
@@ -458,18 +449,24 @@ async fn an_open_connection_is_closed_when_a_reloaded_crl_revokes_its_certificat
     let slot = crl_path.clone();
     let env = Env::start_with("[admission]\ncrl = \"revoked.pem\"\n", move |dir, ca| {
         let path = dir.join("revoked.pem");
-        std::fs::write(&path, crl(ca, 1, &[9999]).pem().unwrap()).unwrap();
+        std::fs::write(&path, ca.crl(1, &[9999]).pem).unwrap();
         *slot.lock().unwrap() = Some(path);
     })
     .await;
     let path = crl_path.lock().unwrap().clone().unwrap();
-    let (a_cert, a_key) = worker_with_serial(&env.ca, "spiffe://test.example/worker/a", 1001);
-    let (b_cert, b_key) = worker_with_serial(&env.ca, "spiffe://test.example/worker/b", 1002);
+    let (a_cert, a_key) = env
+        .ca
+        .worker_with_serial("spiffe://test.example/worker/a", 1001)
+        .into_pem();
+    let (b_cert, b_key) = env
+        .ca
+        .worker_with_serial("spiffe://test.example/worker/b", 1002)
+        .into_pem();
     let mut a = env.session(&a_cert, &a_key).await.unwrap();
     let mut b = env.session(&b_cert, &b_key).await.unwrap();
 
     // a's certificate is revoked while its stream is open.
-    std::fs::write(&path, crl(&env.ca, 2, &[1001]).pem().unwrap()).unwrap();
+    std::fs::write(&path, env.ca.crl(2, &[1001]).pem).unwrap();
     let ended = loop {
         match tokio::time::timeout(WAIT, a.inbound.message()).await {
             Err(_) => break false,

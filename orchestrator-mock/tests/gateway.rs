@@ -1,17 +1,18 @@
 //! The orchestrator in process, over real sockets and mutual TLS, driven by
 //! a hand-written worker (a tonic client) so each protocol rule can be
-//! checked message by message. PKI is generated per test with rcgen.
+//! checked message by message. PKI is generated per test with the shared test PKI.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod common;
 
-use common::{Ca, schema_one, schema_two};
+use common::{schema_one, schema_two};
 use orchestrator_mock::api::{PlanRequest, PlanStatus, StepRequest, StepStatus};
 use orchestrator_mock::client::AdminClient;
 use orchestrator_mock::tokens::Role;
 use orchestrator_mock::{Config, OrchestratorHandle};
+use private_worker_identity::test_support::TestCa;
 use private_worker_proto::v1 as pb;
 use private_worker_proto::v1::orchestrator_message::Kind as Down;
 use private_worker_proto::v1::worker_message::Kind as Up;
@@ -24,7 +25,7 @@ const IDENTITY: &str = "spiffe://test.example/worker/w1";
 
 struct Env {
     dir: tempfile::TempDir,
-    ca: Ca,
+    ca: TestCa,
     handle: Option<OrchestratorHandle>,
     admin: AdminClient,
     config: Config,
@@ -254,7 +255,7 @@ fn read_tree(dir: &Path) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_runs_a_plan_in_order_within_credit_and_stores_a_duplicate_result_once() {
     let env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut worker = env.session(&cert, &key).await.unwrap();
     worker.send(hello(1)).await;
     let welcome = match worker.next().await {
@@ -388,7 +389,7 @@ async fn a_session_runs_a_plan_in_order_within_credit_and_stores_a_duplicate_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_first_message_is_not_hello_is_refused_with_invalid_argument() {
     let env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut worker = env.session(&cert, &key).await.unwrap();
     worker.send(Up::Credit(pb::Credit { grant: 5 })).await;
     let status = worker.next().await.unwrap_err();
@@ -399,7 +400,7 @@ async fn a_stream_whose_first_message_is_not_hello_is_refused_with_invalid_argum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_drain_to_every_session_and_frees_the_port() {
     let mut env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut worker = env.session(&cert, &key).await.unwrap();
     worker.send(hello(4)).await;
     assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
@@ -450,7 +451,7 @@ async fn the_gateway_refuses_plaintext_foreign_certificates_and_certificates_wit
     let env = Env::start().await;
 
     // Positive control: our own worker certificate gets an HTTP/2 answer.
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut good = env.tls(&cert, &key).await.unwrap();
     assert!(h2_answer(&mut good).await.is_ok());
 
@@ -461,15 +462,15 @@ async fn the_gateway_refuses_plaintext_foreign_certificates_and_certificates_wit
         "plaintext got an HTTP/2 answer: {answer:?}"
     );
 
-    let other = Ca::new("other root");
-    let (cert, key) = other.worker(IDENTITY, true);
+    let other = TestCa::new("other root");
+    let (cert, key) = other.worker(IDENTITY).into_pem();
     let refused = match env.tls(&cert, &key).await {
         Err(e) => Err(e),
         Ok(mut s) => h2_answer(&mut s).await,
     };
     assert!(refused.is_err(), "a foreign certificate was accepted");
 
-    let (cert, key) = env.ca.worker(IDENTITY, false);
+    let (cert, key) = env.ca.worker_without_client_auth(IDENTITY).into_pem();
     let refused = match env.tls(&cert, &key).await {
         Err(e) => Err(e),
         Ok(mut s) => h2_answer(&mut s).await,
@@ -578,7 +579,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
 async fn an_orchestrator_restarted_on_the_same_data_dir_continues_its_plans_and_settles_held_attempts()
  {
     let mut env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut worker = env.session(&cert, &key).await.unwrap();
     worker.send(hello(4)).await;
     assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
@@ -674,7 +675,7 @@ async fn an_orchestrator_restarted_on_the_same_data_dir_continues_its_plans_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_stream_of_the_same_identity_ends_the_older_one_with_aborted() {
     let env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut old = env.session(&cert, &key).await.unwrap();
     old.send(hello(4)).await;
     assert!(matches!(old.next().await, Ok(Some(Down::Welcome(_)))));
@@ -695,7 +696,7 @@ async fn a_result_that_cannot_be_stored_gets_result_refused_on_the_same_stream()
         std::os::unix::fs::symlink("/dev/full", dir.join("data/audit.jsonl")).unwrap();
     })
     .await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut worker = env.session(&cert, &key).await.unwrap();
     worker.send(hello(4)).await;
     assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
@@ -728,7 +729,7 @@ async fn a_result_that_cannot_be_stored_gets_result_refused_on_the_same_stream()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_that_breaks_the_contract_is_refused_with_invalid_argument_naming_the_field() {
     let env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut worker = env.session(&cert, &key).await.unwrap();
     worker
         .send(hello_holding("bad id with spaces", vec![]))
@@ -758,7 +759,7 @@ async fn a_hello_that_breaks_the_contract_is_refused_with_invalid_argument_namin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_4_mib_ends_the_stream_with_resource_exhausted_naming_the_limit() {
     let env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut worker = env.session(&cert, &key).await.unwrap();
     worker.send(hello(4)).await;
     assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
@@ -828,7 +829,7 @@ fn honest_result(
 }
 
 async fn connected(env: &Env, identity: &str) -> Worker {
-    let (cert, key) = env.ca.worker(identity, true);
+    let (cert, key) = env.ca.worker(identity).into_pem();
     let mut worker = env.session(&cert, &key).await.unwrap();
     worker.send(hello(4)).await;
     assert!(matches!(worker.next().await, Ok(Some(Down::Welcome(_)))));
@@ -1092,7 +1093,7 @@ async fn audit_records_that_break_the_chain_or_contradict_the_assignment_are_fla
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_never_says_hello_is_closed_with_deadline_exceeded_within_the_stated_time() {
     let env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let mut silent = env.session(&cert, &key).await.unwrap();
     let started = std::time::Instant::now();
     let limit = orchestrator_mock::gateway::HELLO_TIMEOUT * 2;
@@ -1157,7 +1158,7 @@ impl tonic::codec::Codec for RawCodec {
 async fn a_malformed_message_ends_the_stream_with_invalid_argument_saying_so_never_ok() {
     use prost::Message as _;
     let env = Env::start().await;
-    let (cert, key) = env.ca.worker(IDENTITY, true);
+    let (cert, key) = env.ca.worker(IDENTITY).into_pem();
     let channel = env.channel(&cert, &key).await.unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
@@ -1193,7 +1194,7 @@ async fn an_authenticated_connection_that_never_says_hello_is_closed_while_a_wor
     // A real worker, connected the whole time.
     let mut worker = connected(&env, IDENTITY).await;
     // An idle connection: handshake and HTTP/2 preface, then nothing.
-    let (other_cert, other_key) = env.ca.worker(OTHER, true);
+    let (other_cert, other_key) = env.ca.worker(OTHER).into_pem();
     let mut idle = env.tls(&other_cert, &other_key).await.unwrap();
     h2_answer(&mut idle).await.unwrap();
     let started = std::time::Instant::now();

@@ -1,52 +1,13 @@
-//! Shared fixtures: a per-test rcgen CA issuing server and worker
-//! certificates, the sample registry and a config directory.
+//! Shared fixtures: the sample registry, a config directory with a per-test
+//! CA and server certificate (the shared test PKI,
+//! `private_worker_identity::test_support`), and a worker's mTLS
+//! connection.
 #![allow(dead_code)] // each test file uses a different part of it
 
 use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    SanType,
-};
+use private_worker_identity::test_support::TestCa;
 use serde_json::{Value, json};
-
-pub struct Ca {
-    pub issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    pub fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    pub fn server(&self) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    pub fn worker(&self, identity: &str, client_auth: bool) -> (String, String) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
-        params.extended_key_usages = vec![if client_auth {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 pub fn schema_one() -> Value {
     json!({"type": "object", "required": ["title"], "additionalProperties": false,
@@ -59,10 +20,10 @@ pub fn schema_two() -> Value {
 
 /// Writes CA, server certificate, registry and a config using them into
 /// `dir`; returns the CA and the config text (relative paths).
-pub fn write_setup(dir: &Path) -> (Ca, String) {
-    let ca = Ca::new("test root");
-    let (cert, key) = ca.server();
-    std::fs::write(dir.join("ca.pem"), ca.issuer.pem()).unwrap();
+pub fn write_setup(dir: &Path) -> (TestCa, String) {
+    let ca = TestCa::new("test root");
+    let (cert, key) = ca.server(&["localhost"]).into_pem();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
     std::fs::write(dir.join("server.pem"), cert).unwrap();
     std::fs::write(dir.join("server.key"), key).unwrap();
     let registry = json!({"tasks": [
@@ -101,35 +62,24 @@ pub fn admin_token(dir: &Path, name: &str, roles: &[orchestrator_mock::tokens::R
 /// side of the handshake is done (the server may still close it right
 /// after).
 pub async fn connect_as_worker(
-    ca: &Ca,
+    ca: &TestCa,
     addr: std::net::SocketAddr,
     cert: &str,
     key: &str,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.issuer.pem().as_bytes()).unwrap())
-        .unwrap();
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
+    use private_worker_identity::pem::{parse_certificates, parse_private_key};
+    let config = private_worker_identity::tls::client_config(
+        ca.roots(),
+        parse_certificates(cert.as_bytes()).unwrap(),
+        parse_private_key(key.as_bytes()).unwrap(),
+    )
     .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())
 }
