@@ -1,6 +1,9 @@
 //! The worker behind a real HTTP proxy (Debian's tinyproxy): the stream
 //! goes through CONNECT, with and without Basic authentication, and each
-//! refusal (407, 403, an unreachable proxy) gives a clear error and a retry.
+//! refusal (tinyproxy's 401, 403, an unreachable proxy) gives a clear error
+//! and a retry. Two misbehaviours tinyproxy cannot be made to show are
+//! played by a [`ScriptedProxy`] in the test: the RFC's 407 with a Basic
+//! challenge, and a proxy that accepts the connection and never answers.
 //!
 //! How the tests make sure the worker cannot go direct: the worker dials
 //! `orchestrator.proxy-only.invalid:<port>`, a name no resolver knows
@@ -14,6 +17,10 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use common::{Env, Options, WAIT, contains};
 use orchestrator_mock::api::PlanStatus;
 use private_worker_tests::catalog;
@@ -22,6 +29,7 @@ use private_worker_tests::procs::{Process, binary};
 use private_worker_tests::proxy::RecordingUpstream;
 use private_worker_tests::tinyproxy::{Tinyproxy, TinyproxyOptions};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A host name only the proxy path can reach.
 const HIDDEN_HOST: &str = "orchestrator.proxy-only.invalid";
@@ -188,7 +196,7 @@ async fn a_plan_runs_through_a_proxy_that_needs_basic_auth_with_the_password_fro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_asking_for_credentials_gives_a_clear_407_error_and_the_worker_keeps_retrying() {
+async fn tinyproxy_asking_for_credentials_gives_a_clear_error_and_the_worker_keeps_retrying() {
     let behind = Behind::start(TinyproxyOptions {
         basic_auth: Some(("svc-worker".into(), "right-password".into())),
         ..TinyproxyOptions::default()
@@ -443,4 +451,236 @@ async fn check_prints_the_route_the_stream_will_take_without_the_password() {
         ),
         "{line}"
     );
+}
+
+/// What a [`ScriptedProxy`] does with each connection.
+#[derive(Debug, Clone, Copy)]
+enum Script {
+    /// Accepts and never answers: a proxy that black-holes the CONNECT.
+    Silent,
+    /// Reads the CONNECT request and answers `407 Proxy Authentication
+    /// Required` with a Basic challenge, as RFC 9110 asks of a proxy.
+    Demand407,
+}
+
+/// A stand-in proxy on 127.0.0.1:0 that misbehaves in one precise way,
+/// counting connections and keeping the request heads it read. Stops when
+/// dropped.
+struct ScriptedProxy {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedProxy {
+    async fn start(script: Script) -> ScriptedProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (count, kept) = (connections.clone(), heads.clone());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                match script {
+                    Script::Silent => held.push(stream),
+                    Script::Demand407 => {
+                        let kept = kept.clone();
+                        tokio::spawn(async move {
+                            let mut head = Vec::new();
+                            let mut buf = [0u8; 1024];
+                            while !contains(&head, b"\r\n\r\n") && head.len() < 16 * 1024 {
+                                match stream.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            kept.lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&head).into_owned());
+                            let _ = stream
+                                .write_all(
+                                    b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                                      Proxy-Authenticate: Basic realm=\"x\"\r\n\
+                                      Content-Length: 0\r\nConnection: close\r\n\r\n",
+                                )
+                                .await;
+                            let _ = stream.shutdown().await;
+                        });
+                    }
+                }
+            }
+        });
+        ScriptedProxy {
+            addr,
+            connections,
+            heads,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the worker of `env` with `lines` added under `[orchestrator]`
+/// and `vars` in its environment.
+fn worker_with_lines(env: &Env, lines: &str, vars: &[(&str, &str)]) -> Process {
+    let path = env.write_worker_config(
+        "worker",
+        &env.pki.worker_cert,
+        &env.pki.worker_key,
+        ORCHESTRATOR_NAME,
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[orchestrator]\n", &format!("[orchestrator]\n{lines}\n"));
+    std::fs::write(&path, text).unwrap();
+    let mut all = vec![
+        (catalog::TOKEN_ENV, env.token.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
+    all.extend_from_slice(vars);
+    Process::start(
+        "worker",
+        &binary("private-worker"),
+        &["--config", path.to_str().unwrap()],
+        &all,
+        &env.path("worker.log"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_accepts_and_never_answers_is_named_in_the_error_and_the_worker_keeps_retrying()
+ {
+    let env = Env::start(Options::default()).await;
+    let proxy = ScriptedProxy::start(Script::Silent).await;
+    // A short dial limit so that the test is quick; the message must name
+    // the proxy and the step, not only the orchestrator.
+    let worker = worker_with_lines(
+        &env,
+        &format!(
+            "proxy = \"http://{}\"\nconnect_timeout = \"1s\"",
+            proxy.addr
+        ),
+        &[],
+    );
+    let needle = format!(
+        "the proxy at {} accepted the TCP connection but did not answer CONNECT {} within",
+        proxy.addr, env.grpc_addr
+    );
+    wait_until(
+        || worker.output().matches(&needle).count() >= 2 && proxy.connections() >= 2,
+        || {
+            format!(
+                "two attempts ({} connections) naming the silent proxy:\n{}",
+                proxy.connections(),
+                worker.output()
+            )
+        },
+    )
+    .await;
+    assert!(
+        worker.output().contains("reconnecting after backoff"),
+        "{}",
+        worker.output()
+    );
+    assert!(
+        !worker
+            .output()
+            .contains(&format!("connecting to {} timed out", env.grpc_addr)),
+        "the plain dial timeout, which does not name the proxy, fired first:\n{}",
+        worker.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_answering_407_gives_the_exact_error_with_and_without_credentials() {
+    let env = Env::start(Options::default()).await;
+    let proxy = ScriptedProxy::start(Script::Demand407).await;
+
+    // No credentials configured.
+    let mut worker = worker_with_lines(&env, &format!("proxy = \"http://{}\"", proxy.addr), &[]);
+    worker.wait_for(
+        &format!(
+            "the proxy at {} requires authentication (407): set orchestrator.proxy_username/proxy_password",
+            proxy.addr
+        ),
+        WAIT,
+    );
+    wait_until(
+        || proxy.connections() >= 2,
+        || format!("a second attempt after the backoff:\n{}", worker.output()),
+    )
+    .await;
+    drop(worker);
+    let heads = proxy.heads();
+    assert!(
+        heads[0].starts_with(&format!("CONNECT {} HTTP/1.1\r\n", env.grpc_addr)),
+        "{heads:?}"
+    );
+    assert!(
+        !heads[0]
+            .to_ascii_lowercase()
+            .contains("proxy-authorization"),
+        "{heads:?}"
+    );
+
+    // Credentials configured: sent, refused, named.
+    let password = format!("proxy-pw-{}-DO-NOT-LEAK", std::process::id());
+    let before = proxy.heads().len();
+    let mut worker = worker_with_lines(
+        &env,
+        &format!(
+            "proxy = \"http://{}\"\nproxy_username = \"svc-worker\"\nproxy_password = \"env://PROXY_PASSWORD\"",
+            proxy.addr
+        ),
+        &[("PROXY_PASSWORD", password.as_str())],
+    );
+    worker.wait_for(
+        &format!(
+            "the proxy at {} rejected the credentials of user `svc-worker` (407): check orchestrator.proxy_username and the secret orchestrator.proxy_password names",
+            proxy.addr
+        ),
+        WAIT,
+    );
+    wait_until(
+        || proxy.heads().len() > before,
+        || "the proxy kept the request head".into(),
+    )
+    .await;
+    let encoded = base64_of(&format!("svc-worker:{password}"));
+    let head = &proxy.heads()[before];
+    assert!(
+        head.contains(&format!("Proxy-Authorization: Basic {encoded}\r\n")),
+        "the CONNECT carries the configured credentials: {head}"
+    );
+    let log = worker.output();
+    assert!(
+        !log.contains(&password),
+        "the worker log holds the proxy password"
+    );
+    assert!(
+        !log.contains(&encoded),
+        "the worker log holds the Proxy-Authorization value"
+    );
+}
+
+/// Standard base64, as in a `Basic` header.
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
 }
