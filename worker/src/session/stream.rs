@@ -210,7 +210,7 @@ fn hello(worker: &Worker) -> pb::Hello {
 /// The worker certificate this stream's connection presented, and the
 /// channel that says when a new one was taken.
 struct Rotation<'a> {
-    changes: &'a mut tokio::sync::watch::Receiver<crate::tls::CertificateSummary>,
+    changes: &'a mut tokio::sync::watch::Receiver<private_worker_identity::CertificateSummary>,
     dialed_with: String,
 }
 
