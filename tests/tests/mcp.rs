@@ -351,6 +351,14 @@ async fn a_human_task_answers_pending_approval_and_after_a_signed_approval_its_r
         .unwrap_or_else(|| panic!("a ticket id in the output: {result:#}"));
     assert!(ticket_id.starts_with("T-"), "{result:#}");
     assert_eq!(w.requests_to("/tickets"), 1);
+    // The worker requires a signed approval for every task, and checked
+    // the person's.
+    let log = std::fs::read_to_string(w.env.path("worker.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("signed approval verified") && l.contains(HUMAN)),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
