@@ -137,6 +137,7 @@ impl Drop for CuttableProxy {
 pub struct RecordingUpstream {
     addr: SocketAddr,
     connects: Arc<std::sync::Mutex<Vec<String>>>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
     bytes: Arc<std::sync::Mutex<Vec<u8>>>,
     stop: tokio_util::sync::CancellationToken,
 }
@@ -172,9 +173,11 @@ impl RecordingUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let connects = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let bytes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = tokio_util::sync::CancellationToken::new();
-        let (lines, seen, stopped) = (connects.clone(), bytes.clone(), stop.clone());
+        let (lines, all_heads, seen, stopped) =
+            (connects.clone(), heads.clone(), bytes.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
                 let (mut inbound, _) = tokio::select! {
@@ -184,7 +187,12 @@ impl RecordingUpstream {
                         Err(_) => continue,
                     },
                 };
-                let (lines, seen, stopped) = (lines.clone(), seen.clone(), stopped.clone());
+                let (lines, all_heads, seen, stopped) = (
+                    lines.clone(),
+                    all_heads.clone(),
+                    seen.clone(),
+                    stopped.clone(),
+                );
                 tokio::spawn(async move {
                     // The request head, byte by byte so nothing after it is taken.
                     let mut head = Vec::new();
@@ -195,6 +203,10 @@ impl RecordingUpstream {
                             _ => return,
                         }
                     }
+                    all_heads
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(String::from_utf8_lossy(&head).into_owned());
                     let line = String::from_utf8_lossy(&head)
                         .lines()
                         .next()
@@ -225,6 +237,7 @@ impl RecordingUpstream {
         Ok(RecordingUpstream {
             addr,
             connects,
+            heads,
             bytes,
             stop,
         })
@@ -241,6 +254,12 @@ impl RecordingUpstream {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The whole request head (request line and headers) of every CONNECT
+    /// received, as the proxy in front sent it.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Every byte tunnelled so far, both directions, in arrival order.

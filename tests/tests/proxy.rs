@@ -189,10 +189,30 @@ async fn a_plan_runs_through_a_proxy_that_needs_basic_auth_with_the_password_fro
         &[("PROXY_PASSWORD", password.as_str())],
     );
     run_plan_through(&behind, &worker).await;
+    // The password travels as base64 in Proxy-Authorization on the hop to
+    // tinyproxy (by necessity); it must be nowhere else, in either form.
+    let encoded = base64_of(&format!("svc-worker:{password}"));
+    let log = worker.output();
     assert!(
-        !worker.output().contains(&password),
+        !log.contains(&password),
         "the worker log holds the proxy password"
     );
+    assert!(
+        !log.contains(&encoded),
+        "the worker log holds the Proxy-Authorization value"
+    );
+    let heads = behind.upstream.heads().concat();
+    assert!(
+        heads.contains("CONNECT "),
+        "the upstream recorded the CONNECT heads: {heads}"
+    );
+    let seen = behind.upstream.bytes();
+    for secret in [password.as_str(), encoded.as_str()] {
+        assert!(
+            !heads.contains(secret) && !contains(&seen, secret.as_bytes()),
+            "the proxy credentials went past the proxy towards the orchestrator"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
