@@ -57,17 +57,64 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How many ports are tried before giving up: a port found free can be
+/// taken by another process before tinyproxy binds it.
+const PORT_ATTEMPTS: usize = 5;
+
+/// What tinyproxy writes to its log once it listens.
+const READY_LINE: &str = "Starting main loop. Accepting connections.";
+
+/// What tinyproxy prints when it cannot bind its port.
+const PORT_TAKEN: &str = "Could not create listening sockets";
+
+/// How one start of tinyproxy ended.
+enum Started {
+    /// It listens on its port.
+    Ready(Child),
+    /// Its port was taken; try another.
+    PortTaken,
+}
+
 impl Tinyproxy {
     /// Writes a config into `dir` and starts tinyproxy in the foreground on
     /// a free port of 127.0.0.1, waiting until it accepts connections.
     ///
+    /// Ready means: the child is alive and its log says it accepts
+    /// connections (a connect alone could reach another process that took
+    /// the port after it was found free). When the port was taken,
+    /// tinyproxy exits and another port is tried.
+    ///
     /// # Panics
     /// When tinyproxy is missing (naming [`INSTALL`]) or does not start.
     pub fn start(dir: &Path, options: &TinyproxyOptions) -> Tinyproxy {
+        Self::start_on(dir, options, &mut free_port)
+    }
+
+    /// [`Tinyproxy::start`], taking each port to try from `next_port`.
+    fn start_on(
+        dir: &Path,
+        options: &TinyproxyOptions,
+        next_port: &mut dyn FnMut() -> u16,
+    ) -> Tinyproxy {
         require_tinyproxy();
         std::fs::create_dir_all(dir).expect("tinyproxy dir");
-        let port = free_port();
         let log = dir.join("tinyproxy.log");
+        for _ in 0..PORT_ATTEMPTS {
+            let port = next_port();
+            match Self::start_once(dir, options, port, &log) {
+                Started::Ready(child) => {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                    return Tinyproxy { child, addr, log };
+                }
+                Started::PortTaken => continue,
+            }
+        }
+        panic!("tinyproxy found no free port in {PORT_ATTEMPTS} attempts");
+    }
+
+    /// One start on `port`.
+    fn start_once(dir: &Path, options: &TinyproxyOptions, port: u16, log: &Path) -> Started {
+        let _ = std::fs::remove_file(log);
         let mut config = format!(
             "Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 50\nLogLevel Info\n\
              LogFile \"{}\"\nPidFile \"{}\"\nAllow 127.0.0.1\nDisableViaHeader Yes\n",
@@ -93,8 +140,9 @@ impl Tinyproxy {
         }
         let config_path = dir.join("tinyproxy.conf");
         std::fs::write(&config_path, config).expect("tinyproxy config");
-        let out = std::fs::File::create(dir.join("tinyproxy.out")).expect("tinyproxy output");
-        let child = Command::new("tinyproxy")
+        let out_path = dir.join("tinyproxy.out");
+        let out = std::fs::File::create(&out_path).expect("tinyproxy output");
+        let mut child = Command::new("tinyproxy")
             .arg("-d")
             .arg("-c")
             .arg(&config_path)
@@ -103,23 +151,26 @@ impl Tinyproxy {
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tinyproxy ({INSTALL}): {e}"));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-        let mut proxy = Tinyproxy { child, addr, log };
         let start = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!(
-                    "tinyproxy exited ({status}) at start: {}",
-                    std::fs::read_to_string(dir.join("tinyproxy.out")).unwrap_or_default()
-                );
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+                if output.contains(PORT_TAKEN) {
+                    return Started::PortTaken;
+                }
+                panic!("tinyproxy exited ({status}) at start: {output}");
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "tinyproxy did not listen on {addr}"
-            );
+            let logged = std::fs::read_to_string(log).unwrap_or_default();
+            if logged.contains(READY_LINE) {
+                return Started::Ready(child);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tinyproxy did not start listening on 127.0.0.1:{port}:\n{logged}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        proxy
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -148,5 +199,55 @@ impl Drop for Tinyproxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_by_another_process_is_skipped_and_never_mistaken_for_tinyproxy() {
+        let dir = std::env::temp_dir().join(format!("tinyproxy-port-{}", std::process::id()));
+        // Another process's listener on the first port offered.
+        let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = stranger.local_addr().unwrap().port();
+        let mut offered = Vec::new();
+        let mut ports = || {
+            let port = if offered.is_empty() {
+                taken
+            } else {
+                free_port()
+            };
+            offered.push(port);
+            port
+        };
+        let mut proxy = Tinyproxy::start_on(&dir, &TinyproxyOptions::default(), &mut ports);
+        assert_ne!(
+            proxy.addr().port(),
+            taken,
+            "tinyproxy claims the stranger's port"
+        );
+        assert!(
+            proxy.child.try_wait().unwrap().is_none(),
+            "the tinyproxy returned is running"
+        );
+        assert!(offered.len() >= 2, "a second port was tried: {offered:?}");
+        // The proxy answers as tinyproxy: a request it cannot serve gets an
+        // HTTP error page naming it.
+        use std::io::{Read as _, Write as _};
+        let mut tcp = std::net::TcpStream::connect(proxy.addr()).unwrap();
+        tcp.write_all(b"GET http://no-such-host.invalid/ HTTP/1.0\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.0 "), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("tinyproxy"),
+            "{answer}"
+        );
+        drop(proxy);
+        drop(stranger);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
