@@ -109,6 +109,15 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The MCP server over stdio, for clients that only start local
+    /// servers: forwards each JSON-RPC line from stdin to the admin API's
+    /// `/mcp` with the token (role `submit`) and writes the answers to
+    /// stdout. The orchestrator must be running.
+    McpStdio {
+        /// Admin connection.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List registered tasks.
     Tasks {
         /// Admin connection.
@@ -441,6 +450,20 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         Command::Unattributed { admin } => {
             let evidence = admin.client()?.unattributed().await?;
             print(&admin, &evidence)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::McpStdio { admin } => {
+            let token = admin.token()?;
+            let url = format!("{}/mcp", admin.admin_url.trim_end_matches('/'));
+            crate::mcp_stdio::run(
+                reqwest::Client::new(),
+                url,
+                token,
+                tokio::io::BufReader::new(tokio::io::stdin()),
+                tokio::io::stdout(),
+            )
+            .await
+            .map_err(|e| CliError::Output(std::io::Error::other(e.to_string())))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tasks { admin } => {

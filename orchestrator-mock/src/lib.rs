@@ -30,7 +30,8 @@
 //! - [`policy`]: the registry's approval policies (`human`, `auto`,
 //!   `deny`) and the auto-approver.
 //! - [`mcp`]: the MCP server at `/mcp` on the admin listener: the tasks as
-//!   tools for AI agents.
+//!   tools for AI agents; [`mcp_stdio`]: the same over stdio, a bridge for
+//!   clients that start local servers only (`orchestrator-mock mcp-stdio`).
 //! - [`admin_tls`]: TLS for the admin listener (required off loopback).
 //! - [`client`]: the typed admin client used by the CLI and tests.
 //! - [`cli`]: the `orchestrator-mock` command line.
@@ -68,6 +69,7 @@ pub mod durable;
 pub mod gateway;
 pub mod lease;
 pub mod mcp;
+pub mod mcp_stdio;
 pub mod policy;
 pub mod registry;
 pub mod scenario;

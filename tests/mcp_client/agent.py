@@ -12,6 +12,10 @@ document on stdout for the Rust test (tests/tests/mcp.rs) to check:
                                          {"refused": true, "error": "...", "http_statuses": [...]}
                                          (exit 0), or exit 1 when it was not refused
 
+URL "stdio" instead of an http(s) URL: start the command given as a JSON list
+in MCP_STDIO_COMMAND and speak MCP over its stdin and stdout (the stdio
+transport); MCP_TOKEN then goes to it as ORCHESTRATOR_MOCK_TOKEN.
+
 Exit status 0 when the run did what was asked (a tool error is a result, not
 a failure), 1 otherwise with the error on stderr.
 """
@@ -23,6 +27,7 @@ import sys
 
 import httpx2
 from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 
@@ -48,6 +53,16 @@ def http_client() -> httpx2.AsyncClient:
 
 
 async def with_session(url: str, action):
+    if url == "stdio":
+        command = json.loads(os.environ["MCP_STDIO_COMMAND"])
+        env = {}
+        if os.environ.get("MCP_TOKEN"):
+            env["ORCHESTRATOR_MOCK_TOKEN"] = os.environ["MCP_TOKEN"]
+        server = StdioServerParameters(command=command[0], args=command[1:], env=env)
+        async with stdio_client(server) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await action(session)
     async with http_client() as client:
         async with streamable_http_client(url, http_client=client) as (read, write):
             async with ClientSession(read, write) as session:

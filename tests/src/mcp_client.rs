@@ -60,10 +60,26 @@ pub fn require() {
 /// When the script cannot run, exits non-zero, or prints no JSON (the
 /// message has its output).
 pub async fn run(url: &str, token: Option<&str>, args: &[&str]) -> Value {
+    run_with(url, token, args, &[]).await
+}
+
+/// [`run`] over stdio: the agent starts `server` (program and arguments)
+/// and speaks MCP over its stdin and stdout; `token` reaches it as
+/// `ORCHESTRATOR_MOCK_TOKEN`.
+///
+/// # Panics
+/// As [`run`].
+pub async fn run_stdio(server: &[&str], token: Option<&str>, args: &[&str]) -> Value {
+    let command = serde_json::to_string(server).expect("a list of strings serializes");
+    run_with("stdio", token, args, &[("MCP_STDIO_COMMAND", &command)]).await
+}
+
+async fn run_with(url: &str, token: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Value {
     let mut command = tokio::process::Command::new(python());
     command
         .env(NO_BYTECODE.0, NO_BYTECODE.1)
         .env_remove("MCP_TOKEN")
+        .envs(env.iter().copied())
         .arg(script())
         .arg(url)
         .args(args)

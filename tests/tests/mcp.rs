@@ -553,3 +553,58 @@ async fn the_worker_refuses_an_auto_approver_signature_on_a_task_outside_its_lis
     );
     assert_eq!(w.requests_to("/tickets"), 0, "nothing ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_stdio_through_mcp_stdio_the_same_tools_answer_and_a_token_without_submit_is_refused()
+{
+    let w = world().await;
+    let bridge = private_worker_tests::procs::binary("orchestrator-mock");
+    let bridge = bridge.to_str().unwrap();
+    let admin_url = w.env.orchestrator.as_ref().unwrap().admin_url();
+    let server = [bridge, "mcp-stdio", "--admin-url", admin_url.as_str()];
+
+    let tools = mcp_client::run_stdio(&server, Some(&w.agent_token), &["list"]).await;
+    assert_eq!(
+        tool(&tools, "crm.get_ticket")["annotations"]["readOnlyHint"],
+        true,
+        "{tools:#}"
+    );
+    let answer = mcp_client::run_stdio(
+        &server,
+        Some(&w.agent_token),
+        &[
+            "call",
+            "crm.create_ticket",
+            &json!({"title": "over stdio"}).to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answer["structuredContent"]["status"], "pending_approval",
+        "{answer:#}"
+    );
+    let plan = w
+        .env
+        .admin
+        .plan(answer["structuredContent"]["plan_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(plan.submitted_by.as_deref(), Some("agent-1"));
+
+    // A token without the submit role: the server's 403 comes back as the
+    // request's error.
+    let reader = w
+        .env
+        .orchestrator
+        .as_ref()
+        .unwrap()
+        .tokens()
+        .issue("dashboard", &[Role::Read])
+        .unwrap();
+    let refused = mcp_client::run_stdio(&server, Some(&reader), &["refused"]).await;
+    assert!(
+        refused["error"].as_str().unwrap().contains("HTTP 403"),
+        "{refused:#}"
+    );
+    assert!(w.env.api.requests().is_empty());
+}
