@@ -7,7 +7,7 @@
 //! soft delete or write API. It exists so that the worker's Key Vault source
 //! is exercised through the real SDK, end to end, offline.
 //!
-//! - **TLS**: a server certificate from [`TestCa`] (the certs-tool library)
+//! - **TLS**: a server certificate from [`TestCa`] (the shared test PKI)
 //!   for the hosts the test uses (default `myvault.vault.test` and
 //!   `login.test`); the worker's `[keyvault]` section trusts
 //!   [`TestCa::cert_pem`] (`ca_cert`) and pins those hosts to
@@ -44,60 +44,19 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use certs_tool::{CertificateAuthority, ServerCertRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-/// A throw-away certificate authority for the fake vault's certificate.
-pub struct TestCa {
-    ca: CertificateAuthority,
-}
-
-impl TestCa {
-    /// A new root CA with a fresh key.
-    ///
-    /// # Panics
-    /// If the CA cannot be generated (never in practice).
-    pub fn new(name: &str) -> Self {
-        TestCa {
-            ca: CertificateAuthority::new_root(name, 2).expect("test CA"),
-        }
-    }
-
-    /// The CA certificate, PEM, to trust in the client.
-    pub fn cert_pem(&self) -> Vec<u8> {
-        self.ca.cert_pem().as_bytes().to_vec()
-    }
-
-    /// A server certificate chain and key for `hosts`.
-    ///
-    /// # Panics
-    /// If the certificate cannot be issued or parsed (never in practice).
-    pub fn issue(&self, hosts: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let issued = self
-            .ca
-            .issue_server(&ServerCertRequest {
-                common_name: hosts.first().copied().unwrap_or("fake-vault").to_string(),
-                dns_names: hosts.iter().map(|h| h.to_string()).collect(),
-                ip_addresses: Vec::new(),
-                validity_days: 1,
-            })
-            .expect("server certificate");
-        let chain = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("chain PEM");
-        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key PEM");
-        (chain, key)
-    }
-}
+/// The throw-away CA of the fake vault's certificate: the shared test PKI,
+/// re-exported so that `private_worker_tests::fake_vault::TestCa` stays the
+/// path the Key Vault and packaging tests use.
+pub use private_worker_identity::test_support::TestCa;
 
 /// How the fake answers requests for one secret (after authentication).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,8 +179,9 @@ impl FakeVault {
     /// If the port cannot be bound or TLS cannot be configured.
     pub async fn start(ca: &TestCa, options: FakeVaultOptions) -> FakeVault {
         let hosts: Vec<&str> = options.hosts.iter().map(String::as_str).collect();
-        let (chain, key) = ca.issue(&hosts);
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cert = ca.server(&hosts);
+        let (chain, key) = (cert.chain(), cert.key());
+        let provider = private_worker_identity::tls::provider();
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Env, Options};
+use private_worker_identity::{pem, tls};
 use private_worker_tests::pki::{ORCHESTRATOR_NAME, Pki};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Opens a TLS connection to the orchestrator presenting `cert`/`key`,
@@ -24,23 +24,13 @@ async fn probe(
     cert: &[u8],
     key: &[u8],
 ) -> Result<usize, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(cert)
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(key).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
+    // The worker's own client config, with the certificate under test.
+    let config = tls::client_config(
+        tls::root_store(pem::read_certificates(ca).unwrap()).unwrap(),
+        pem::parse_certificates(cert).unwrap(),
+        pem::parse_private_key(key).unwrap(),
+    )
     .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
