@@ -353,6 +353,79 @@ async fn vault_requests_use_the_keyvault_proxy_and_the_managed_identity_endpoint
     );
 }
 
+/// `[keyvault] proxy_username`/`proxy_password`: a tinyproxy that asks
+/// every request for Basic credentials (it refuses a CONNECT without them)
+/// lets the vault's requests through; the managed-identity endpoint is
+/// still reached directly, and the password shows in no log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_requests_pass_a_keyvault_proxy_that_needs_basic_auth_with_the_password_from_a_reference()
+ {
+    use base64::Engine as _;
+    use private_worker_tests::proxy::RecordingUpstream;
+    use private_worker_tests::tinyproxy::{Tinyproxy, TinyproxyOptions};
+    let password = format!("kv-proxy-pw-{}-DO-NOT-LEAK", std::process::id());
+    let (env, kv) = vault_with_token(None).await;
+    let upstream = RecordingUpstream::start(kv.vault.addr()).await.unwrap();
+    let proxy = Tinyproxy::start(
+        &env.path("tinyproxy"),
+        &TinyproxyOptions {
+            upstream: Some((upstream.addr(), ".vault.test".into())),
+            basic_auth: Some(("svc-kv".into(), password.clone())),
+            ..TinyproxyOptions::default()
+        },
+    );
+    let worker = managed_identity_worker_with(
+        &env,
+        &kv,
+        &[("KV_PROXY_PASSWORD", password.as_str())],
+        &format!(
+            "proxy = \"{}\"\nproxy_username = \"svc-kv\"\nproxy_password = \"env://KV_PROXY_PASSWORD\"",
+            proxy.url()
+        ),
+    );
+    env.wait_connected(&env.pki.worker_identity).await;
+    let plan = env
+        .run_plan(&[(
+            "crm.create_ticket",
+            json!({"title": "vault via an authenticating proxy"}),
+        )])
+        .await;
+    assert_eq!(
+        plan.status,
+        PlanStatus::Succeeded,
+        "{plan:#?}\n{}\nproxy log:\n{}",
+        worker.output(),
+        proxy.log()
+    );
+    assert_eq!(kv.vault.token_requests(), 1, "one token, fetched directly");
+    let connects = upstream.connects();
+    assert!(
+        !connects.is_empty()
+            && connects
+                .iter()
+                .all(|l| l.starts_with(&format!("CONNECT {VAULT}:"))),
+        "the vault's requests, and only those, went through the proxy: {connects:?}"
+    );
+    assert!(
+        !proxy.log().contains("login.test"),
+        "the identity endpoint was asked through the proxy:\n{}",
+        proxy.log()
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("svc-kv:{password}"));
+    let log = worker.output();
+    for secret in [password.as_str(), encoded.as_str()] {
+        assert!(
+            !log.contains(secret),
+            "the worker log holds the proxy credentials"
+        );
+        assert!(
+            !contains(&upstream.bytes(), secret.as_bytes())
+                && !upstream.heads().concat().contains(secret),
+            "the proxy credentials went past the proxy"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_runs_with_a_managed_identity_token_from_the_identity_endpoint() {
     let (env, kv) = vault_with_token(None).await;

@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::{Service, ServiceExt};
 
+use crate::secrets::proxy_credentials::{ProxyCredentials, ProxyNamed};
 use crate::secrets::{SecretError, SecretRef, SecretValue};
 
 /// The value of `orchestrator.proxy` that turns proxies off.
@@ -102,62 +103,34 @@ impl ProxySettings {
                 }
             },
         };
-        let explicit = matches!(settings, ProxySettings::Explicit { .. });
-        if (username.is_some() || password.is_some()) && !explicit && problems.is_empty() {
-            problems.push((
-                if username.is_some() { "proxy_username" } else { "proxy_password" },
-                "is set but orchestrator.proxy names no proxy; set proxy = \"http://host:port\" (a proxy from HTTPS_PROXY takes its credentials from its URL)".into(),
-            ));
-        }
-        if let Some(user) = username
-            && (user.is_empty() || user.contains(':') || user.chars().any(char::is_control))
-        {
-            problems.push((
-                "proxy_username",
-                "must be non-empty, without `:` or control characters (Basic authentication)"
-                    .into(),
-            ));
-        }
-        let password = match password {
-            None => None,
-            Some(text) => match text.parse::<SecretRef>() {
-                Ok(SecretRef::KeyVault { .. }) => {
-                    problems.push((
-                        "proxy_password",
-                        "must come from env:// or file://, not from Key Vault (it is needed before the first task)".into(),
-                    ));
-                    None
-                }
-                Ok(reference) => Some(reference),
-                Err(_) => {
-                    // Never echoed: it may be the password written inline.
-                    problems.push((
-                        "proxy_password",
-                        "must be an env://NAME or file:///path reference; the password itself never goes in the config".into(),
-                    ));
-                    None
-                }
-            },
+        let named = match (&settings, problems.is_empty()) {
+            (_, false) => ProxyNamed::Invalid,
+            (ProxySettings::Explicit { .. }, true) => ProxyNamed::Yes,
+            _ => ProxyNamed::No,
         };
-        if explicit && username.is_some() != password.is_some() && problems.is_empty() {
-            problems.push((
-                if username.is_some() {
-                    "proxy_password"
-                } else {
-                    "proxy_username"
-                },
-                "proxy_username and proxy_password go together".into(),
-            ));
-        }
+        let credentials =
+            match ProxyCredentials::from_raw("orchestrator", named, username, password) {
+                Ok(credentials) => credentials,
+                Err(more) => {
+                    problems.extend(more);
+                    None
+                }
+            };
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(match settings {
-            ProxySettings::Explicit { authority, .. } => ProxySettings::Explicit {
-                authority,
-                username: username.map(str::to_string),
-                password,
-            },
+            ProxySettings::Explicit { authority, .. } => {
+                let (username, password) = match credentials {
+                    Some(c) => (Some(c.username), Some(c.password)),
+                    None => (None, None),
+                };
+                ProxySettings::Explicit {
+                    authority,
+                    username,
+                    password,
+                }
+            }
             other => other,
         })
     }

@@ -20,6 +20,7 @@ pub mod env;
 pub mod file;
 pub mod keyvault;
 pub mod mask;
+pub mod proxy_credentials;
 
 use std::fmt;
 use std::future::Future;

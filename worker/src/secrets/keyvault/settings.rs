@@ -22,7 +22,8 @@ use url::Url;
 
 use super::credential::AzureAuth;
 use super::{KeyVaultError, KeyVaultErrorKind};
-use crate::secrets::{SecretError, SecretRef};
+use crate::secrets::proxy_credentials::{ProxyCredentials, ProxyNamed};
+use crate::secrets::{SecretError, SecretRef, SecretValue};
 
 /// Default time a value read from Key Vault is reused before it is read again.
 pub const DEFAULT_KEYVAULT_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -64,6 +65,9 @@ pub struct KeyVaultSettings {
     /// vault and to Entra ID (`host:port`); `None`: direct. Never taken from
     /// the environment, and never used for the managed-identity endpoint.
     pub proxy: Option<String>,
+    /// `proxy_username` and `proxy_password`: Basic credentials for
+    /// `proxy`; `None`: the proxy is asked without credentials.
+    pub proxy_credentials: Option<ProxyCredentials>,
 }
 
 /// `keyvault.auth`: which credential, chosen explicitly.
@@ -124,6 +128,8 @@ pub struct KeyVaultSection {
     resolve: BTreeMap<String, String>,
     verify_challenge_resource: Option<bool>,
     proxy: Option<String>,
+    proxy_username: Option<String>,
+    proxy_password: Option<String>,
 }
 
 /// `keyvault.auth` as written, tagged by `type`.
@@ -294,15 +300,29 @@ impl KeyVaultSettings {
                 ),
             }
         }
-        let proxy = match raw.proxy.as_deref() {
-            None => None,
+        let (proxy, named) = match raw.proxy.as_deref() {
+            None => (None, ProxyNamed::No),
             Some(text) => match parse_proxy(text) {
-                Ok(authority) => Some(authority),
+                Ok(authority) => (Some(authority), ProxyNamed::Yes),
                 Err(message) => {
                     problem("proxy", message);
-                    None
+                    (None, ProxyNamed::Invalid)
                 }
             },
+        };
+        let proxy_credentials = match ProxyCredentials::from_raw(
+            "keyvault",
+            named,
+            raw.proxy_username.as_deref(),
+            raw.proxy_password.as_deref(),
+        ) {
+            Ok(credentials) => credentials,
+            Err(found) => {
+                for (key, message) in found {
+                    problem(key, message);
+                }
+                None
+            }
         };
         let settings = auth.map(|auth| KeyVaultSettings {
             auth,
@@ -315,6 +335,7 @@ impl KeyVaultSettings {
             resolve,
             verify_challenge_resource: raw.verify_challenge_resource.unwrap_or(true),
             proxy,
+            proxy_credentials,
         });
         match settings {
             Some(settings) if problems.is_empty() => Ok(settings),
@@ -359,6 +380,9 @@ pub struct KeyVaultConfig {
     /// (`keyvault.proxy`); `None`: direct. The managed-identity endpoint
     /// never goes through it.
     pub proxy: Option<String>,
+    /// Basic credentials for `proxy` (`keyvault.proxy_username` and the
+    /// password `keyvault.proxy_password` names, loaded at start-up).
+    pub proxy_basic_auth: Option<(String, SecretValue)>,
 }
 
 impl KeyVaultConfig {
@@ -375,12 +399,14 @@ impl KeyVaultConfig {
             authority_host: None,
             verify_challenge_resource: true,
             proxy: None,
+            proxy_basic_auth: None,
         }
     }
 
     /// The runtime form of the validated `[keyvault]` section: reads the
     /// `ca_cert` file and, for `client_secret` auth, loads the client secret
-    /// from its `env://` or `file://` reference (once, at start-up).
+    /// from its `env://` or `file://` reference (once, at start-up), and so
+    /// does the proxy password.
     ///
     /// # Errors
     /// [`KeyVaultErrorKind::Config`] (reference `keyvault`) when the CA file
@@ -439,6 +465,13 @@ impl KeyVaultConfig {
             authority_host: settings.authority_host.clone(),
             verify_challenge_resource: settings.verify_challenge_resource,
             proxy: settings.proxy.clone(),
+            proxy_basic_auth: match &settings.proxy_credentials {
+                Some(c) => Some((
+                    c.username.clone(),
+                    crate::secrets::load_local_now(&c.password)?,
+                )),
+                None => None,
+            },
         })
     }
 }
@@ -476,8 +509,65 @@ mod tests {
                 resolve: BTreeMap::new(),
                 verify_challenge_resource: true,
                 proxy: None,
+                proxy_credentials: None,
             }
         );
+    }
+
+    fn any_proxy(text: &str) -> Result<String, String> {
+        Ok(text.trim_start_matches("http://").to_string())
+    }
+
+    #[test]
+    fn the_proxy_takes_basic_credentials_with_the_password_as_a_reference() {
+        let settings = KeyVaultSettings::from_section(
+            section(
+                "auth = { type = \"managed_identity\" }\n\
+                 proxy = \"http://proxy.test:3128\"\n\
+                 proxy_username = \"svc-kv\"\n\
+                 proxy_password = \"file:///etc/pw/kv-proxy\"",
+            ),
+            Path::new("/etc/pw"),
+            any_proxy,
+        )
+        .unwrap();
+        assert_eq!(
+            settings.proxy_credentials,
+            Some(ProxyCredentials {
+                username: "svc-kv".into(),
+                password: SecretRef::File(PathBuf::from("/etc/pw/kv-proxy")),
+            })
+        );
+        for (lines, key) in [
+            (
+                "proxy = \"http://p:1\"\nproxy_username = \"svc\"\nproxy_password = \"hunter2\"",
+                "proxy_password",
+            ),
+            (
+                "proxy = \"http://p:1\"\nproxy_username = \"svc\"",
+                "proxy_password",
+            ),
+            (
+                "proxy_username = \"svc\"\nproxy_password = \"env://P\"",
+                "proxy_username",
+            ),
+            (
+                "proxy = \"http://p:1\"\nproxy_username = \"svc\"\nproxy_password = \"keyvault://v/pw\"",
+                "proxy_password",
+            ),
+        ] {
+            let problems = KeyVaultSettings::from_section(
+                section(&format!(
+                    "auth = {{ type = \"managed_identity\" }}\n{lines}"
+                )),
+                Path::new("/etc/pw"),
+                any_proxy,
+            )
+            .unwrap_err();
+            let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, [key], "{lines}: {problems:?}");
+            assert!(!format!("{problems:?}").contains("hunter2"), "{problems:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! CA, DNS pins), the retry options, and the proxy rule.
 //!
 //! The proxy rule: the vault and Entra ID are reached through
-//! `[keyvault] proxy` when it is set and directly otherwise; the
+//! `[keyvault] proxy` (with its Basic credentials, if any) when it is set
+//! and directly otherwise; the
 //! managed-identity endpoint (IMDS, or App Service's `IDENTITY_ENDPOINT`)
 //! is always reached directly, because the token crosses that hop in plain
 //! HTTP. `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` are never read.
@@ -80,17 +81,22 @@ impl SdkOptions {
 /// included. It ignores `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`: a managed
 /// identity's token endpoint is plain HTTP, so a proxy named by the
 /// environment would see access tokens. `proxy` (`host:port`, from
-/// `keyvault.proxy`) is the only proxy it uses, for every request.
+/// `keyvault.proxy`) is the only proxy it uses, for every request, with
+/// the Basic credentials of `keyvault.proxy_username`/`proxy_password`
+/// when they are set.
 fn build_http_client(
     config: &KeyVaultConfig,
     proxy: Option<&str>,
 ) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder().no_proxy();
     if let Some(proxy) = proxy {
-        builder = builder.proxy(
-            reqwest::Proxy::all(format!("http://{proxy}"))
-                .map_err(|e| format!("keyvault.proxy: {e}"))?,
-        );
+        let mut rule = reqwest::Proxy::all(format!("http://{proxy}"))
+            .map_err(|e| format!("keyvault.proxy: {e}"))?;
+        if let Some((user, password)) = &config.proxy_basic_auth {
+            // reqwest marks the Proxy-Authorization header sensitive.
+            rule = rule.basic_auth(user, password.expose());
+        }
+        builder = builder.proxy(rule);
     }
     let mut builder = builder
         .connect_timeout(config.request_timeout)
