@@ -191,3 +191,107 @@ impl Forwarder {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    /// A stand-in `/mcp`: 401 without the right token; an event stream
+    /// for `tools/list`; 202 for notifications; JSON otherwise.
+    async fn fake(headers: axum::http::HeaderMap, body: String) -> axum::response::Response {
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer good") {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(
+                    json!({"error": "unauthenticated", "message": "unknown or revoked token"}),
+                ),
+            )
+                .into_response();
+        }
+        let message: Value = serde_json::from_str(&body).unwrap();
+        let id = message["id"].clone();
+        match message["method"].as_str() {
+            Some("notifications/initialized") => StatusCode::ACCEPTED.into_response(),
+            Some("initialize") => axum::Json(json!({"jsonrpc": "2.0", "id": id,
+                "result": {"protocolVersion": "2025-06-18"}}))
+            .into_response(),
+            Some("tools/list") => (
+                [("content-type", "text/event-stream")],
+                format!(
+                    "event: message\ndata: {}\n\n",
+                    json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [],
+                        "seen_version": headers.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok())}})
+                ),
+            )
+                .into_response(),
+            _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    }
+
+    async fn bridge(token: &str, input: &str) -> Vec<Value> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                axum::Router::new().route("/mcp", axum::routing::post(fake)),
+            )
+            .await
+            .unwrap();
+        });
+        let (mut client, output) = tokio::io::duplex(1 << 16);
+        run(
+            reqwest::Client::new(),
+            url,
+            token.into(),
+            tokio::io::BufReader::new(input.as_bytes()),
+            output,
+        )
+        .await
+        .unwrap();
+        server.abort();
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut client, &mut text)
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn answers_come_back_one_per_line_with_the_negotiated_version_and_none_for_notifications()
+    {
+        let answers = bridge(
+            "good",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{}}\n\
+             {\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n\n\
+             {\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}\n",
+        )
+        .await;
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(answers[0]["result"]["protocolVersion"], "2025-06-18");
+        assert_eq!(answers[1]["id"], 2);
+        assert_eq!(answers[1]["result"]["seen_version"], "2025-06-18");
+    }
+
+    #[tokio::test]
+    async fn an_http_refusal_becomes_the_requests_json_rpc_error_naming_the_status() {
+        let answers = bridge(
+            "wrong",
+            "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/list\"}\nnot json\n",
+        )
+        .await;
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        let refused = answers.iter().find(|a| a["id"] == 7).unwrap();
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("HTTP 401") && message.contains("unknown or revoked token"),
+            "{message}"
+        );
+        let parse = answers.iter().find(|a| a["id"].is_null()).unwrap();
+        assert_eq!(parse["error"]["code"], -32700);
+    }
+}
