@@ -7,7 +7,9 @@
 //! [`server_config`] takes a client verifier ([`client_verifier`]: webpki
 //! against the CA bundle, optionally with CRLs) and a
 //! [`ServerCertResolver`], whose certificate can be swapped for new
-//! handshakes when the files rotate.
+//! handshakes when the files rotate. HTTPS servers without client
+//! certificates (the admin API) use [`https_server_config`], which also
+//! offers `http/1.1`.
 //!
 //! What it does not do: read files ([`crate::material`]), dial, accept, or
 //! decide which verified identity is admitted (the orchestrator's
@@ -26,6 +28,8 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 
 /// The ALPN protocol of the worker stream: HTTP/2, for gRPC.
 pub const ALPN_H2: &[u8] = b"h2";
+/// HTTP/1.1's ALPN protocol, offered by the HTTPS servers besides `h2`.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The crypto provider of every config here: aws-lc-rs.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -80,6 +84,25 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// An HTTPS server config without client certificates (the orchestrator's
+/// admin API, the tests' fake vault): presents `chain` with `key`, offers
+/// ALPN `h2` and `http/1.1`.
+///
+/// # Errors
+/// [`rustls::Error::InconsistentKeys`] when `key` is not the leaf's; other
+/// rustls errors for unusable material.
+pub fn https_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Ok(config)
 }
 

@@ -18,8 +18,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use private_worker_identity::pem;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -38,33 +37,26 @@ const QUEUE: usize = 64;
 /// [`TlsError::File`] naming `admin.tls_cert` or `admin.tls_key`, or
 /// [`TlsError::Rustls`] when the key does not fit the certificate.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::File {
-            what: "admin.tls_cert",
-            path: cert.to_path_buf(),
-            message: format!("no PEM certificates: {e}"),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::File {
-            what: "admin.tls_cert",
-            path: cert.to_path_buf(),
-            message: "no certificate in the file".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-        what: "admin.tls_key",
-        path: key.to_path_buf(),
-        message: format!("no PEM private key: {e}"),
+    let chain = pem::read_certificates(cert).map_err(|e| TlsError::File {
+        what: "admin.tls_cert",
+        path: cert.to_path_buf(),
+        message: match e {
+            pem::PemError::Read { source, .. } => format!("cannot read: {source}"),
+            other => other.to_string(),
+        },
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
+    let key = pem::read_file(key)
+        .and_then(|bytes| pem::parse_private_key(&bytes))
+        .map_err(|e| TlsError::File {
+            what: "admin.tls_key",
+            path: key.to_path_buf(),
+            message: match e {
+                pem::PemError::Read { source, .. } => format!("cannot read: {source}"),
+                other => other.to_string(),
+            },
+        })?;
+    let config = private_worker_identity::tls::https_server_config(chain, key)
         .map_err(|e| TlsError::Rustls(format!("admin certificate and key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

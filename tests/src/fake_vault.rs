@@ -180,15 +180,8 @@ impl FakeVault {
     pub async fn start(ca: &TestCa, options: FakeVaultOptions) -> FakeVault {
         let hosts: Vec<&str> = options.hosts.iter().map(String::as_str).collect();
         let cert = ca.server(&hosts);
-        let (chain, key) = (cert.chain(), cert.key());
-        let provider = private_worker_identity::tls::provider();
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
+        let tls = private_worker_identity::tls::https_server_config(cert.chain(), cert.key())
             .expect("server certificate");
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(tls));
 
         let shared = Arc::new(Shared {
