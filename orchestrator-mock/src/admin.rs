@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | POST | `/v1/plans` | submit | validate and store a plan (`pending_approval`), 201; 422 `plan_invalid` with `problems`; a step may carry `"deadline": "<RFC 3339>"`; the plan may carry a W3C `"traceparent"` (422 `traceparent_invalid` when it is not one; absent: the orchestrator makes one); 422 `plan_denied` when a task's policy is `deny`; approved at once when every task's policy is `auto` ([`crate::policy`]) |
 //! | GET | `/v1/plans/{id}` | read | the plan, each step with its attempts (holder, accepted, lease expiry, outcome) |
-//! | POST | `/v1/plans/{id}/approve` | approve | approve (queues step 0); 409 unless pending |
+//! | POST | `/v1/plans/{id}/approve` | approve | approve (queues step 0); 409 unless pending; with `"expect_digest"` in the body, 409 `digest_mismatch` unless it is the plan's review digest ([`crate::approvals::review_digest`]) |
 //! | POST | `/v1/plans/{id}/reject` | approve | reject, body `{"reason": "..."}` optional; 409 unless pending |
 //! | POST | `/v1/plans/{id}/cancel` | submit | cancel the plan, body `{"reason": "..."}` optional; 409 when finished |
 //! | POST | `/v1/plans/{id}/steps/{index}/cancel` | submit | cancel from that step on; 409 when it finished, 404 no such step |
@@ -16,6 +16,7 @@
 //! | GET | `/v1/unattributed` | read | results (and their audit records) kept as evidence but part of no plan: sent for an attempt never assigned, or assigned to another identity, each with the reason |
 //! | GET | `/v1/tasks` | read | the registry |
 //! | GET | `/healthz` | none | `{"status":"ok"}` |
+//! | GET | `/console`, `/v1/console/plans` | none, read | the approval console ([`crate::console`]) |
 //! | POST, GET | `/mcp` | submit | the MCP server (streamable HTTP): each task a tool ([`crate::mcp`]) |
 //! | any | `/v1/testing/...` | operate | fault-injection hooks, when enabled ([`crate::testing`]) |
 //!
@@ -166,6 +167,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/plans/{id}/audit", get(audit))
         .route("/v1/workers", get(workers))
         .route("/v1/tasks", get(tasks))
+        .merge(crate::console::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -403,7 +405,22 @@ async fn approve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<PlanView> {
+    let (expected, body) =
+        crate::console::split_expected_digest(&body).map_err(ApiError::bad_request)?;
     let request: ApproveRequest = optional_body(&body)?;
+    if let Some(expected) = expected {
+        let digest = crate::approvals::review_digest(&app.lock().plan(&id)?);
+        if expected != digest {
+            tracing::warn!(plan_id = %id, "approval refused: the plan's review digest is not the one the approver saw");
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "digest_mismatch",
+                format!(
+                    "plan {id} is not the plan that was reviewed: its review digest is {digest}, the approval expected {expected}; nothing was approved, review it again"
+                ),
+            ));
+        }
+    }
     let approvals = if app.approval_keys.required() || !request.approvals.is_empty() {
         let plan = app.lock().plan(&id)?;
         app.approval_keys

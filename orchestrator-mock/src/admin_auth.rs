@@ -11,7 +11,8 @@
 //! 2. **Origin.** When present (browsers send it on cross-site and on
 //!    all POST requests) it must be `http://` or `https://` plus one of the
 //!    allowed hosts; otherwise 403 `forbidden_origin`.
-//! 3. **Token.** `GET /healthz` is open; everything else needs
+//! 3. **Token.** `GET /healthz` and the approval console's static files
+//!    ([`crate::console::is_public`]: they hold no data) are open; everything else needs
 //!    `Authorization: Bearer <token>` of a token in the token file
 //!    ([`crate::tokens`]); otherwise 401 `unauthenticated` with
 //!    `WWW-Authenticate: Bearer`.
@@ -341,7 +342,9 @@ fn check(policy: &Policy, request: &Request) -> Result<Option<Caller>, (Refusal,
         .map_err(|r| (r, None))?;
     let method = request.method();
     let path = request.uri().path();
-    if (*method == Method::GET || *method == Method::HEAD) && path == "/healthz" {
+    if (*method == Method::GET || *method == Method::HEAD)
+        && (path == "/healthz" || crate::console::is_public(path))
+    {
         return Ok(None);
     }
     let (needed, endpoint) = required_role(method, path);

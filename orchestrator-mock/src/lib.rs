@@ -32,6 +32,8 @@
 //! - [`mcp`]: the MCP server at `/mcp` on the admin listener: the tasks as
 //!   tools for AI agents; [`mcp_stdio`]: the same over stdio, a bridge for
 //!   clients that start local servers only (`orchestrator-mock mcp-stdio`).
+//! - [`console`]: the approval console, a web page on the admin listener
+//!   (approving signs in the browser).
 //! - [`admin_tls`]: TLS for the admin listener (required off loopback).
 //! - [`client`]: the typed admin client used by the CLI and tests.
 //! - [`cli`]: the `orchestrator-mock` command line.
@@ -65,6 +67,7 @@ pub mod audit_check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod durable;
 pub mod gateway;
 pub mod lease;

@@ -457,6 +457,13 @@ impl State {
             .ok_or_else(|| StateError::PlanNotFound(id.to_string()))
     }
 
+    /// Every plan, newest first (by creation time, then id).
+    pub fn plans(&self) -> Vec<PlanView> {
+        let mut plans: Vec<&PlanRecord> = self.plans.values().collect();
+        plans.sort_unstable_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
+        plans.iter().filter_map(|p| self.view_of(&p.id)).collect()
+    }
+
     fn view_of(&self, id: &str) -> Option<PlanView> {
         let plan = self.plans.get(id)?;
         let mut steps: Vec<StepView> = plan.steps.iter().map(|s| s.view.clone()).collect();
