@@ -22,10 +22,26 @@ if (!vectorsPath || !token) {
 }
 
 const WAIT_MS = 60_000;
+const began = Date.now();
+
+/**
+ * Polls `probe` (run in node; page.evaluate and textContent go through the
+ * DevTools protocol, which the page's CSP does not block, unlike
+ * waitForFunction's polling) until it returns a truthy value.
+ */
+async function until(probe, what) {
+  const start = Date.now();
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() - start > WAIT_MS) throw new Error("timed out waiting until " + what);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 function check(condition, what) {
   if (!condition) throw new Error(what);
-  console.log("ok " + what);
+  console.log("ok " + what + " (" + ((Date.now() - began) / 1000).toFixed(1) + " s)");
 }
 
 const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "console-chromium-"));
@@ -50,7 +66,7 @@ try {
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("dialog", (d) => { errors.push("dialog opened: " + d.message()); d.dismiss(); });
   await page.goto(url, { waitUntil: "domcontentloaded" });
-  await page.waitForFunction(() => window.privateWorkerConsole !== undefined);
+  await until(() => page.evaluate(() => window.privateWorkerConsole !== undefined), "the console script loaded");
 
   // 1. The page signs exactly as proto/src/approval.rs does.
   const vectors = JSON.parse(fs.readFileSync(vectorsPath, "utf8"));
@@ -114,10 +130,7 @@ try {
   const done = `#finished article[data-plan-id="${approveId}"][data-status="succeeded"]`;
   await page.waitForSelector(done, { timeout: WAIT_MS });
   check(true, "the approved plan runs and moves to finished as succeeded");
-  await page.waitForFunction((sel) => {
-    const v = document.querySelector(sel + " .audit span");
-    return v && v.textContent === "ok";
-  }, done, { timeout: WAIT_MS });
+  await until(async () => (await page.textContent(`${done} .audit span`)) === "ok", "the audit verdict is ok");
   const finished = await page.textContent(done);
   check(finished.includes("approved by " + keyId), "the finished plan names the approver key");
   check(finished.includes("ticket_id") || finished.includes("\"id\""), "the finished plan shows its result");
@@ -125,6 +138,40 @@ try {
 
   await page.screenshot({ path: screenshot, fullPage: true });
   check(fs.statSync(screenshot).size > 0, "screenshot written to " + screenshot);
+
+  // 6. A plan that is not what the orchestrator holds cannot be approved by a click.
+  // The test rewrites the hostile plan in /v1/console/plans as a lying
+  // orchestrator (or a change between display and click) would: first with
+  // a review digest that does not match the shown inputs (the page refuses to
+  // sign), then with a matching one (the approve endpoint refuses the pin).
+  const shownTitle = "a harmless title";
+  let consistent = false;
+  let lyingDigest = null;
+  await page.route("**/v1/console/plans", async (route) => {
+    const response = await route.fetch();
+    const plans = await response.json();
+    for (const plan of plans) {
+      if (plan.id !== hostileId) continue;
+      plan.steps[0].inputs = { title: shownTitle };
+      if (consistent) {
+        plan.review_digest = await page.evaluate((p) => window.privateWorkerConsole.reviewDigest(p), plan);
+        lyingDigest = plan.review_digest;
+      }
+    }
+    await route.fulfill({ response, json: plans });
+  });
+  const message = `${card(hostileId)} .message`;
+  await until(async () => (await page.textContent(card(hostileId))).includes(shownTitle), "the card shows the rewritten inputs");
+  await page.click(`${card(hostileId)} button.approve`);
+  await until(async () => (await page.textContent(message)).includes("nothing signed"), "the page refuses to sign");
+  check(true, "the page signs nothing when its review digest differs from the orchestrator's");
+  consistent = true;
+  // Wait until the card shows the digest the lying list gave.
+  await until(async () => lyingDigest && (await page.textContent(`${card(hostileId)} .digest`)).includes(lyingDigest), "the card shows the rewritten digest");
+  await page.click(`${card(hostileId)} button.approve`);
+  await until(async () => (await page.textContent(message)).includes("digest_mismatch"), "the orchestrator refuses the pinned digest");
+  check(true, "an approval of a plan other than the one the orchestrator holds is refused with digest_mismatch");
+  await page.unroute("**/v1/console/plans");
   check(errors.length === 0, "no script error in the page" + (errors.length ? ": " + errors.join("; ") : ""));
 } catch (e) {
   console.log("FAILED " + (e.message || e).split("\n")[0]);

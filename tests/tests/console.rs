@@ -6,7 +6,10 @@
 //! The page signs in the browser with the approver's key file (the
 //! orchestrator trusts only the public key): approving runs the task,
 //! rejecting runs nothing, hostile inputs stay text, and a screenshot is
-//! written to `target/console-screenshot.png`. Also here, without a
+//! written to `target/console-screenshot.png`; a plan list rewritten as a
+//! lying orchestrator would send it (other inputs than the plan holds)
+//! gets no signature when the digests disagree and a 409 `digest_mismatch`
+//! when they agree. Also here, without a
 //! browser: the approve endpoint refuses an approval pinned to a review
 //! digest that is not the plan's.
 
@@ -151,6 +154,7 @@ async fn in_chromium_the_console_approves_with_a_signature_made_in_the_page_and_
         .expect("node could not be started");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
     assert!(
         output.status.success(),
         "the browser test failed:\n{stdout}\n{stderr}"
@@ -162,6 +166,8 @@ async fn in_chromium_the_console_approves_with_a_signature_made_in_the_page_and_
         "ok hostile inputs created no element and ran no script",
         "ok the approved plan runs and moves to finished as succeeded",
         "ok the finished plan shows the audit chain verdict ok",
+        "ok the page signs nothing when its review digest differs from the orchestrator's",
+        "ok an approval of a plan other than the one the orchestrator holds is refused with digest_mismatch",
         "ok no script error in the page",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
@@ -172,6 +178,12 @@ async fn in_chromium_the_console_approves_with_a_signature_made_in_the_page_and_
     // What the internal API saw: the approved ticket once, the others never.
     assert_eq!(common::tickets_titled(&env.api, "console approves this"), 1);
     assert_eq!(common::tickets_titled(&env.api, "console rejects this"), 0);
+    assert_eq!(common::tickets_titled(&env.api, "a harmless title"), 0);
+    assert_eq!(
+        common::requests_to(&env.api, "/tickets"),
+        1,
+        "only the approved plan reached the internal API"
+    );
     let done = env.admin.plan(&approve.id).await.unwrap();
     assert_eq!(done.status, PlanStatus::Succeeded);
     assert_eq!(
