@@ -35,6 +35,30 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 /// How often an expiring certificate is warned about again.
 pub const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
+/// The shortest `[tls] reload_interval` either end accepts (the files are
+/// read at every poll).
+pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How one end follows its TLS files while it runs (`[tls]
+/// reload_interval`, `[tls] expiry_warning`): the same settings on both
+/// ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationSettings {
+    /// How often the certificate, key and CA files are read again.
+    pub reload_interval: Duration,
+    /// Warn (at start, after each rotation, then daily) once the
+    /// certificate expires within this.
+    pub expiry_warning: Duration,
+}
+
+impl Default for RotationSettings {
+    fn default() -> Self {
+        RotationSettings {
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+            expiry_warning: DEFAULT_EXPIRY_WARNING,
+        }
+    }
+}
 
 /// Where one end's TLS files are (`[tls] ca_cert`, `cert`, `key`).
 #[derive(Debug, Clone, PartialEq, Eq)]

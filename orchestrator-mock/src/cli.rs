@@ -563,7 +563,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                         format!("{} day(s) left", left.as_secs() / 86_400)
                     },
                     config.tls.ca_cert.display(),
-                    config.tls_reload.interval,
+                    config.tls_reload.reload_interval,
                 ),
             );
         }

@@ -89,7 +89,7 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[tls] reload_interval` and `[tls] expiry_warning`: how the TLS
     /// files are followed while the orchestrator runs.
-    pub tls_reload: crate::tls::ReloadSettings,
+    pub tls_reload: crate::tls::RotationSettings,
     /// The task registry file (JSON).
     pub registry: PathBuf,
     /// Where results and audit records are stored (created if missing).
@@ -394,7 +394,7 @@ impl Config {
         let approvals = r.approvals(&table);
         let mcp = r.mcp(&table);
         let admin = r.admin(&table);
-        let mut tls_reload = crate::tls::ReloadSettings::default();
+        let mut tls_reload = crate::tls::RotationSettings::default();
         let tls = match table.get("tls") {
             Some(toml::Value::Table(t)) => {
                 r.unknown_keys(
@@ -408,8 +408,8 @@ impl Config {
                         "expiry_warning",
                     ],
                 );
-                tls_reload = crate::tls::ReloadSettings {
-                    interval: r
+                tls_reload = crate::tls::RotationSettings {
+                    reload_interval: r
                         .tls_duration(t, "reload_interval")
                         .unwrap_or(crate::tls::DEFAULT_RELOAD_INTERVAL),
                     expiry_warning: r

@@ -151,30 +151,13 @@ pub fn server_config(
     Ok((config, server.verifier()))
 }
 
-/// The defaults of `[tls] reload_interval` and `[tls] expiry_warning`,
-/// shared with the worker; re-exported so that `config.rs` and the tests
-/// keep their path.
-pub use private_worker_identity::material::{DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
-/// Shortest `[tls] reload_interval` (and `expiry_warning`) accepted.
-pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
-/// How the gateway follows its TLS files while it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReloadSettings {
-    /// How often the certificate, key and CA files are read again.
-    pub interval: Duration,
-    /// Warn (at start, then daily) once the server certificate expires
-    /// within this.
-    pub expiry_warning: Duration,
-}
-
-impl Default for ReloadSettings {
-    fn default() -> Self {
-        ReloadSettings {
-            interval: DEFAULT_RELOAD_INTERVAL,
-            expiry_warning: DEFAULT_EXPIRY_WARNING,
-        }
-    }
-}
+/// How the gateway follows its TLS files (`[tls] reload_interval`,
+/// `expiry_warning`), the defaults of both and the shortest interval
+/// accepted, shared with the worker; re-exported so that `config.rs` and
+/// the tests keep their paths.
+pub use private_worker_identity::material::{
+    DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL, MIN_RELOAD_INTERVAL, RotationSettings,
+};
 
 /// The gateway's TLS material as last loaded, and how it follows the
 /// files: the server certificate and key (for new handshakes), the CA
@@ -311,11 +294,11 @@ impl ServerTls {
         taken
     }
 
-    /// Polls the files every `settings.interval` until `shutdown`
+    /// Polls the files every `settings.reload_interval` until `shutdown`
     /// ([`ServerTls::reload_if_changed`]), and warns when the server
     /// certificate expires within `settings.expiry_warning`: at start,
     /// after each rotation, and once a day.
-    pub async fn watch(self: Arc<Self>, settings: ReloadSettings, shutdown: CancellationToken) {
+    pub async fn watch(self: Arc<Self>, settings: RotationSettings, shutdown: CancellationToken) {
         let mut reminder = ExpiryReminder::new(settings.expiry_warning);
         loop {
             let summary = self.certificate();
@@ -330,7 +313,7 @@ impl ServerTls {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(settings.interval) => {}
+                _ = tokio::time::sleep(settings.reload_interval) => {}
             }
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;

@@ -64,8 +64,8 @@ async fn env_with_fast_reload() -> Env {
     Env::start(Options {
         heartbeat: Some(Duration::from_secs(1)),
         lease_timeout: Some(Duration::from_secs(20)),
-        tls_reload: Some(orchestrator_mock::tls::ReloadSettings {
-            interval: RELOAD,
+        tls_reload: Some(orchestrator_mock::tls::RotationSettings {
+            reload_interval: RELOAD,
             expiry_warning: orchestrator_mock::tls::DEFAULT_EXPIRY_WARNING,
         }),
         ..Options::default()

@@ -98,29 +98,12 @@ pub enum DialError {
     },
 }
 
-/// The defaults of `[tls] reload_interval` and `[tls] expiry_warning`,
-/// shared with the orchestrator; re-exported so that `config.rs` keeps
-/// its path.
-pub use private_worker_identity::material::{DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
-
-/// How the worker follows its TLS files while it runs (`[tls]
-/// reload_interval`, `[tls] expiry_warning`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RotationSettings {
-    /// How often the certificate, key and CA files are read again.
-    pub reload_interval: Duration,
-    /// Warn (at start, then daily) once the certificate expires within this.
-    pub expiry_warning: Duration,
-}
-
-impl Default for RotationSettings {
-    fn default() -> Self {
-        RotationSettings {
-            reload_interval: DEFAULT_RELOAD_INTERVAL,
-            expiry_warning: DEFAULT_EXPIRY_WARNING,
-        }
-    }
-}
+/// How the worker follows its TLS files (`[tls] reload_interval`,
+/// `expiry_warning`) and the defaults of both, shared with the
+/// orchestrator; re-exported so that `config.rs` keeps its paths.
+pub use private_worker_identity::material::{
+    DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL, RotationSettings,
+};
 
 /// Everything needed to dial the orchestrator: the worker's certificate,
 /// key and trusted CA as last loaded (swapped atomically when the files

@@ -36,7 +36,7 @@ pub struct Options {
     pub approval_keys: Vec<(String, PathBuf)>,
     /// How the orchestrator follows its TLS files (`[tls] reload_interval`,
     /// `expiry_warning`); default as configured.
-    pub tls_reload: Option<orchestrator_mock::tls::ReloadSettings>,
+    pub tls_reload: Option<orchestrator_mock::tls::RotationSettings>,
     /// Last changes to the orchestrator's config before it starts (it may
     /// also rewrite the registry file `config.registry` names).
     pub edit_config: Option<ConfigEdit>,
