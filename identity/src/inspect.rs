@@ -151,6 +151,8 @@ pub struct CertificateSummary {
     /// Serial number, hex bytes separated by colons (as `certs-tool
     /// inspect` prints it).
     pub serial: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
     /// End of validity.
     pub not_after: SystemTime,
     /// End of validity, RFC 3339.
@@ -168,8 +170,28 @@ impl CertificateSummary {
         let not_after = cert.validity().not_after.to_datetime();
         Ok(CertificateSummary {
             serial: cert.raw_serial_as_string(),
+            not_before: cert.validity().not_before.to_datetime().into(),
             not_after: not_after.into(),
             not_after_rfc3339: rfc3339(not_after),
+        })
+    }
+
+    /// Why the certificate cannot be used at `now`: it has expired, or
+    /// its validity starts more than `skew` later. `None` when usable.
+    pub fn unusable_at(&self, now: SystemTime, skew: Duration) -> Option<String> {
+        if self.not_after <= now {
+            return Some(format!(
+                "the certificate (serial {}) expired at {}",
+                self.serial, self.not_after_rfc3339
+            ));
+        }
+        let starts_in = self.not_before.duration_since(now).unwrap_or_default();
+        (starts_in > skew).then(|| {
+            format!(
+                "the certificate (serial {}) is not valid for another {} s (notBefore later than this host's clock allows)",
+                self.serial,
+                starts_in.as_secs()
+            )
         })
     }
 

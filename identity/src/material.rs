@@ -38,6 +38,10 @@ pub const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
 /// The shortest `[tls] reload_interval` either end accepts (the files are
 /// read at every poll).
 pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+/// How far ahead of this host's clock a new certificate's `notBefore` may
+/// lie and the certificate still be taken by a reload (a CA's clock may
+/// run a little ahead).
+pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(300);
 
 /// How one end follows its TLS files while it runs (`[tls]
 /// reload_interval`, `[tls] expiry_warning`): the same settings on both
@@ -122,6 +126,16 @@ pub enum MaterialError {
         key: PathBuf,
         /// The certificate file.
         cert: PathBuf,
+    },
+    /// The certificate is outside its validity (expired, or not valid
+    /// yet): put a current certificate in place. Only a reload checks
+    /// this; at start the peer's refusal says it.
+    #[error("{}: {message}", path.display())]
+    NotValidNow {
+        /// The certificate file.
+        path: PathBuf,
+        /// Expired or not yet valid, with the dates.
+        message: String,
     },
     /// rustls refused the certificate and key for another reason (an
     /// unsupported key type): use an ECDSA, Ed25519 or RSA key.
@@ -287,6 +301,23 @@ impl Material {
         })
     }
 
+    /// Refuses material whose certificate a peer would refuse at `now`:
+    /// expired, or valid only more than [`NOT_BEFORE_SKEW`] from now. A
+    /// rotation checks this before it swaps a working certificate for
+    /// another.
+    ///
+    /// # Errors
+    /// [`MaterialError::NotValidNow`] naming the file and the dates.
+    pub fn check_valid_at(&self, paths: &TlsPaths, now: SystemTime) -> Result<(), MaterialError> {
+        match self.summary.unusable_at(now, NOT_BEFORE_SKEW) {
+            None => Ok(()),
+            Some(message) => Err(MaterialError::NotValidNow {
+                path: paths.cert.clone(),
+                message,
+            }),
+        }
+    }
+
     /// The leaf certificate.
     pub fn leaf(&self) -> &CertificateDer<'static> {
         &self.chain[0]
@@ -418,6 +449,24 @@ mod tests {
         std::fs::write(&paths.cert, cert.pem()).unwrap();
         std::fs::write(&paths.key, key.serialize_pem()).unwrap();
         paths
+    }
+
+    #[test]
+    fn material_outside_its_validity_is_refused_with_a_little_skew_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write(dir.path());
+        let material = Material::load(&paths).unwrap();
+        let summary = &material.summary;
+        assert!(material.check_valid_at(&paths, SystemTime::now()).is_ok());
+        let after_end = summary.not_after + Duration::from_secs(1);
+        let error = material.check_valid_at(&paths, after_end).unwrap_err();
+        assert!(error.to_string().contains("expired"), "{error}");
+        assert!(error.to_string().contains("c.pem"), "{error}");
+        let just_before = summary.not_before - NOT_BEFORE_SKEW + Duration::from_secs(1);
+        assert!(material.check_valid_at(&paths, just_before).is_ok());
+        let too_early = summary.not_before - NOT_BEFORE_SKEW - Duration::from_secs(60);
+        let error = material.check_valid_at(&paths, too_early).unwrap_err();
+        assert!(error.to_string().contains("not valid for another"), "{error}");
     }
 
     #[test]

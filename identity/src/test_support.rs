@@ -94,6 +94,8 @@ pub struct LeafSpec {
     pub usages: Vec<ExtendedKeyUsagePurpose>,
     /// The serial number (a random one when `None`).
     pub serial: Option<u64>,
+    /// `notBefore` and `notAfter` (rcgen's defaults when `None`).
+    pub validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
 }
 
 impl TestCa {
@@ -182,6 +184,10 @@ impl TestCa {
         );
         params.extended_key_usages = spec.usages.clone();
         params.serial_number = spec.serial.map(SerialNumber::from);
+        if let Some((not_before, not_after)) = spec.validity {
+            params.not_before = not_before;
+            params.not_after = not_after;
+        }
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf signed");
         TestCert {

@@ -126,6 +126,11 @@ impl From<MaterialError> for TlsError {
                     cert.display()
                 ),
             },
+            MaterialError::NotValidNow { path, message } => TlsError::File {
+                what: "tls.cert",
+                path,
+                message,
+            },
             MaterialError::Rustls(other) => {
                 TlsError::Rustls(format!("server certificate and key: {other}"))
             }
@@ -256,7 +261,13 @@ impl ServerTls {
             FileChange::Changed(bytes) => bytes,
         };
         let paths = self.files.paths();
-        let loaded = match Material::from_bytes(paths, &bytes).map_err(TlsError::from) {
+        let loaded = match Material::from_bytes(paths, &bytes)
+            .and_then(|m| {
+                m.check_valid_at(paths, std::time::SystemTime::now())
+                    .map(|()| m)
+            })
+            .map_err(TlsError::from)
+        {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::warn!(error = %e, serial = %in_use.serial, "the TLS files changed but cannot be used; keeping the last good server certificate, key and CA (checked again at the next change)");

@@ -63,8 +63,6 @@ pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The status file's name when `worker.status_file` is not set (it goes
 /// beside the audit log).
 pub const DEFAULT_STATUS_FILE_NAME: &str = "status.json";
-/// Shortest `tls.reload_interval` accepted.
-pub const MIN_TLS_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The validated worker configuration.
 #[derive(Debug, Clone)]
@@ -489,11 +487,12 @@ impl Config {
                 .expiry_warning
                 .unwrap_or(crate::tls::DEFAULT_EXPIRY_WARNING),
         };
-        if tls_rotation.reload_interval < MIN_TLS_RELOAD_INTERVAL {
+        if tls_rotation.reload_interval < private_worker_identity::material::MIN_RELOAD_INTERVAL {
             problem(
                 "tls.reload_interval".into(),
                 format!(
-                    "must be at least {MIN_TLS_RELOAD_INTERVAL:?} (the files are read at every poll)"
+                    "must be at least {:?} (the files are read at every poll)",
+                    private_worker_identity::material::MIN_RELOAD_INTERVAL
                 ),
             );
         }

@@ -273,7 +273,17 @@ impl ClientTls {
         };
         let paths = shared.files.paths();
         let built = build_current(paths, &bytes).and_then(|(material, identity)| {
-            if identity == shared.identity {
+            if let Some(message) = material
+                .summary
+                .unusable_at(std::time::SystemTime::now(), private_worker_identity::material::NOT_BEFORE_SKEW)
+            {
+                // Taking it would swap a working certificate for one the
+                // orchestrator refuses, and the roll-over would cut the stream.
+                Err(TlsError::Material(MaterialError::NotValidNow {
+                    path: paths.cert.clone(),
+                    message,
+                }))
+            } else if identity == shared.identity {
                 Ok(material)
             } else {
                 Err(TlsError::Material(MaterialError::File {
@@ -583,5 +593,43 @@ mod tests {
         };
         assert!(why.contains("restart the worker"), "{why}");
         assert_eq!(tls.identity(), WORKER);
+    }
+
+    #[test]
+    fn an_expired_or_not_yet_valid_certificate_is_refused_and_the_old_one_stays() {
+        use private_worker_identity::test_support::LeafSpec;
+        let f = files();
+        let tls = load(&f);
+        let before = tls.certificate();
+        let now = time::OffsetDateTime::now_utc();
+        for (validity, expect) in [
+            (
+                (
+                    now - time::Duration::days(30),
+                    now - time::Duration::hours(1),
+                ),
+                "expired",
+            ),
+            (
+                (
+                    now + time::Duration::days(1),
+                    now + time::Duration::days(30),
+                ),
+                "not valid for another",
+            ),
+        ] {
+            let leaf = f.ca.leaf(&LeafSpec {
+                uris: vec![WORKER.to_string()],
+                usages: vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+                validity: Some(validity),
+                ..LeafSpec::default()
+            });
+            write(&f, &leaf);
+            let Reload::Refused(why) = tls.reload_if_changed() else {
+                panic!("a certificate outside its validity was taken");
+            };
+            assert!(why.contains(expect), "{why}");
+            assert_eq!(tls.certificate(), before);
+        }
     }
 }
