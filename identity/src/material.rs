@@ -466,7 +466,10 @@ mod tests {
         assert!(material.check_valid_at(&paths, just_before).is_ok());
         let too_early = summary.not_before - NOT_BEFORE_SKEW - Duration::from_secs(60);
         let error = material.check_valid_at(&paths, too_early).unwrap_err();
-        assert!(error.to_string().contains("not valid for another"), "{error}");
+        assert!(
+            error.to_string().contains("not valid for another"),
+            "{error}"
+        );
     }
 
     #[test]
