@@ -10,22 +10,31 @@
 //! approver-key`), so the approver signs every step with
 //! `orchestrator-mock plan approve --key` (the key never reaches the
 //! orchestrator) and the worker checks each signature before it runs the
-//! step. Then it waits, prints the results and the audit trail, stops
-//! everything and exits 0 only if the plan succeeded.
+//! step. Then it waits, prints the results and the audit trail.
+//! Last, an agent: a scripted MCP client (plain JSON-RPC over HTTP to
+//! `/mcp`) lists the tools, calls `crm.create_ticket` (answered "pending
+//! approval"; the approver signs it bound to the review digest the
+//! console's list shows, through the approve endpoint the console uses),
+//! and calls the read-only `crm.get_ticket`, which the registry lets the
+//! orchestrator's auto-approver key approve (the worker trusts that key for
+//! that task only). It stops everything and exits 0 only if every plan
+//! succeeded.
 //! Files (certificates, configs, logs, audit logs) go to a fresh directory
 //! that is removed at the end unless `--keep` is given.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use orchestrator_mock::api::{PlanRequest, PlanStatus, PlanView, StepRequest};
+use orchestrator_mock::approvals::{review_digest, sign_plan};
 use orchestrator_mock::client::AdminClient;
+use private_worker_proto::approval::KeyFileSigner;
 use private_worker_tests::catalog::{self, OrchestratorSetup, WorkerSetup};
 use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use private_worker_tests::procs::{Process, binary};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Runs certificates, orchestrator-mock, a sample internal API and a worker, then a plan.
 #[derive(Parser)]
@@ -38,6 +47,10 @@ struct Cli {
 const STARTUP: Duration = Duration::from_secs(30);
 /// The demo approver key's id.
 const APPROVER_KEY_ID: &str = "demo-approvals";
+/// The orchestrator's auto-approver key id (read-only tasks only).
+const AUTO_KEY_ID: &str = "demo-auto";
+/// The MCP protocol version the demo's agent asks for.
+const MCP_PROTOCOL: &str = "2025-06-18";
 
 fn ready_value(line: &str, key: &str) -> anyhow::Result<String> {
     line.split_whitespace()
@@ -75,7 +88,7 @@ fn create_token(config: &Path, name: &str, roles: &[&str]) -> anyhow::Result<Str
 }
 
 fn step(n: u32, text: &str) {
-    println!("  [{n}/6] {text}");
+    println!("  [{n}/7] {text}");
 }
 
 #[tokio::main]
@@ -86,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         .tempdir()?;
     let dir = workdir.path().to_path_buf();
     println!("private-worker demo (working directory {})", dir.display());
-    let outcome = run(&dir).await;
+    let outcome = run(&dir, cli.keep).await;
     if cli.keep {
         let kept = workdir.keep();
         println!(
@@ -99,12 +112,12 @@ async fn main() -> anyhow::Result<()> {
             println!("\ndemo succeeded");
             Ok(())
         }
-        Ok(false) => bail!("the plan did not succeed (run with --keep to read the logs)"),
+        Ok(false) => bail!("a plan did not succeed (run with --keep to read the logs)"),
         Err(e) => Err(e),
     }
 }
 
-async fn run(dir: &Path) -> anyhow::Result<bool> {
+async fn run(dir: &Path, keep: bool) -> anyhow::Result<bool> {
     // 1. Certificates.
     let certs = dir.join("certs");
     let output = std::process::Command::new(binary("certs-tool"))
@@ -132,18 +145,40 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    let output = std::process::Command::new(binary("certs-tool"))
+        .args(["approver-key", "--id", AUTO_KEY_ID, "--out-dir"])
+        .arg(&approver_dir)
+        .output()
+        .context("run certs-tool approver-key")?;
+    if !output.status.success() {
+        bail!(
+            "certs-tool approver-key failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let approver_key = approver_dir.join(format!("{APPROVER_KEY_ID}.key"));
-    let approvals_section = format!(
-        "\n[approvals]\nkeys = [{{ id = \"{APPROVER_KEY_ID}\", public_key = {:?} }}]\n",
+    let public = |id: &str| approver_dir.join(format!("{id}.pub")).display().to_string();
+    // Both sides trust the person's key for every task; the auto-approver's
+    // key signs only what the registry marks `auto`, and the worker accepts
+    // it only for crm.get_ticket.
+    let orchestrator_approvals = format!(
+        "\n[approvals]\nkeys = [{{ id = \"{APPROVER_KEY_ID}\", public_key = {:?} }}, {{ id = \"{AUTO_KEY_ID}\", public_key = {:?} }}]\nauto_approver = {{ key_id = \"{AUTO_KEY_ID}\", private_key = {:?}, audience = \"{identity}\", valid_for = \"10m\" }}\n\n[mcp]\ncall_wait = \"3s\"\n",
+        public(APPROVER_KEY_ID),
+        public(AUTO_KEY_ID),
         approver_dir
-            .join(format!("{APPROVER_KEY_ID}.pub"))
+            .join(format!("{AUTO_KEY_ID}.key"))
             .display()
-            .to_string()
+            .to_string(),
+    );
+    let worker_approvals = format!(
+        "\n[approvals]\nkeys = [{{ id = \"{APPROVER_KEY_ID}\", public_key = {:?} }}, {{ id = \"{AUTO_KEY_ID}\", public_key = {:?}, tasks = [\"crm.get_ticket\"] }}]\n",
+        public(APPROVER_KEY_ID),
+        public(AUTO_KEY_ID),
     );
     step(
         1,
         &format!(
-            "certificates: dev root CA -> intermediate -> orchestrator ({ORCHESTRATOR_NAME}) and worker {identity}; approver key {APPROVER_KEY_ID} (Ed25519, the private half only with the approver)"
+            "certificates: dev root CA -> intermediate -> orchestrator ({ORCHESTRATOR_NAME}) and worker {identity}; approver key {APPROVER_KEY_ID} (Ed25519, the private half only with the approver) and auto-approver key {AUTO_KEY_ID} (the orchestrator's, for read-only tasks)"
         ),
     );
 
@@ -166,7 +201,7 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
 
     // 3. The orchestrator.
     let registry = dir.join("registry.json");
-    std::fs::write(&registry, catalog::registry_json())?;
+    std::fs::write(&registry, registry_with_policies()?)?;
     let orchestrator_config = dir.join("orchestrator.toml");
     std::fs::write(
         &orchestrator_config,
@@ -178,7 +213,7 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
             data_dir: &dir.join("orchestrator-data"),
             insecure_skip_checks: false,
             wire_capture_dir: None,
-        }) + &approvals_section,
+        }) + &orchestrator_approvals,
     )?;
     let mut orchestrator = Process::start(
         "orchestrator-mock",
@@ -212,7 +247,7 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
             api_base: &api_url,
             audit_log: &dir.join("worker-audit.jsonl"),
             max_in_flight: 8,
-        }) + &approvals_section,
+        }) + &worker_approvals,
     )?;
     let mut worker = Process::start(
         "private-worker",
@@ -222,11 +257,8 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         &dir.join("worker.log"),
     );
     println!("        admin tokens (only their SHA-256 is stored; give each holder its own):");
-    let admin = AdminClient::new(&admin_url).with_token(create_token(
-        &orchestrator_config,
-        "agent",
-        &["submit", "read"],
-    )?);
+    let agent_token = create_token(&orchestrator_config, "agent", &["submit", "read"])?;
+    let admin = AdminClient::new(&admin_url).with_token(agent_token.clone());
     let approver_token = create_token(&orchestrator_config, "approver", &["approve", "read"])?;
     let approver = AdminClient::new(&admin_url).with_token(approver_token.clone());
     println!(
@@ -408,12 +440,362 @@ async fn run(dir: &Path) -> anyhow::Result<bool> {
         println!("  {line}");
     }
 
+    // 7. The agent's side: MCP.
+    let agent_ok = agent(&AgentSetup {
+        admin_url: &admin_url,
+        agent_token: &agent_token,
+        approver_token: &approver_token,
+        approver_key: &approver_key,
+        audience: identity,
+        dir,
+        keep,
+    })
+    .await?;
+
     // Stop everything: the worker drains first.
     let code = worker.terminate(Duration::from_secs(15));
     orchestrator.terminate(Duration::from_secs(10));
     api.kill();
     println!("stopped worker (exit code {code:?}), orchestrator-mock and the internal API");
-    Ok(plan.status == PlanStatus::Succeeded && !leaked)
+    Ok(plan.status == PlanStatus::Succeeded && !leaked && agent_ok)
+}
+
+/// The demo's registry: the sample tasks with approval policies.
+/// `crm.get_ticket` is read-only and `auto` (the orchestrator's
+/// auto-approver signs it); every other task waits for a person.
+fn registry_with_policies() -> anyhow::Result<String> {
+    let mut registry: Value = serde_json::from_str(&catalog::registry_json())?;
+    for task in registry["tasks"]
+        .as_array_mut()
+        .context("the registry has a task list")?
+    {
+        match task["name"].as_str() {
+            Some("crm.get_ticket") => {
+                task["read_only"] = json!(true);
+                task["approval"] = json!("auto");
+            }
+            Some("crm.delete_customer") => task["destructive"] = json!(true),
+            _ => {}
+        }
+    }
+    Ok(serde_json::to_string_pretty(&registry)?)
+}
+
+/// A minimal MCP client: JSON-RPC 2.0 over the streamable HTTP transport,
+/// one POST per message, as the stateless server at `/mcp` answers (plain
+/// JSON, no session).
+struct McpClient {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    /// The protocol version `initialize` agreed on, sent on every later
+    /// request as `MCP-Protocol-Version`.
+    version: Option<String>,
+    next_id: u64,
+}
+
+impl McpClient {
+    fn new(url: String, token: &str) -> McpClient {
+        McpClient {
+            http: reqwest::Client::new(),
+            url,
+            token: token.to_string(),
+            version: None,
+            next_id: 1,
+        }
+    }
+
+    /// Sends one message; a request (`notification` false) returns its
+    /// `result`, a JSON-RPC error is an error.
+    async fn send(
+        &mut self,
+        method: &str,
+        params: Value,
+        notification: bool,
+    ) -> anyhow::Result<Value> {
+        let mut message = json!({"jsonrpc": "2.0", "method": method, "params": params});
+        if !notification {
+            message["id"] = json!(self.next_id);
+            self.next_id += 1;
+        }
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header(
+                reqwest::header::ACCEPT,
+                "application/json, text/event-stream",
+            )
+            .json(&message);
+        if let Some(version) = &self.version {
+            request = request.header("MCP-Protocol-Version", version);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("MCP {method} to {}", self.url))?;
+        let status = response.status();
+        let text = response.text().await.context("read the MCP answer")?;
+        if !status.is_success() {
+            bail!("MCP {method} answered HTTP {status}: {text}");
+        }
+        if notification {
+            return Ok(Value::Null);
+        }
+        let answer: Value = serde_json::from_str(&text)
+            .with_context(|| format!("MCP {method} answered no JSON: {text}"))?;
+        if let Some(error) = answer.get("error") {
+            bail!("MCP {method} answered an error: {error}");
+        }
+        Ok(answer["result"].clone())
+    }
+
+    /// `tools/call`.
+    async fn call(&mut self, tool: &str, arguments: Value) -> anyhow::Result<Value> {
+        self.send(
+            "tools/call",
+            json!({"name": tool, "arguments": arguments}),
+            false,
+        )
+        .await
+    }
+}
+
+/// What the agent step needs.
+struct AgentSetup<'a> {
+    admin_url: &'a str,
+    agent_token: &'a str,
+    approver_token: &'a str,
+    approver_key: &'a Path,
+    audience: &'a str,
+    dir: &'a Path,
+    keep: bool,
+}
+
+/// The first text content of a tool result.
+fn tool_text(result: &Value) -> String {
+    result["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One line for a finished plan's first step: status, approver, output.
+fn step_line(result: &Value) -> String {
+    let content = &result["structuredContent"];
+    let step = &content["steps"][0];
+    let mut output = format!(
+        "HTTP {} {}",
+        step["output"]["status"], step["output"]["body"]
+    );
+    if output.len() > 90 {
+        output.truncate(87);
+        output.push_str("...");
+    }
+    format!(
+        "{} (approved_by {}): {output}",
+        content["status"].as_str().unwrap_or("?"),
+        step["approved_by"].as_str().unwrap_or("-")
+    )
+}
+
+/// Step 7: an agent lists the tools, proposes a write that waits for the
+/// approver (who signs it through the approve endpoint the console uses,
+/// bound to the review digest the console's list shows) and reads a
+/// ticket, which the auto-approver approves. `Ok(true)` when both ran.
+async fn agent(setup: &AgentSetup<'_>) -> anyhow::Result<bool> {
+    let url = format!("{}/mcp", setup.admin_url);
+    println!("\nAgent (a scripted MCP client at {url}, the agent's token: role submit)");
+    let mut mcp = McpClient::new(url, setup.agent_token);
+    let init = mcp
+        .send(
+            "initialize",
+            json!({
+                "protocolVersion": MCP_PROTOCOL,
+                "capabilities": {},
+                "clientInfo": {"name": "demo-agent", "version": env!("CARGO_PKG_VERSION")}
+            }),
+            false,
+        )
+        .await?;
+    mcp.version = init["protocolVersion"].as_str().map(str::to_string);
+    mcp.send("notifications/initialized", json!({}), true)
+        .await?;
+    let tools = mcp.send("tools/list", json!({}), false).await?;
+    println!("  tools/list:");
+    for tool in tools["tools"].as_array().context("tools/list has tools")? {
+        let annotations = &tool["annotations"];
+        let hints: Vec<&str> = [
+            ("readOnlyHint", "read-only"),
+            ("destructiveHint", "destructive"),
+            ("idempotentHint", "idempotent"),
+        ]
+        .into_iter()
+        .filter(|(key, _)| annotations[key] == json!(true))
+        .map(|(_, shown)| shown)
+        .collect();
+        // The first line of the description, shortened.
+        let mut description: String = tool["description"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if description.chars().count() > 70 {
+            description = description.chars().take(67).collect::<String>() + "...";
+        }
+        println!(
+            "    {:<20} {:<26} {description}",
+            tool["name"].as_str().unwrap_or("?"),
+            format!("[{}]", hints.join(", ")),
+        );
+    }
+
+    // A write: it waits for a person.
+    let inputs = json!({"title": "Toner low, 2nd floor", "priority": 3, "customer": "C-1042"});
+    let answer = mcp.call("crm.create_ticket", inputs.clone()).await?;
+    let content = &answer["structuredContent"];
+    let plan_id = content["plan_id"]
+        .as_str()
+        .with_context(|| format!("no plan id in {answer}"))?
+        .to_string();
+    if content["status"] != "pending_approval" {
+        bail!("crm.create_ticket should wait for approval, got {answer}");
+    }
+    println!(
+        "  tools/call crm.create_ticket {inputs}\n    -> {}",
+        tool_text(&answer)
+    );
+
+    // The approver, as the console does: the plan and its review digest
+    // from the console's list, checked, signed, approved with the digest.
+    let approver = AdminClient::new(setup.admin_url).with_token(setup.approver_token);
+    let listed: Vec<Value> = approver
+        .request(reqwest::Method::GET, "/v1/console/plans")
+        .send()
+        .await
+        .context("GET /v1/console/plans")?
+        .error_for_status()
+        .context("GET /v1/console/plans")?
+        .json()
+        .await
+        .context("read /v1/console/plans")?;
+    let shown = listed
+        .into_iter()
+        .find(|p| p["id"] == plan_id.as_str())
+        .with_context(|| format!("plan {plan_id} is not in the console's list"))?;
+    let digest = shown["review_digest"]
+        .as_str()
+        .context("no review_digest in the console's list")?
+        .to_string();
+    let plan: PlanView = serde_json::from_value(shown).context("the console's plan")?;
+    if review_digest(&plan) != digest {
+        bail!("plan {plan_id}: the console's review digest does not match its inputs");
+    }
+    let signer = KeyFileSigner::from_pem(
+        APPROVER_KEY_ID,
+        &std::fs::read(setup.approver_key).context("read the approver key")?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let approvals = sign_plan(
+        &signer,
+        &plan,
+        setup.audience,
+        SystemTime::now(),
+        Duration::from_secs(15 * 60),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let approve = |expect_digest: String| {
+        approver
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/plans/{plan_id}/approve"),
+            )
+            .json(&json!({"approvals": approvals, "expect_digest": expect_digest}))
+            .send()
+    };
+    let stale = approve("0".repeat(64)).await.context("approve")?;
+    if stale.status() != reqwest::StatusCode::CONFLICT {
+        bail!(
+            "an approval for another digest should get 409, got {}",
+            stale.status()
+        );
+    }
+    println!("  approver: an approval bound to another review digest -> 409 digest_mismatch");
+    let approved = approve(digest.clone()).await.context("approve")?;
+    if !approved.status().is_success() {
+        let status = approved.status();
+        bail!(
+            "the approval failed: {status} {}",
+            approved.text().await.unwrap_or_default()
+        );
+    }
+    println!(
+        "  approver: POST /v1/plans/{plan_id}/approve, the step signed with {APPROVER_KEY_ID}, expect_digest {}… (what the console's Approve and sign sends)",
+        digest.chars().take(16).collect::<String>()
+    );
+    let start = Instant::now();
+    let created = loop {
+        let answer = mcp
+            .call(
+                "get_plan_result",
+                json!({"plan_id": plan_id, "wait_seconds": 3}),
+            )
+            .await?;
+        let status = answer["structuredContent"]["status"].as_str().unwrap_or("");
+        if !matches!(status, "pending_approval" | "approved" | "running") {
+            break answer;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("plan {plan_id} did not finish: {answer}");
+        }
+    };
+    println!(
+        "  tools/call get_plan_result {{\"plan_id\": \"{plan_id}\"}}\n    -> {}",
+        step_line(&created)
+    );
+    let ticket = created["structuredContent"]["steps"][0]["output"]["body"]["id"]
+        .as_str()
+        .unwrap_or("T-1001")
+        .to_string();
+
+    // A read the registry lets the auto-approver approve: no person.
+    let read = mcp
+        .call("crm.get_ticket", json!({"ticket_id": ticket}))
+        .await?;
+    println!(
+        "  tools/call crm.get_ticket {{\"ticket_id\": \"{ticket}\"}}   (read-only, policy auto)\n    -> {}",
+        step_line(&read)
+    );
+    let auto = format!("auto:{AUTO_KEY_ID}");
+    let ok = created["structuredContent"]["status"] == "succeeded"
+        && read["structuredContent"]["status"] == "succeeded"
+        && read["structuredContent"]["steps"][0]["approved_by"] == auto.as_str();
+    step(
+        7,
+        &format!(
+            "agent: the write waited for the approver's signature, the read-only call ran at once, signed by {auto} ({})",
+            if ok { "both succeeded" } else { "FAILED" }
+        ),
+    );
+    if setup.keep {
+        let token_file = setup.dir.join("approver").join("approver.token");
+        write_secret(&token_file, &format!("{}\n", setup.approver_token))
+            .context("write the approver's token")?;
+        println!(
+            "  approval console: {}/console (served until the demo stops; to open it again on the kept plans: orchestrator-mock serve --config {} and /console on the admin URL it prints)",
+            setup.admin_url,
+            setup.dir.join("orchestrator.toml").display()
+        );
+        println!(
+            "    in the page: the token in {} (roles approve, read), the key file {} (key id {APPROVER_KEY_ID}), audience {}",
+            token_file.display(),
+            setup.approver_key.display(),
+            setup.audience
+        );
+    }
+    Ok(ok)
 }
 
 fn print_results(plan: &PlanView) {
@@ -442,6 +824,18 @@ fn print_results(plan: &PlanView) {
             output
         );
     }
+}
+
+/// Writes `text` to a new file only its owner may read.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 fn uuid_like() -> String {
