@@ -21,7 +21,6 @@ use private_worker_proto::approval::{
 };
 use private_worker_proto::v1 as pb;
 use private_worker_proto::v1::orchestrator_message::Kind as Down;
-use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use private_worker_tests::procs::Process;
 use private_worker_tests::scripted::ScriptedOrchestrator;
 use serde_json::{Value, json};
@@ -493,21 +492,10 @@ async fn an_unusable_approver_key_fails_check_and_start_naming_the_key() {
         "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
     )
     .unwrap();
-    let config = env.write_worker_config(
-        "worker",
-        &env.pki.worker_cert,
-        &env.pki.worker_key,
-        ORCHESTRATOR_NAME,
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n[approvals]\nkeys = [{{ id = \"k-broken\", public_key = {:?} }}]\n",
-            not_a_key.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = env.write_worker_config_with(&format!(
+        "[approvals]\nkeys = [{{ id = \"k-broken\", public_key = {:?} }}]\n",
+        not_a_key.display().to_string()
+    ));
     let check = std::process::Command::new(private_worker_tests::procs::binary("private-worker"))
         .args(["--config", config.to_str().unwrap(), "--check"])
         .env(private_worker_tests::catalog::TOKEN_ENV, &env.token)
@@ -539,14 +527,7 @@ async fn signing_env(k1: &Approver) -> (Env, Process) {
         ..Options::default()
     })
     .await;
-    let config = env.write_worker_config(
-        "worker",
-        &env.pki.worker_cert,
-        &env.pki.worker_key,
-        ORCHESTRATOR_NAME,
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}{}", approvals_section(&[k1], ""))).unwrap();
+    let config = env.write_worker_config_with(&approvals_section(&[k1], ""));
     let worker = env.start_worker_with(&config, "worker");
     env.wait_connected(&env.pki.worker_identity).await;
     (env, worker)

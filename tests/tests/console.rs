@@ -21,7 +21,6 @@ use std::time::Duration;
 use common::{Env, Options, WAIT};
 use orchestrator_mock::api::PlanStatus;
 use orchestrator_mock::tokens::Role;
-use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use private_worker_tests::procs::Process;
 use serde_json::json;
 
@@ -72,21 +71,10 @@ async fn signing_env(keys: &Path) -> (Env, Process, PathBuf) {
         ..Options::default()
     })
     .await;
-    let config = env.write_worker_config(
-        "worker",
-        &env.pki.worker_cert,
-        &env.pki.worker_key,
-        ORCHESTRATOR_NAME,
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n[approvals]\nkeys = [{{ id = \"console-approver\", public_key = {:?} }}]\nmax_validity = \"1h\"\n",
+    let config = env.write_worker_config_with(&format!(
+        "[approvals]\nkeys = [{{ id = \"console-approver\", public_key = {:?} }}]\nmax_validity = \"1h\"\n",
             public_key.display().to_string()
-        ),
-    )
-    .unwrap();
+    ));
     let worker = env.start_worker_with(&config, "worker");
     env.wait_connected(&env.pki.worker_identity).await;
     (env, worker, key)

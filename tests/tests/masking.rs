@@ -22,7 +22,6 @@ use common::{Env, Options, contains, read_tree};
 use orchestrator_mock::api::{PlanRequest, PlanStatus, StepRequest, StepStatus};
 use private_worker_tests::catalog::TOKEN_ENV;
 use private_worker_tests::internal_api::{LEAK_KEPT, leak_encoding};
-use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use serde_json::{Value, json};
 
 /// The marker the worker puts where a credential was.
@@ -86,22 +85,14 @@ async fn leak_world() -> (Env, private_worker_tests::procs::Process) {
     .await;
     env.token = hostile_token();
     env.api.set_token(&env.token);
-    let config = env.write_worker_config(
-        "worker",
-        &env.pki.worker_cert,
-        &env.pki.worker_key,
-        ORCHESTRATOR_NAME,
-    );
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "\n[tasks.\"diag.leak\"]\nversion = \"1\"\ntimeout = \"10s\"\nidempotent = true\n\
+    let config = env.write_worker_config_with(&format!(
+        "[tasks.\"diag.leak\"]\nversion = \"1\"\ntimeout = \"10s\"\nidempotent = true\n\
          input_schema = {{ type = \"object\", required = [\"form\"], additionalProperties = false, \
          properties = {{ form = {{ type = \"string\", pattern = \"^[a-z0-9-]{{1,16}}$\" }} }} }}\n\n\
          [tasks.\"diag.leak\".http]\nmethod = \"GET\"\nurl = \"{}/leak/{{form}}\"\n\
          auth = {{ type = \"bearer\", secret = \"env://{TOKEN_ENV}\" }}\n",
         env.api.base_url()
     ));
-    std::fs::write(&config, text).unwrap();
     let worker = env.start_worker_with(&config, "worker");
     env.wait_connected(&env.pki.worker_identity).await;
     (env, worker)

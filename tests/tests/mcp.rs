@@ -27,7 +27,6 @@ use orchestrator_mock::tokens::Role;
 use private_worker_proto::approval::KeyFileSigner;
 use private_worker_tests::catalog;
 use private_worker_tests::mcp_client;
-use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use private_worker_tests::procs::Process;
 use serde_json::{Value, json};
 
@@ -98,22 +97,11 @@ async fn world() -> World {
         ..Options::default()
     })
     .await;
-    let config = env.write_worker_config(
-        "worker",
-        &env.pki.worker_cert,
-        &env.pki.worker_key,
-        ORCHESTRATOR_NAME,
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n[approvals]\nkeys = [{{ id = \"{HUMAN}\", public_key = {:?} }}, {{ id = \"{AUTO}\", public_key = {:?}, tasks = [\"crm.get_ticket\"] }}]\naudiences = [\"{POOL}\"]\nmax_validity = \"1h\"\n",
+    let config = env.write_worker_config_with(&format!(
+        "[approvals]\nkeys = [{{ id = \"{HUMAN}\", public_key = {:?} }}, {{ id = \"{AUTO}\", public_key = {:?}, tasks = [\"crm.get_ticket\"] }}]\naudiences = [\"{POOL}\"]\nmax_validity = \"1h\"\n",
             human_pub.display().to_string(),
             auto_pub.display().to_string(),
-        ),
-    )
-    .unwrap();
+    ));
     let worker = env.start_worker_with(&config, "worker");
     env.wait_connected(&env.pki.worker_identity).await;
     let orchestrator = env.orchestrator.as_ref().unwrap();

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{Env, Options, WAIT};
 use private_worker_tests::catalog;
-use private_worker_tests::pki::ORCHESTRATOR_NAME;
 use private_worker_tests::procs::{Process, binary};
 use private_worker_tests::proxy::CuttableProxy;
 use private_worker_tests::sockets::sockets_of;
@@ -300,15 +299,8 @@ async fn metrics_asked_for_are_served_on_loopback_and_are_the_only_listening_soc
         .local_addr()
         .unwrap()
         .port();
-    let config = env.write_worker_config(
-        "worker",
-        &env.pki.worker_cert,
-        &env.pki.worker_key,
-        ORCHESTRATOR_NAME,
-    );
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
-    std::fs::write(&config, text).unwrap();
+    let config =
+        env.write_worker_config_with(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     let worker = env.start_worker_with(&config, "worker");
     env.wait_connected(&env.pki.worker_identity).await;
 

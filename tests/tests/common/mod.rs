@@ -179,6 +179,23 @@ impl Env {
         path
     }
 
+    /// Writes the config of the worker [`Env::start_worker`] starts, with
+    /// `extra` TOML appended (an `[approvals]` section, more tasks,
+    /// `[metrics]`), and returns its path.
+    pub fn write_worker_config_with(&self, extra: &str) -> PathBuf {
+        let config = self.write_worker_config(
+            "worker",
+            &self.pki.worker_cert,
+            &self.pki.worker_key,
+            ORCHESTRATOR_NAME,
+        );
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push('\n');
+        text.push_str(extra);
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
     /// Starts the worker binary with the test PKI, logging at debug level.
     pub fn start_worker(&self) -> Process {
         let config = self.write_worker_config(
