@@ -19,8 +19,9 @@
 
   /** What the person gave; the token and key live in this closure only. */
   const session = { token: null, key: null, keyId: "", audience: "", validMinutes: 10 };
-  /** Plans as last shown, by id: what a click signs. */
-  const shown = new Map();
+  /** The review digest this page first showed for each plan id: a plan
+   *  whose digest changes later cannot be approved from this page. */
+  const firstDigest = new Map();
   /** Plans whose approve or reject call is in flight. */
   const busy = new Set();
   let pollTimer = null;
@@ -241,7 +242,9 @@
     return block;
   }
 
-  function planCard(plan, tasks) {
+  // `changed`: the plan's review digest differs from the one this page
+  // first showed for it; it cannot be approved from this page any more.
+  function planCard(plan, tasks, changed) {
     const card = el("article", { class: "plan", "data-plan-id": plan.id, "data-status": plan.status },
       el("h3", {}, (plan.name ? plan.name + " · " : "") + "plan " + plan.id),
       el("p", { class: "meta" }, "submitted by " + (plan.submitted_by || "(unknown)") + " at " + plan.created_at + " · " + plan.status),
@@ -260,8 +263,14 @@
       const approve = el("button", { type: "button", class: "approve" }, "Approve and sign");
       const reject = el("button", { type: "button", class: "reject" }, "Reject");
       const message = el("span", { class: "message" });
-      approve.addEventListener("click", () => act(plan.id, "approve", reason, message));
-      reject.addEventListener("click", () => act(plan.id, "reject", reason, message));
+      if (changed) {
+        approve.disabled = true;
+        approve.textContent = "Changed: reload to review again";
+      }
+      // Each button acts on exactly the plan object this card drew, never
+      // on data that arrived later.
+      approve.addEventListener("click", () => act(plan, "approve", reason, message));
+      reject.addEventListener("click", () => act(plan, "reject", reason, message));
       card.append(el("div", { class: "actions" }, approve, reject, reason, message));
     }
     return card;
@@ -278,9 +287,10 @@
 
   // ---- acting ----
 
-  async function act(planId, what, reasonInput, message) {
-    const plan = shown.get(planId);
-    if (!plan || busy.has(planId)) return;
+  async function act(plan, what, reasonInput, message) {
+    const planId = plan.id;
+    if (busy.has(planId)) return;
+    if (what === "approve" && firstDigest.get(planId) !== plan.review_digest) return;
     busy.add(planId);
     message.className = "message";
     message.textContent = what === "approve" ? "signing…" : "rejecting…";
@@ -321,18 +331,21 @@
       }
       const plans = await api("GET", "/v1/console/plans");
       const pending = [], running = [], finished = [];
+      // Built in full before anything is shown: a plan that breaks the page
+      // leaves the old cards, which still act on the plans they drew.
+      const seen = new Map(firstDigest);
       for (const plan of plans) {
-        const before = shown.get(plan.id);
+        if (!seen.has(plan.id)) seen.set(plan.id, plan.review_digest);
         // A pending plan whose card is being acted on keeps its card.
         if (busy.has(plan.id)) {
           const card = document.querySelector('article[data-plan-id="' + CSS.escape(plan.id) + '"]');
           if (card) { (plan.status === "pending_approval" ? pending : running).push(card); continue; }
         }
-        const card = planCard(plan, tasks);
-        if (before && before.review_digest !== plan.review_digest && plan.status === "pending_approval") {
-          card.prepend(el("p", { class: "error" }, "this plan changed since it was first shown; review it again"));
+        const changed = seen.get(plan.id) !== plan.review_digest && plan.status === "pending_approval";
+        const card = planCard(plan, tasks, changed);
+        if (changed) {
+          card.prepend(el("p", { class: "error" }, "this plan changed since it was first shown; reload the page to review it again"));
         }
-        shown.set(plan.id, plan);
         if (plan.status === "pending_approval") pending.push(card);
         else if (["approved", "running"].includes(plan.status)) running.push(card);
         else finished.push(card);
@@ -346,6 +359,7 @@
         const newMessage = card.querySelector(".message");
         if (oldMessage && newMessage && oldMessage !== newMessage) { newMessage.textContent = oldMessage.textContent; newMessage.className = oldMessage.className; }
       }
+      for (const [id, digest] of seen) if (!firstDigest.has(id)) firstDigest.set(id, digest);
       fill("pending", pending);
       fill("running", running);
       fill("finished", finished);

@@ -166,11 +166,41 @@ try {
   await until(async () => (await page.textContent(message)).includes("nothing signed"), "the page refuses to sign");
   check(true, "the page signs nothing when its review digest differs from the orchestrator's");
   consistent = true;
-  // Wait until the card shows the digest the lying list gave.
+  // With a digest that matches the rewritten inputs, the plan is no longer
+  // the one this page first showed: the card says so and cannot approve it.
   await until(async () => lyingDigest && (await page.textContent(`${card(hostileId)} .digest`)).includes(lyingDigest), "the card shows the rewritten digest");
+  check((await page.textContent(card(hostileId))).includes("changed since it was first shown"), "the card says the plan changed since it was first shown");
+  check(await page.isDisabled(`${card(hostileId)} button.approve`), "a plan whose digest changed cannot be approved from the page");
+  await page.unroute("**/v1/console/plans");
+
+  // 7. What a click signs is what its card drew: a later list that breaks
+  // the page (a sibling plan without steps) while the plan's inputs change
+  // leaves the old card, and its click signs the old, drawn content. The
+  // approval is captured and never reaches the orchestrator.
+  await until(async () => !(await page.textContent(card(hostileId))).includes(shownTitle), "the card shows the real inputs again");
+  const drawnDigest = (await page.textContent(`${card(hostileId)} .digest`)).replace("review digest ", "").trim();
+  await page.route("**/v1/console/plans", async (route) => {
+    const response = await route.fetch();
+    const plans = await response.json();
+    for (const plan of plans) {
+      if (plan.id !== hostileId) continue;
+      plan.steps[0].inputs = { title: shownTitle };
+      plan.review_digest = await page.evaluate((p) => window.privateWorkerConsole.reviewDigest(p), plan);
+    }
+    plans.push({ ...plans[0], id: "broken-" + plans[0].id, steps: null });
+    await route.fulfill({ response, json: plans });
+  });
+  let signed = null;
+  await page.route("**/v1/plans/*/approve", async (route) => {
+    signed = JSON.parse(route.request().postData() || "{}");
+    await route.abort();
+  });
+  await until(async () => (await page.textContent("#status")).includes("Could not refresh"), "the broken list fails the refresh");
+  check(!(await page.textContent(card(hostileId))).includes(shownTitle), "the old card stays, with the inputs it drew");
   await page.click(`${card(hostileId)} button.approve`);
-  await until(async () => (await page.textContent(message)).includes("digest_mismatch"), "the orchestrator refuses the pinned digest");
-  check(true, "an approval of a plan other than the one the orchestrator holds is refused with digest_mismatch");
+  await until(async () => signed !== null, "the click sends an approval");
+  check(signed.expect_digest === drawnDigest, "the click signs the drawn plan (digest " + signed.expect_digest + "), not the later list's");
+  await page.unroute("**/v1/plans/*/approve");
   await page.unroute("**/v1/console/plans");
   check(errors.length === 0, "no script error in the page" + (errors.length ? ": " + errors.join("; ") : ""));
 } catch (e) {

@@ -8,8 +8,10 @@
 //! rejecting runs nothing, hostile inputs stay text, and a screenshot is
 //! written to `target/console-screenshot.png`; a plan list rewritten as a
 //! lying orchestrator would send it (other inputs than the plan holds)
-//! gets no signature when the digests disagree and a 409 `digest_mismatch`
-//! when they agree. Also here, without a
+//! gets no signature when the digests disagree, and when they agree the
+//! card says the plan changed since it was first shown and cannot approve
+//! it; a later list that breaks the page leaves the old cards, whose click
+//! signs exactly the plan they drew. Also here, without a
 //! browser: the approve endpoint refuses an approval pinned to a review
 //! digest that is not the plan's.
 
@@ -155,7 +157,10 @@ async fn in_chromium_the_console_approves_with_a_signature_made_in_the_page_and_
         "ok the approved plan runs and moves to finished as succeeded",
         "ok the finished plan shows the audit chain verdict ok",
         "ok the page signs nothing when its review digest differs from the orchestrator's",
-        "ok an approval of a plan other than the one the orchestrator holds is refused with digest_mismatch",
+        "ok the card says the plan changed since it was first shown",
+        "ok a plan whose digest changed cannot be approved from the page",
+        "ok the old card stays, with the inputs it drew",
+        "ok the click signs the drawn plan",
         "ok no script error in the page",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
