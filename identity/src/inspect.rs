@@ -195,6 +195,12 @@ impl CertificateSummary {
         })
     }
 
+    /// Whether a certificate [`CertificateSummary::unusable_at`] refuses
+    /// now becomes usable later (its validity has not started yet).
+    pub fn usable_later(&self, now: SystemTime, skew: Duration) -> bool {
+        self.not_after > now && self.not_before.duration_since(now).unwrap_or_default() > skew
+    }
+
     /// How long until it expires (zero once it has).
     pub fn expires_in(&self, now: SystemTime) -> Duration {
         self.not_after.duration_since(now).unwrap_or_default()

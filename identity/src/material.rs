@@ -136,6 +136,8 @@ pub enum MaterialError {
         path: PathBuf,
         /// Expired or not yet valid, with the dates.
         message: String,
+        /// It becomes valid later: poll it again ([`FileWatch::retry_later`]).
+        later: bool,
     },
     /// rustls refused the certificate and key for another reason (an
     /// unsupported key type): use an ECDSA, Ed25519 or RSA key.
@@ -314,6 +316,7 @@ impl Material {
             Some(message) => Err(MaterialError::NotValidNow {
                 path: paths.cert.clone(),
                 message,
+                later: self.summary.usable_later(now, NOT_BEFORE_SKEW),
             }),
         }
     }
@@ -365,6 +368,18 @@ impl FileWatch {
     /// The files watched.
     pub fn paths(&self) -> &TlsPaths {
         &self.paths
+    }
+
+    /// Forgets that the content hashing to `digest` was seen, so the next
+    /// poll hands it on again: a certificate not valid yet is taken once
+    /// it is. Returns whether this content was put off already (warn only
+    /// the first time).
+    pub fn retry_later(&self, digest: [u8; 32]) -> bool {
+        let marker = format!("put off until valid: {}", hex::encode(digest));
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let again = seen.as_ref().err() == Some(&marker);
+        *seen = Err(marker);
+        again
     }
 
     /// Reads the files and compares them with the last read.

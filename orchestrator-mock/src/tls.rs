@@ -126,7 +126,7 @@ impl From<MaterialError> for TlsError {
                     cert.display()
                 ),
             },
-            MaterialError::NotValidNow { path, message } => TlsError::File {
+            MaterialError::NotValidNow { path, message, .. } => TlsError::File {
                 what: "tls.cert",
                 path,
                 message,
@@ -261,15 +261,24 @@ impl ServerTls {
             FileChange::Changed(bytes) => bytes,
         };
         let paths = self.files.paths();
-        let loaded = match Material::from_bytes(paths, &bytes)
-            .and_then(|m| {
-                m.check_valid_at(paths, std::time::SystemTime::now())
-                    .map(|()| m)
-            })
-            .map_err(TlsError::from)
-        {
+        let loaded = match Material::from_bytes(paths, &bytes).and_then(|m| {
+            m.check_valid_at(paths, std::time::SystemTime::now())
+                .map(|()| m)
+        }) {
             Ok(loaded) => loaded,
+            Err(MaterialError::NotValidNow {
+                later: true,
+                message,
+                ..
+            }) => {
+                // Polled again until it is valid; said once.
+                if !self.files.retry_later(bytes.digest()) {
+                    tracing::warn!(error = %message, serial = %in_use.serial, "the new TLS files are not valid yet; keeping the last good server certificate, key and CA until they are");
+                }
+                return false;
+            }
             Err(e) => {
+                let e = TlsError::from(e);
                 tracing::warn!(error = %e, serial = %in_use.serial, "the TLS files changed but cannot be used; keeping the last good server certificate, key and CA (checked again at the next change)");
                 return false;
             }

@@ -273,15 +273,17 @@ impl ClientTls {
         };
         let paths = shared.files.paths();
         let built = build_current(paths, &bytes).and_then(|(material, identity)| {
-            if let Some(message) = material
-                .summary
-                .unusable_at(std::time::SystemTime::now(), private_worker_identity::material::NOT_BEFORE_SKEW)
-            {
+            let (now, skew) = (
+                std::time::SystemTime::now(),
+                private_worker_identity::material::NOT_BEFORE_SKEW,
+            );
+            if let Some(message) = material.summary.unusable_at(now, skew) {
                 // Taking it would swap a working certificate for one the
                 // orchestrator refuses, and the roll-over would cut the stream.
                 Err(TlsError::Material(MaterialError::NotValidNow {
                     path: paths.cert.clone(),
                     message,
+                    later: material.summary.usable_later(now, skew),
                 }))
             } else if identity == shared.identity {
                 Ok(material)
@@ -298,6 +300,17 @@ impl ClientTls {
         });
         let material = match built {
             Ok(material) => material,
+            Err(TlsError::Material(MaterialError::NotValidNow {
+                later: true,
+                ref message,
+                ..
+            })) => {
+                // Polled again until it is valid; said once.
+                if !shared.files.retry_later(bytes.digest()) {
+                    tracing::warn!(error = %message, serial = %in_use.serial, "the new TLS files are not valid yet; keeping the last good certificate and key until they are");
+                }
+                return Reload::Refused(message.clone());
+            }
             Err(e) => {
                 tracing::warn!(
                     error = %e,
@@ -631,5 +644,11 @@ mod tests {
             assert!(why.contains(expect), "{why}");
             assert_eq!(tls.certificate(), before);
         }
+        // The one not valid yet is read again at every poll (taken once it
+        // is valid); the expired one would not be.
+        assert!(
+            matches!(tls.reload_if_changed(), Reload::Refused(_)),
+            "a certificate not valid yet must be polled again"
+        );
     }
 }
