@@ -311,7 +311,10 @@ pub async fn submit_plan(
             },
         }
     })?;
-    let denied = crate::policy::denied(&app.registry, &steps);
+    let denied = crate::policy::denied(
+        &app.registry,
+        steps.iter().map(|s| (s.task.as_str(), s.version.as_str())),
+    );
     if !denied.is_empty() {
         tracing::info!(
             caller,
@@ -420,6 +423,29 @@ async fn approve(
                 ),
             ));
         }
+    }
+    // The policy may have turned a task to `deny` after the plan was stored
+    // (a registry change and a restart): it is refused here too.
+    let stored = app.lock().plan(&id)?;
+    let denied = crate::policy::denied(
+        &app.registry,
+        stored
+            .steps
+            .iter()
+            .map(|s| (s.task.as_str(), s.version.as_str())),
+    );
+    if !denied.is_empty() {
+        tracing::warn!(plan_id = %id, problems = denied.len(), "approval refused: a task's approval policy is now deny");
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: ErrorBody {
+                error: "plan_denied".into(),
+                message: format!(
+                    "plan {id} names a task that the registry's approval policy now denies; nothing was approved (reject the plan)"
+                ),
+                problems: denied,
+            },
+        });
     }
     let approvals = if app.approval_keys.required() || !request.approvals.is_empty() {
         let plan = app.lock().plan(&id)?;

@@ -223,24 +223,27 @@ fn read_key(config: &AutoApproverConfig) -> Result<AutoApprover, PolicyError> {
     })
 }
 
-/// One problem per step of a `deny` task: such a plan is refused at
-/// submission and nothing of it is stored.
-pub fn denied(registry: &Registry, steps: &[ResolvedStep]) -> Vec<Problem> {
+/// One problem per step of a `deny` task, from `(task, version)` in step
+/// order: such a plan is refused at submission (nothing of it is stored)
+/// and, when the policy changed after it was stored, at approval.
+pub fn denied<'a>(
+    registry: &Registry,
+    steps: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<Problem> {
     steps
-        .iter()
+        .into_iter()
         .enumerate()
-        .filter(|(_, s)| {
+        .filter(|(_, (task, version))| {
             registry
-                .get(&s.task, &s.version)
+                .get(task, version)
                 .is_some_and(|t| t.view.approval == ApprovalPolicy::Deny)
         })
-        .map(|(i, s)| Problem {
+        .map(|(i, (task, _))| Problem {
             step: u32::try_from(i).unwrap_or(u32::MAX),
-            task: s.task.clone(),
+            task: task.to_string(),
             path: String::new(),
             message: format!(
-                "task {} is denied by the registry's approval policy (approval = \"deny\"): it never runs, whoever asks",
-                s.task
+                "task {task} is denied by the registry's approval policy (approval = \"deny\"): it never runs, whoever asks"
             ),
         })
         .collect()
@@ -334,7 +337,11 @@ mod tests {
 
     #[test]
     fn a_denied_task_is_named_in_every_step_that_uses_it() {
-        let problems = denied(&registry(), &steps(&["t.write", "t.wipe", "t.wipe"]));
+        let steps = steps(&["t.write", "t.wipe", "t.wipe"]);
+        let problems = denied(
+            &registry(),
+            steps.iter().map(|s| (s.task.as_str(), s.version.as_str())),
+        );
         assert_eq!(
             problems.iter().map(|p| p.step).collect::<Vec<_>>(),
             vec![1, 2]

@@ -64,3 +64,45 @@ async fn a_valid_plan_waits_for_approval_and_a_rejected_plan_runs_nothing() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(env.api.requests().is_empty(), "ran after rejection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_stored_before_its_task_was_denied_cannot_be_approved_after_a_restart() {
+    let mut env = Env::start(Options::default()).await;
+    let _worker = env.start_worker();
+    env.wait_connected(&env.pki.worker_identity).await;
+    let plan = env
+        .submit(&[("crm.create_ticket", json!({"title": "stored before deny"}))])
+        .await;
+    env.shutdown_orchestrator().await;
+
+    // The operator turns the task to `deny` and restarts the orchestrator
+    // on the same data: the stored plan must not become approvable.
+    let registry = env.orchestrator_config.registry.clone();
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&registry).unwrap()).unwrap();
+    for task in value["tasks"].as_array_mut().unwrap() {
+        if task["name"] == "crm.create_ticket" {
+            task["approval"] = json!("deny");
+        }
+    }
+    std::fs::write(&registry, value.to_string()).unwrap();
+    let orchestrator = orchestrator_mock::spawn(env.orchestrator_config.clone())
+        .await
+        .unwrap();
+    let admin = common::admin_client(&orchestrator);
+
+    let error = admin.approve(&plan.id).await.unwrap_err();
+    assert_eq!(error.status(), Some(422), "{error}");
+    assert!(error.to_string().contains("plan_denied"), "{error}");
+    assert!(error.to_string().contains("crm.create_ticket"), "{error}");
+    assert_eq!(
+        admin.plan(&plan.id).await.unwrap().status,
+        PlanStatus::PendingApproval
+    );
+    assert!(
+        env.api.requests().is_empty(),
+        "the internal API received {:?}",
+        env.api.requests()
+    );
+    orchestrator.shutdown().await;
+}
