@@ -10,7 +10,6 @@
 //! missing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -30,27 +29,11 @@ pub fn script() -> PathBuf {
 /// # Panics
 /// When Python or the `mcp` package is missing.
 pub fn require() {
-    let probe = Command::new(python())
-        .env(NO_BYTECODE.0, NO_BYTECODE.1)
-        .args([
-            "-c",
-            "import mcp, httpx2; from mcp.client.streamable_http import streamable_http_client",
-        ])
-        .output();
-    match probe {
-        Err(e) => panic!(
-            "cannot run {} ({e}): install Python 3.11 and then `{INSTALL}`",
-            python()
-        ),
-        Ok(out) if !out.status.success() => panic!(
-            "the MCP client's package (the MCP Python SDK) is missing ({}): run `{INSTALL}`",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        ),
-        Ok(_) => {}
-    }
+    crate::python_worker::require_imports(
+        "import mcp, httpx2; from mcp.client.streamable_http import streamable_http_client",
+        "the MCP client's package (the MCP Python SDK) is",
+        INSTALL,
+    );
 }
 
 /// Runs `agent.py <url> <args...>` with `token` as its bearer token (none:

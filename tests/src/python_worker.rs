@@ -40,17 +40,30 @@ pub fn source_dir() -> PathBuf {
 /// # Panics
 /// When Python or one of its packages is missing.
 pub fn require() {
+    require_imports(
+        "import grpc, grpc_tools, jsonschema, rfc8785",
+        "the Python worker's packages are",
+        INSTALL,
+    );
+}
+
+/// Fails the test unless python3 runs `imports` (Python statements):
+/// the message names `what` is missing and the `install` command.
+///
+/// # Panics
+/// When Python cannot run or the imports fail.
+pub fn require_imports(imports: &str, what: &str, install: &str) {
     let probe = Command::new(python())
         .env(NO_BYTECODE.0, NO_BYTECODE.1)
-        .args(["-c", "import grpc, grpc_tools, jsonschema, rfc8785"])
+        .args(["-c", imports])
         .output();
     match probe {
         Err(e) => panic!(
-            "cannot run {} ({e}): install Python 3.11 and then `{INSTALL}`",
+            "cannot run {} ({e}): install Python 3.11 and then `{install}`",
             python()
         ),
         Ok(out) if !out.status.success() => panic!(
-            "the Python worker's packages are missing ({}): run `{INSTALL}`",
+            "{what} missing ({}): run `{install}`",
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .last()
